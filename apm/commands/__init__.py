@@ -1,0 +1,1 @@
+"""One module per `apm` sub-command; each defines ``register(subparsers)``."""

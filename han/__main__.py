@@ -1,0 +1,5 @@
+import sys
+
+from han.cli import main
+
+sys.exit(main())

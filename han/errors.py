@@ -1,0 +1,33 @@
+"""Why a frame or a notification gave no reading. Every error names what was seen."""
+
+from __future__ import annotations
+
+
+class HanError(Exception):
+    """Base of everything `han` raises for bad or unsupported input."""
+
+    kind = "error"
+
+
+class FrameError(HanError):
+    """An HDLC frame failed its checks (flags, length, HCS or FCS)."""
+
+    kind = "frame"
+
+
+class MalformedPayload(HanError):
+    """The LLC/APDU or the A-XDR data is not well formed (truncated, bad tag, bad length)."""
+
+    kind = "malformed"
+
+
+class EncryptedPayload(HanError):
+    """A ciphered APDU (general-glo-ciphering etc.): Norwegian meters push plain text by default."""
+
+    kind = "encrypted"
+
+
+class UnsupportedList(HanError):
+    """Well-formed DLMS data that is not one of the supported Norwegian lists."""
+
+    kind = "unsupported"

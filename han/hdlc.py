@@ -1,0 +1,183 @@
+"""Sans-IO reader of HDLC frames (IEC 62056-46 frame format type 3) as AMS meters push them.
+
+Goals: any read boundaries (one byte or megabytes per ``feed``), re-synchronisation after garbage,
+no loss of a valid frame that follows a damaged one, and memory bounded by the largest legal frame.
+The HAN port uses no byte stuffing, so 0x7E inside a frame is data and the 11-bit length field is
+the only delimiter. Cost: each byte is looked at by ``bytearray.find`` and the CRC once, except
+after a candidate is rejected, when the search restarts one byte after its flag (so a frame hidden
+inside rejected bytes is still found); a rejected candidate is at most one frame long.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from han.crc import crc16_x25
+
+FLAG = 0x7E
+MAX_FRAME = 2047 + 2  # 11-bit length plus the two flags
+_CHUNK = 4096  # input is scanned in slices of this size, which bounds the buffer
+_MAX_ADDRESS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame that passed both checks; ``info`` is reassembled across segments."""
+
+    info: bytes
+    dest: int
+    src: int
+    control: int
+    offset: int  # stream offset of the opening flag (of the first segment)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameProblem:
+    offset: int  # stream offset of the opening flag
+    reason: str
+
+
+class FrameReader:
+    """``feed(bytes) -> list[Frame]``; problems are counted and kept in ``problems``."""
+
+    def __init__(self, max_message: int = 32 * 1024) -> None:
+        self._buf = bytearray()
+        self._base = 0  # stream offset of _buf[0]
+        self._segments: list[bytes] = []
+        self._segment_offset = 0
+        self._segment_size = 0
+        self._max_message = max_message
+        self.frames_ok = 0
+        self.frames_bad = 0
+        self.bytes_discarded = 0
+        self.problems: deque[FrameProblem] = deque(maxlen=1024)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def pop_problems(self) -> list[FrameProblem]:
+        out = list(self.problems)
+        self.problems.clear()
+        return out
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        out: list[Frame] = []
+        if len(data) <= _CHUNK:
+            self._buf += data
+            self._scan(out)
+        else:
+            view = memoryview(data)
+            for start in range(0, len(view), _CHUNK):
+                self._buf += view[start : start + _CHUNK]
+                self._scan(out)
+        return out
+
+    def close(self) -> None:
+        """End of input: what is still buffered is an incomplete frame, or garbage."""
+        buf = self._buf
+        start = buf.find(FLAG)
+        if start >= 0 and len(buf) - start > 2 and buf[start + 1] & 0xF0 == 0xA0:
+            self._bad(start, f"input ends inside a frame ({len(buf) - start} bytes of it)")
+        self.bytes_discarded += sum(1 for b in buf if b != FLAG)
+        if self._segments:
+            self._drop_segments("input ends before the last segment")
+        self._base += len(buf)
+        buf.clear()
+
+    def _bad(self, at: int, reason: str) -> None:
+        self.frames_bad += 1
+        self.problems.append(FrameProblem(self._base + at, reason))
+
+    def _scan(self, out: list[Frame]) -> None:
+        buf = self._buf
+        n = len(buf)
+        i = 0
+        while True:
+            j = buf.find(FLAG, i)
+            if j < 0:
+                self.bytes_discarded += n - i
+                i = n
+                break
+            self.bytes_discarded += j - i
+            i = j
+            if n - i < 3:
+                break
+            fmt = buf[i + 1]
+            if fmt & 0xF0 != 0xA0:
+                # Closing flag, flag fill between frames, or a 0x7E in garbage.
+                i += 1
+                continue
+            length = ((fmt & 0x07) << 8) | buf[i + 2]
+            p = i + 3
+            addresses = []
+            for _ in range(2):
+                start = p
+                while p < n and not buf[p] & 1 and p - start < _MAX_ADDRESS:
+                    p += 1
+                if p >= n:
+                    break
+                if not buf[p] & 1:
+                    p = -1
+                    break
+                p += 1
+                addresses.append(bytes(buf[start:p]))
+            if p < 0:
+                self._bad(i, "address field too long")
+                i += 1
+                continue
+            if p + 3 > n:
+                break  # header not complete yet
+            control = buf[p]
+            hcs_at = p + 1
+            info_at = p + 3
+            end = i + 1 + length  # index of the closing flag
+            if crc16_x25(bytes(buf[i + 1 : hcs_at])) != buf[hcs_at] | buf[hcs_at + 1] << 8:
+                self._bad(i, "bad HCS")
+                i += 1
+                continue
+            if end - 2 < info_at:
+                self._bad(i, f"length {length} shorter than the header")
+                i += 1
+                continue
+            if end >= n:
+                break  # frame not complete yet
+            if buf[end] != FLAG:
+                self._bad(i, f"no closing flag where length {length} ends the frame")
+                i += 1
+                continue
+            if crc16_x25(bytes(buf[i + 1 : end - 2])) != buf[end - 2] | buf[end - 1] << 8:
+                self._bad(i, "bad FCS")
+                i += 1
+                continue
+            self.frames_ok += 1
+            info = bytes(buf[info_at : end - 2])
+            offset = self._base + i
+            i = end  # the closing flag may open the next frame
+            if fmt & 0x08:  # segmentation bit: more segments follow
+                if not self._segments:
+                    self._segment_offset = offset
+                self._segments.append(info)
+                self._segment_size += len(info)
+                if self._segment_size > self._max_message:
+                    self._drop_segments("segmented message larger than the limit")
+                continue
+            if self._segments:
+                self._segments.append(info)
+                info = b"".join(self._segments)
+                offset = self._segment_offset
+                self._segments.clear()
+                self._segment_size = 0
+            dest = int.from_bytes(addresses[0], "big")
+            src = int.from_bytes(addresses[1], "big")
+            out.append(Frame(info, dest, src, control, offset))
+        if i:
+            del buf[:i]
+            self._base += i
+
+    def _drop_segments(self, reason: str) -> None:
+        self.problems.append(FrameProblem(self._segment_offset, reason))
+        self.frames_bad += 1
+        self._segments.clear()
+        self._segment_size = 0
