@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from han.crc import crc16_x25
+from han.crc import crc16_x25, fcs_bytes
 
 FLAG = 0x7E
 MAX_FRAME = 2047 + 2  # 11-bit length plus the two flags
@@ -51,6 +51,9 @@ class FrameReader:
         self.frames_ok = 0
         self.frames_bad = 0
         self.bytes_discarded = 0
+        self.garbage_runs = 0  # runs of bytes outside any frame, each reported once
+        self._garbage = 0  # length of the current run
+        self._garbage_at = 0
         self.problems: deque[FrameProblem] = deque(maxlen=1024)
 
     @property
@@ -80,13 +83,29 @@ class FrameReader:
         start = buf.find(FLAG)
         if start >= 0 and len(buf) - start > 2 and buf[start + 1] & 0xF0 == 0xA0:
             self._bad(start, f"input ends inside a frame ({len(buf) - start} bytes of it)")
-        self.bytes_discarded += sum(1 for b in buf if b != FLAG)
+        elif buf:
+            self._discard(0, sum(1 for b in buf if b != FLAG))
+        self._end_garbage()
         if self._segments:
             self._drop_segments("input ends before the last segment")
         self._base += len(buf)
         buf.clear()
 
+    def _discard(self, at: int, count: int) -> None:
+        if not self._garbage:
+            self._garbage_at = self._base + at
+        self._garbage += count
+        self.bytes_discarded += count
+
+    def _end_garbage(self) -> None:
+        """A run of bytes outside frames ends where a frame (good or bad) starts, or at the end."""
+        if self._garbage:
+            self.garbage_runs += 1
+            self.problems.append(FrameProblem(self._garbage_at, f"{self._garbage} bytes outside any frame"))
+            self._garbage = 0
+
     def _bad(self, at: int, reason: str) -> None:
+        self._end_garbage()
         self.frames_bad += 1
         self.problems.append(FrameProblem(self._base + at, reason))
 
@@ -97,10 +116,11 @@ class FrameReader:
         while True:
             j = buf.find(FLAG, i)
             if j < 0:
-                self.bytes_discarded += n - i
+                self._discard(i, n - i)
                 i = n
                 break
-            self.bytes_discarded += j - i
+            if j > i:
+                self._discard(i, j - i)
             i = j
             if n - i < 3:
                 break
@@ -151,6 +171,7 @@ class FrameReader:
                 self._bad(i, "bad FCS")
                 i += 1
                 continue
+            self._end_garbage()
             self.frames_ok += 1
             info = bytes(buf[info_at : end - 2])
             offset = self._base + i
@@ -177,7 +198,24 @@ class FrameReader:
             self._base += i
 
     def _drop_segments(self, reason: str) -> None:
+        self._end_garbage()
         self.problems.append(FrameProblem(self._segment_offset, reason))
         self.frames_bad += 1
         self._segments.clear()
         self._segment_size = 0
+
+
+def build_frame(info: bytes, dest: bytes = b"\x41", src: bytes = b"\x08\x83", control: int = 0x13,
+                segmented: bool = False) -> bytes:
+    """The inverse of the reader: flags, format type 3 with length, addresses, HCS, info, FCS.
+
+    Addresses are given as sent (the last byte has its low bit set).
+    """
+    length = 2 + len(dest) + len(src) + 1 + 2 + len(info) + 2
+    if length > 0x7FF:
+        raise ValueError(f"frame of {length} bytes does not fit the 11-bit length field")
+    fmt = 0xA000 | (0x0800 if segmented else 0) | length
+    header = fmt.to_bytes(2, "big") + dest + src + bytes((control,))
+    header += fcs_bytes(header)
+    body = header + info
+    return b"\x7e" + body + fcs_bytes(body) + b"\x7e"

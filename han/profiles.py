@@ -142,6 +142,8 @@ def _aidon(body: axdr.Node) -> Layout:
                 scaler_unit = items[2].items
                 if len(scaler_unit) != 2:
                     raise UnsupportedList(f"{field}: scaler-unit is not a pair")
+                if scaler_unit[0].tag not in (0x0F, 0x10) or scaler_unit[1].tag != 0x16:
+                    raise UnsupportedList(f"{field}: scaler-unit is not (integer, enum)")
                 scaler, unit = scaler_unit[0].value, scaler_unit[1].value
                 if unit != obis.UNIT_OF[field]:
                     raise UnsupportedList(f"{field} in unit code {unit}, {obis.UNIT_OF[field]} was expected")

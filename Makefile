@@ -1,0 +1,43 @@
+# Everything installs itself on a fresh machine: `make run` and `make test` are all a user needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system-deps run test lint bench soak fuzz clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,bench,plot]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# mosquitto is the real broker the tests run against (the device embeds amqtt for users).
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+
+run: setup
+	$(BIN)/apm decode examples/han-sample.hex
+
+test: setup system-deps lint
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+soak: setup system-deps
+	$(BIN)/python -m pytest -q -m soak
+
+fuzz: setup
+	$(BIN)/python -m pytest -q -m fuzz
+
+clean:
+	rm -rf $(VENV) .bench .pytest_cache .hypothesis
