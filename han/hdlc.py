@@ -110,11 +110,14 @@ class FrameReader:
         self.problems.append(FrameProblem(self._base + at, reason))
 
     def _scan(self, out: list[Frame]) -> None:
+        # The hot path: local names, no copies beyond the information field (crcmod reads the
+        # bytearray slices directly), addresses kept as positions until a frame is complete.
         buf = self._buf
+        find = buf.find
         n = len(buf)
         i = 0
         while True:
-            j = buf.find(FLAG, i)
+            j = find(FLAG, i)
             if j < 0:
                 self._discard(i, n - i)
                 i = n
@@ -130,30 +133,18 @@ class FrameReader:
                 i += 1
                 continue
             length = ((fmt & 0x07) << 8) | buf[i + 2]
-            p = i + 3
-            addresses = []
-            for _ in range(2):
-                start = p
-                while p < n and not buf[p] & 1 and p - start < _MAX_ADDRESS:
-                    p += 1
-                if p >= n:
-                    break
-                if not buf[p] & 1:
-                    p = -1
-                    break
-                p += 1
-                addresses.append(bytes(buf[start:p]))
-            if p < 0:
+            src_at = _address_end(buf, i + 3, n)
+            control_at = _address_end(buf, src_at, n) if src_at > 0 else src_at
+            if control_at < 0:
                 self._bad(i, "address field too long")
                 i += 1
                 continue
-            if p + 3 > n:
+            if control_at + 3 > n:
                 break  # header not complete yet
-            control = buf[p]
-            hcs_at = p + 1
-            info_at = p + 3
+            hcs_at = control_at + 1
+            info_at = control_at + 3
             end = i + 1 + length  # index of the closing flag
-            if crc16_x25(bytes(buf[i + 1 : hcs_at])) != buf[hcs_at] | buf[hcs_at + 1] << 8:
+            if crc16_x25(buf[i + 1 : hcs_at]) != buf[hcs_at] | buf[hcs_at + 1] << 8:
                 self._bad(i, "bad HCS")
                 i += 1
                 continue
@@ -167,15 +158,16 @@ class FrameReader:
                 self._bad(i, f"no closing flag where length {length} ends the frame")
                 i += 1
                 continue
-            if crc16_x25(bytes(buf[i + 1 : end - 2])) != buf[end - 2] | buf[end - 1] << 8:
+            if crc16_x25(buf[i + 1 : end - 2]) != buf[end - 2] | buf[end - 1] << 8:
                 self._bad(i, "bad FCS")
                 i += 1
                 continue
-            self._end_garbage()
+            if self._garbage:
+                self._end_garbage()
             self.frames_ok += 1
             info = bytes(buf[info_at : end - 2])
             offset = self._base + i
-            i = end  # the closing flag may open the next frame
+            start, i = i, end  # the closing flag may open the next frame
             if fmt & 0x08:  # segmentation bit: more segments follow
                 if not self._segments:
                     self._segment_offset = offset
@@ -190,9 +182,9 @@ class FrameReader:
                 offset = self._segment_offset
                 self._segments.clear()
                 self._segment_size = 0
-            dest = int.from_bytes(addresses[0], "big")
-            src = int.from_bytes(addresses[1], "big")
-            out.append(Frame(info, dest, src, control, offset))
+            dest = int.from_bytes(buf[start + 3 : src_at], "big")
+            src = int.from_bytes(buf[src_at:control_at], "big")
+            out.append(Frame(info, dest, src, buf[control_at], offset))
         if i:
             del buf[:i]
             self._base += i
@@ -203,6 +195,21 @@ class FrameReader:
         self.frames_bad += 1
         self._segments.clear()
         self._segment_size = 0
+
+
+def _address_end(buf: bytearray, p: int, n: int) -> int:
+    """Index just after the HDLC address at ``p`` (a run of bytes up to one with its low bit set);
+    ``n`` when the buffer ends first, -1 when the address is longer than allowed."""
+    if p < n and buf[p] & 1:
+        return p + 1  # one-byte address, the usual case
+    start = p
+    while p < n and not buf[p] & 1 and p - start < _MAX_ADDRESS:
+        p += 1
+    if p >= n:
+        return n
+    if not buf[p] & 1:
+        return -1
+    return p + 1
 
 
 def build_frame(info: bytes, dest: bytes = b"\x41", src: bytes = b"\x08\x83", control: int = 0x13,

@@ -101,8 +101,9 @@ def finish(layout: Layout, fields: dict) -> Reading:
         fields["voltage_l2_v"] = None
         if fields.get("current_l2_a") == 0 and fields.get("current_l1_a") != fields.get("current_l3_a"):
             fields["current_l2_a"] = None
-    three = any(fields.get(k) is not None for k in ("current_l2_a", "current_l3_a", "voltage_l2_v",
-                                                    "voltage_l3_v"))
+    get = fields.get  # explicit tests, not any() over a generator: this runs for every frame
+    three = (get("current_l2_a") is not None or get("current_l3_a") is not None
+             or get("voltage_l2_v") is not None or get("voltage_l3_v") is not None)
     estimated: tuple[str, ...] = ()
     if three and not fields.get("voltage_l2_v"):
         u1, u3 = fields.get("voltage_l1_v"), fields.get("voltage_l3_v")
