@@ -1,0 +1,1 @@
+"""Bundled price data (see README.md here for how it was made)."""
