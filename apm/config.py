@@ -148,6 +148,8 @@ def from_dict(data: Mapping[str, Any]) -> DeviceConfig:
             raise ConfigError(f"chargers[{i}].id", f"duplicate charger id {c.id!r}")
         seen.add(c.id)
     balancer = _table(data, "balancer", "")
+    for key, value in balancer.items():
+        _plain_value(value, f"balancer.{key}")
     country = _text(data, "country", "", "NO").upper()
     if not re.fullmatch(r"[A-Z]{2}", country):
         raise ConfigError("country", f"{country!r} is not a two-letter country code (ISO 3166-1, e.g. NO)")
@@ -235,8 +237,7 @@ def _only_keys(data: Mapping[str, Any], cls: type, path: str) -> None:
     for key in data:
         if key not in allowed:
             where = f"{path}.{key}" if path else key
-            scope = f"[{path}]" if path else "the top level"
-            raise ConfigError(where, f"unknown key in {scope} (known: {', '.join(allowed)})")
+            raise ConfigError(where, f"unknown key (known keys here: {', '.join(allowed)})")
 
 
 def _table(data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -266,6 +267,18 @@ def _number(data: Mapping[str, Any], key: str, path: str, default: float,
     return float(value)
 
 
+def _plain_value(value: Any, where: str) -> None:
+    """Balancer overrides are stored as JSON in flash: no TOML dates or times."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _plain_value(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain_value(v, f"{where}[{i}]")
+    elif not isinstance(value, str | int | float | bool):
+        raise ConfigError(where, f"{type(value).__name__} values are not supported here")
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -292,8 +305,9 @@ def to_dict(config: DeviceConfig) -> dict[str, Any]:
     d["broker"] = plain(config.broker)
     d["chargers"] = [plain(c) for c in config.chargers]
     d["balancer"] = dict(config.balancer)
-    if not d["chargers"]:
-        del d["chargers"]
+    for key in ("chargers", "balancer"):
+        if not d[key]:
+            del d[key]
     return d
 
 

@@ -1,0 +1,116 @@
+"""`apm info`: what the device is, what it holds, and whether its serial port and broker are reachable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from apm.cli_support import add_image_option, add_now_option, command, load_image, now_arg, read_status
+
+FIRMWARE_FALLBACK = "0.1.0"
+BROKER_TIMEOUT_S = 1.0
+EMBEDDED_BROKER = "embedded broker (started by apm run)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="firmware, serial, meter, HAN state, subscription, chargers, port, broker")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_image_option(p)
+    add_now_option(p)
+    p.set_defaults(func=run)
+
+
+def firmware_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("apm-emulator")
+    except metadata.PackageNotFoundError:
+        return FIRMWARE_FALLBACK
+
+
+def port_status(port: str | None) -> str:
+    if not port:
+        return "not configured"
+    if not os.path.exists(port):
+        return f"{port}: missing"
+    import serial  # pyserial
+
+    try:
+        with serial.Serial(port, baudrate=2400, timeout=0):
+            pass
+    except (serial.SerialException, OSError, ValueError) as exc:
+        return f"{port}: present, cannot be opened ({exc})"
+    return f"{port}: present, opens"
+
+
+def broker_status(url: str | None) -> str:
+    if not url:
+        return EMBEDDED_BROKER
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    try:
+        with socket.create_connection((host, port), timeout=BROKER_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        return f"{url}: unreachable ({exc.strerror or exc})"
+    return f"{url}: reachable (TCP connect to {host}:{port})"
+
+
+@command("info")
+def run(args: argparse.Namespace) -> int:
+    from apm.subscription import evaluate
+
+    now = now_arg(args)
+    image, contents = load_image(args, must_exist=False)
+    config = contents.config
+    status = read_status(image.path) or {}
+    meter = status.get("meter") if isinstance(status.get("meter"), str) else None
+    info: dict[str, Any] = {
+        "firmware": f"apm {firmware_version()}",
+        "image": str(image.path) + ("" if image.exists() else " (missing: blank device)"),
+        "serial": config.serial if config else None,
+        "installation": config.installation_id if config else None,
+        "detected_meter": meter or "no HAN data yet",
+        "han_state": _han_state(status),
+    }
+    if config is None:
+        info["configuration"] = "none stored (apm flash write CONFIG.toml)"
+        info["subscription"] = "none"
+    else:
+        state = evaluate(now, token=contents.token, public_key=contents.issuer_key, config=config,
+                         revocations=contents.revocations, meter=meter)
+        info["subscription"] = f"{state.state.value} ({state.reason})"
+        info["chargers"] = [f"{c.id}: {c.phases}-phase, max {c.max_a:g} A, rotation {' '.join(c.rotation)}"
+                            for c in config.chargers]
+        info["fuse"] = f"{config.grid.fuse_a:g} A, {config.grid.network} network, CT ratio {config.grid.ct_ratio:g}"
+        info["port"] = port_status(config.port)
+        info["broker"] = broker_status(config.broker.url)
+        info["outbox"] = f"{len(contents.outbox)} records"
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        label = key.replace("_", " ")
+        if isinstance(value, list):
+            print(f"{label + ':':16}{'none' if not value else ''}".rstrip())
+            for line in value:
+                print(f"  {line}")
+        else:
+            print(f"{label + ':':16}{value if value is not None else '-'}")
+    return 0
+
+
+def _han_state(status: dict[str, Any]) -> str:
+    """The device loop writes ``han_state`` (e.g. "fresh", "stale") and ``last_frame_at`` in its status file."""
+    if not status:
+        return "no HAN data yet"
+    state = status.get("han_state") or status.get("han") or "unknown"
+    last = status.get("last_frame_at")
+    return f"{state} (last frame {last})" if last else str(state)
+
