@@ -1,0 +1,407 @@
+"""The balancer: per-charger current setpoints that keep every line of the main fuse within its limit.
+
+Sans-IO: ``Balancer.update(now, headroom, states)`` is called on every tick (the closed-loop
+simulation calls it each simulated second; the device on every headroom or charger message) and
+returns ``{charger_id: setpoint_a}``; 0 means paused. ``Balancer.last`` explains the decision.
+
+How it decides, per update:
+
+1. What our chargers may draw on each line: the headroom's ``available_a`` when it is fresh and the
+   mode is "protect"; otherwise ``fixed_current_a`` on every line, shared by all chargers (no
+   subscription, no meter yet, or stale meter data: the fixed current must be one that cannot trip
+   the fuse on its own, like Zaptec's offline current).
+2. Fair shares by water-filling (max-min fairness): every charger's share rises together until a line
+   it uses is full or it reaches its own cap (its max current, the eco plan's ``allowed_a``, or what
+   its EV is seen to draw when the EV limits itself); the rest is re-shared among the others. What
+   is left over then goes back to the EVs that limit themselves, up to their charger's max.
+3. A charger whose share is below ``min_a`` (6 A, IEC 61851) on any line it uses is paused and the
+   shares recomputed without it (of equal shares, a 1-phase charger is paused before a 3-phase one:
+   an ampere on the shared line gives a 3-phase EV more power). A paused charger restarts only after
+   ``restart_delay_s``, and only once it could have had ``min_a + restart_hysteresis_a`` for
+   ``restart_confirm_s`` without pushing anyone else below ``min_a`` (relay wear: SmartEVSE waits
+   60 s, OpenEVSE 300 s, Easee ~10 min).
+4. Decreases apply at once. Increases wait ``hold_s`` after that charger's last decrease and
+   ``min_interval_s`` after its last change, rise by at most ``max_step_up_a``, must be worth
+   ``min_increase_a``, and only use current that is free now: other chargers count with the larger
+   of their new setpoint and what they still draw (an EV takes seconds to follow a decrease).
+
+Cost: O(chargers^2 x lines) per update, no allocation beyond a few small dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from apm.charger_state import ChargerState
+from apm.config import ChargerConfig
+from apm.headroom import STALE_AFTER_S, Headroom
+from apm.lines import LINES, Network, Triple, usage
+
+Mode = Literal["fixed", "protect"]
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerSettings:
+    """Thresholds of the balancer; every one can be overridden in the device's ``[balancer]`` table."""
+
+    # Lowest current an EV can charge at (IEC 61851-1; some cars need 7 A).
+    min_a: float = 6.0
+    # After a decrease, wait this long before that charger may increase again (avoids see-saw on a
+    # cycling load; Volttime waits 10 s).
+    hold_s: float = 10.0
+    # Largest single increase (SmartEVSE rises by a quarter of the gap per 2 s cycle).
+    max_step_up_a: float = 6.0
+    # Least time between two changes of one charger's setpoint, except decreases (IEC 61851 PWM changes
+    # at most every 5 s; EVerest IEC_PWM_MAX_UPDATE_INTERVAL).
+    min_interval_s: float = 5.0
+    # An increase smaller than this is not worth a setpoint change (unless it reaches the charger's cap).
+    min_increase_a: float = 1.0
+    # Setpoints are rounded down to this step (Zaptec takes 0.1 A; 0.5 A means ~15 % fewer changes
+    # but gives away 0.25 A per charger on average: ~2 % of the energy on a winter evening).
+    resolution_a: float = 0.1
+    # A paused charger stays paused at least this long ...
+    restart_delay_s: float = 60.0
+    # ... and restarts only when it could get min_a + this much, continuously for restart_confirm_s.
+    restart_hysteresis_a: float = 1.0
+    restart_confirm_s: float = 15.0
+    # Per-phase meter data older than this counts as stale: fall back to fixed_current_a.
+    stale_after_s: float = STALE_AFTER_S
+    # Current all chargers share on each line without meter data or without a subscription
+    # (Zaptec's default offline current is 32 A).
+    fixed_current_a: float = 32.0
+    # An EV drawing ev_slack_a less than offered, ev_settle_s after the last change, limits itself:
+    # it is offered what it draws + ev_slack_a / 2 when others need the rest.
+    ev_settle_s: float = 15.0
+    ev_slack_a: float = 2.0
+
+    @classmethod
+    def from_dict(cls, overrides: Mapping[str, Any]) -> BalancerSettings:
+        """Settings with ``overrides`` (the device config's ``[balancer]`` table); checks the names."""
+        known = {f.name for f in fields(cls)}
+        out: dict[str, float] = {}
+        for k, v in overrides.items():
+            if k not in known:
+                raise ValueError(f"balancer.{k}: unknown setting (known: {', '.join(sorted(known))})")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"balancer.{k}: {v!r} is not a number >= 0")
+            out[k] = float(v)
+        s = cls(**out)
+        if s.min_a <= 0:
+            raise ValueError("balancer.min_a: must be greater than 0")
+        if s.resolution_a <= 0:
+            raise ValueError("balancer.resolution_a: must be greater than 0")
+        return s
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One update's outcome, for status pages, MQTT and tests."""
+
+    at: float
+    mode: str  # "protect", "fixed" (by choice), "fixed: stale meter data", "fixed: no meter data"
+    available_a: tuple[float | None, float | None, float | None]
+    setpoints: dict[str, float]
+    targets: dict[str, float]  # what the shares allowed before rate limits
+    reasons: dict[str, str]
+    changed: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Charger:
+    config: ChargerConfig
+    setpoint: float = 0.0
+    last_change: float = -math.inf
+    last_decrease: float = -math.inf
+    paused_at: float | None = None  # paused by us for lack of current
+    ok_since: float | None = None  # a paused charger's restart condition has held since
+    soft_cap: float | None = None  # learned: its EV limits itself to about this
+    was_wanting: bool = False
+
+
+class Balancer:
+    """Sans-IO balancer for up to three chargers; see the module docstring for the rules."""
+
+    def __init__(self, network: Network, chargers: Sequence[ChargerConfig],
+                 settings: BalancerSettings | None = None) -> None:
+        if len(chargers) > 3:
+            raise ValueError("an APM drives at most 3 chargers")
+        self.network: Network = network
+        self.settings = settings or BalancerSettings()
+        self._c = {c.id: _Charger(c) for c in chargers}
+        self._order = [c.id for c in chargers]
+        self.supply_phases = 3
+        self.changes = 0  # setpoint changes so far (all chargers)
+        self.last: Decision | None = None
+
+    @property
+    def setpoints(self) -> dict[str, float]:
+        return {cid: c.setpoint for cid, c in self._c.items()}
+
+    # --- the update ------------------------------------------------------------------------------
+
+    def update(self, now: float, headroom: Headroom | None, charger_states: Mapping[str, ChargerState],
+               mode: Mode = "protect", allowed_a: Mapping[str, float] | None = None) -> dict[str, float]:
+        s = self.settings
+        reasons: dict[str, str] = {}
+        if headroom is not None:
+            self.supply_phases = headroom.supply_phases
+        # 1. what our chargers may draw on each line
+        if mode == "fixed":
+            how = "fixed"
+        elif headroom is None:
+            how = "fixed: no meter data"
+        elif now - headroom.measured_at > s.stale_after_s:
+            how = f"fixed: stale meter data ({now - headroom.measured_at:.0f} s)"
+        else:
+            how = "protect"
+        if how == "protect":
+            assert headroom is not None
+            avail = tuple(math.inf if a is None else max(0.0, a) for a in headroom.available_a)
+        else:
+            f = s.fixed_current_a
+            avail = (f, f, f) if self.supply_phases == 3 else (f, math.inf, math.inf)
+
+        # who wants current, and their caps and line usage
+        hard: dict[str, float] = {}
+        soft: dict[str, float] = {}
+        use: dict[str, Triple] = {}
+        draws: dict[str, Triple] = {}
+        for cid in self._order:
+            c = self._c[cid]
+            st = charger_states.get(cid)
+            wants = st is not None and st.wants_current
+            if not wants:
+                if c.was_wanting:
+                    c.paused_at = None  # session over: a new one starts without a restart delay
+                    c.ok_since = None
+                    c.soft_cap = None
+                c.was_wanting = False
+                reasons[cid] = "no EV" if st is None or st.mode == "disconnected" else f"EV {st.mode}"
+                continue
+            assert st is not None
+            c.was_wanting = True
+            cap = c.config.max_a
+            if allowed_a is not None and cid in allowed_a:
+                cap = min(cap, allowed_a[cid])
+                if cap < s.min_a:
+                    reasons[cid] = f"eco plan: {allowed_a[cid]:g} A now"
+                    c.paused_at = None
+                    continue
+            phases = c.config.phases
+            if st.mode == "charging" and st.phases_in_use in (1, 3):
+                phases = min(phases, st.phases_in_use)
+            use[cid] = usage(self.network, phases, c.config.rotation, self.supply_phases)
+            hard[cid] = cap
+            soft[cid] = min(cap, self._learn_soft_cap(now, c, st))
+            draws[cid] = use_scaled(use[cid], st.draw_a)
+
+        # 2./3. shares, pausing who cannot get min_a
+        running = [cid for cid in hard if self._c[cid].paused_at is None]
+        shares, why = self._shares(now, running, hard, soft, use, avail, reasons)
+        for cid in list(hard):
+            c = self._c[cid]
+            if c.paused_at is None:
+                continue
+            if self._restart_ok(now, cid, running, hard, soft, use, avail, reasons):
+                running.append(cid)
+                shares, why = self._shares(now, running, hard, soft, use, avail, reasons)
+        for cid in hard:
+            if cid not in running and cid not in shares:
+                shares[cid] = 0.0
+
+        # 4. rate limits: decreases first (they free current), then increases
+        targets = {cid: 0.0 for cid in self._order}
+        for cid, a in shares.items():
+            targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
+        new = {cid: c.setpoint for cid, c in self._c.items()}
+        changed: list[str] = []
+        for cid in self._order:
+            c = self._c[cid]
+            if targets[cid] < c.setpoint - _EPS:
+                new[cid] = targets[cid]
+                c.last_decrease = now
+                if cid not in reasons:
+                    reasons[cid] = "decrease: " + why.get(cid, "share")
+        for cid in self._order:
+            c = self._c[cid]
+            t = targets[cid]
+            if t <= c.setpoint + _EPS:
+                if t > 0 and cid not in reasons:
+                    reasons[cid] = why.get(cid, "share")
+                continue
+            reasons[cid] = self._increase(now, cid, c, t, hard[cid], new, draws, use, avail,
+                                          why.get(cid, "share"))
+        for cid in self._order:
+            c = self._c[cid]
+            if new[cid] != c.setpoint:
+                c.setpoint = new[cid]
+                c.last_change = now
+                changed.append(cid)
+        self.changes += len(changed)
+        self.last = Decision(
+            at=now,
+            mode=how,
+            available_a=tuple(None if math.isinf(a) else a for a in avail),  # type: ignore[arg-type]
+            setpoints=dict(new),
+            targets=targets,
+            reasons=reasons,
+            changed=tuple(changed),
+        )
+        return dict(new)
+
+    # --- pieces ----------------------------------------------------------------------------------
+
+    def _learn_soft_cap(self, now: float, c: _Charger, st: ChargerState) -> float:
+        s = self.settings
+        if st.mode != "charging":
+            c.soft_cap = None
+            return math.inf
+        draw = st.draw_a
+        settled = now - c.last_change >= s.ev_settle_s
+        if settled and c.setpoint > 0 and draw < c.setpoint - s.ev_slack_a:
+            c.soft_cap = max(s.min_a, draw + s.ev_slack_a / 2)
+        elif c.soft_cap is not None and draw >= c.soft_cap - s.ev_slack_a / 4:
+            c.soft_cap = None  # the EV takes what it is offered again
+        return math.inf if c.soft_cap is None else c.soft_cap
+
+    def _shares(self, now: float, running: list[str], hard: dict[str, float], soft: dict[str, float],
+                use: dict[str, Triple], avail: tuple[float, ...],
+                reasons: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+        """Fair shares for ``running``; pauses (in place) who cannot get min_a. Returns shares, why."""
+        s = self.settings
+        watts = {c: sum(use[c]) for c in running}  # line-amperes per ampere: 3-phase counts more
+        live = list(running)
+        while True:
+            shares, why = water_fill({c: soft[c] for c in live}, use, avail)
+            # give what is left over back to EVs that limit themselves, up to their hard cap
+            left = [avail[i] - sum(use[c][i] * shares[c] for c in live) for i in range(3)]
+            extra_caps = {c: hard[c] - shares[c] for c in live if hard[c] - shares[c] > _EPS}
+            if extra_caps:
+                extra, _ = water_fill(extra_caps, use, tuple(left))
+                for c, e in extra.items():
+                    shares[c] += e
+            low = [c for c in live if shares[c] < s.min_a - _EPS]
+            if not low:
+                break
+            # pause the one with the least; on a tie keep the one already charging, then the one that
+            # turns an ampere into more power (3-phase), then the first
+            drop = min(low, key=lambda c: (round(shares[c], 1), self._c[c].setpoint > 0, watts[c],
+                                           -self._order.index(c)))
+            live.remove(drop)
+            running.remove(drop)
+            c = self._c[drop]
+            if c.paused_at is None:
+                c.paused_at = now
+            c.ok_since = None
+            reasons[drop] = f"paused: {max(0.0, shares[drop]):.1f} A < {s.min_a:g} A ({why.get(drop, 'share')})"
+        return shares, why
+
+    def _restart_ok(self, now: float, cid: str, running: list[str], hard: dict[str, float],
+                    soft: dict[str, float], use: dict[str, Triple], avail: tuple[float, ...],
+                    reasons: dict[str, str]) -> bool:
+        s = self.settings
+        c = self._c[cid]
+        trial = [*running, cid]
+        shares, why = water_fill({x: soft[x] for x in trial}, use, avail)
+        ok = shares[cid] >= s.min_a + s.restart_hysteresis_a - _EPS and all(
+            shares[x] >= s.min_a - _EPS for x in running)
+        if not ok:
+            c.ok_since = None
+            reasons.setdefault(cid, f"paused: {shares[cid]:.1f} A available ({why.get(cid, 'share')})")
+            return False
+        if c.ok_since is None:
+            c.ok_since = now
+        assert c.paused_at is not None
+        wait = max(c.paused_at + s.restart_delay_s, c.ok_since + s.restart_confirm_s) - now
+        if wait > _EPS:
+            reasons[cid] = f"paused: restart in {wait:.0f} s"
+            return False
+        c.paused_at = None
+        c.ok_since = None
+        reasons.pop(cid, None)
+        return True
+
+    def _increase(self, now: float, cid: str, c: _Charger, target: float, cap: float, new: dict[str, float],
+                  draws: dict[str, Triple], use: dict[str, Triple], avail: tuple[float, ...],
+                  why: str) -> str:
+        s = self.settings
+        cur = c.setpoint
+        if cur > 0:
+            if now - c.last_decrease < s.hold_s:
+                return f"hold: {c.last_decrease + s.hold_s - now:.0f} s after a decrease"
+            if now - c.last_change < s.min_interval_s:
+                return f"hold: {c.last_change + s.min_interval_s - now:.0f} s since last change"
+        step = min(target, cur + s.max_step_up_a) if cur > 0 else target
+        # only current that is free now: others count with max(new setpoint, present draw)
+        u = use[cid]
+        for i in range(3):
+            if u[i] == 0.0 or math.isinf(avail[i]):
+                continue
+            taken = 0.0
+            for o, uo in use.items():
+                if o != cid and uo[i] > 0.0:
+                    taken += max(uo[i] * new[o], draws[o][i])
+            step = min(step, avail[i] - taken)
+        step = _floor(step, s.resolution_a)
+        if cur == 0 and step < s.min_a:
+            return "waiting for current to be released"
+        if step - cur < s.min_increase_a - _EPS and step < cap - _EPS:
+            return f"{why} (increase of {step - cur:.1f} A not worth a change)"
+        if step <= cur:
+            return f"{why} (waiting for current to be released)"
+        new[cid] = step
+        return ("start: " if cur == 0 else "increase: ") + why
+
+
+def _floor(x: float, step: float) -> float:
+    """``x`` rounded down to a multiple of ``step`` (and to 1e-6, so 0.1 steps print as they read)."""
+    return round(math.floor(x / step + 1e-9) * step, 6)
+
+
+def use_scaled(u: Triple, a: float) -> Triple:
+    return (u[0] * a, u[1] * a, u[2] * a)
+
+
+def water_fill(caps: Mapping[str, float], use: Mapping[str, Triple],
+               avail: Sequence[float]) -> tuple[dict[str, float], dict[str, str]]:
+    """Max-min fair shares: all rise together; a charger stops at its cap or when a line it uses is
+    full. ``avail`` may hold inf for an unconstrained line. Returns the shares and why each stopped
+    ("L2 full", "own cap"). At most (chargers + lines) rounds."""
+    alloc = {c: 0.0 for c in caps}
+    why: dict[str, str] = {}
+    left = [max(0.0, a) for a in avail]
+    active = [c for c in caps if caps[c] > _EPS]
+    for c in caps:
+        if caps[c] <= _EPS:
+            why[c] = "own cap"
+    while active:
+        inc = min(caps[c] - alloc[c] for c in active)
+        for i in range(3):
+            n = sum(use[c][i] for c in active)
+            if n > 0 and not math.isinf(left[i]):
+                inc = min(inc, left[i] / n)
+        inc = max(inc, 0.0)
+        for c in active:
+            alloc[c] += inc
+            u = use[c]
+            for i in range(3):
+                if u[i] and not math.isinf(left[i]):
+                    left[i] -= u[i] * inc
+        still = []
+        for c in active:
+            if caps[c] - alloc[c] <= 1e-7:
+                why[c] = "own cap"
+                continue
+            full = [LINES[i] for i in range(3) if use[c][i] and not math.isinf(left[i]) and left[i] <= 1e-7]
+            if full:
+                why[c] = "/".join(full) + " full"
+                continue
+            still.append(c)
+        if len(still) == len(active):
+            break  # nothing froze: numerical corner, stop rather than spin
+        active = still
+    return alloc, why

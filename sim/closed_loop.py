@@ -1,0 +1,543 @@
+"""Closed-loop simulation in one process, on a simulated clock (one step per simulated second).
+
+    household + chargers -> grid lines -> fuse judge
+                         -> meter (Readings on the vendor's schedule) -> MeterState -> Headroom
+                         -> Balancer -> charger setpoints -> EVs -> back into the lines
+
+Everything is sans-IO and driven by ``now``; no threads, no sleeping, so a winter day (86,400 steps)
+runs in seconds. The MQTT and pty wiring of the device replaces the direct calls later.
+
+Scenario (TOML). Keys marked * are required; the rest have defaults:
+
+    duration_s = 86400 *
+    start = "2025-01-15T00:00:00+01:00"     # the meter clock at t = 0 (local midnight: the household's day)
+    fixed_current_a = 32                    # the comparison run, and the balancer's fallback
+    [grid]  network = "IT" | "TN" *, fuse_a *, safety_margin_a = 2, curve = "C" | "B" | "gG",
+            model = "magnitude" | "phasor", phases = 3
+    [meter] vendor = "aidon" | "kaifa" | "kamstrup", kind = "3p-it" | "3p-tn" | "1p" (as han.profiles),
+            outages = [[start_s, end_s], ...], repeat_hourly = false
+    [household] model = "winter" | trace = "file.csv" (relative to the scenario), seed = 1,
+            outdoor_c = -8, heaters = 6, scale = 1.0
+    [[charger]] id *, max_a = 32, phases = 3, rotation = ["L1", "L2", "L3"]
+    [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
+            depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
+            ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
+    [balancer] any apm.balancer.BalancerSettings field
+
+Report keys: ``trips`` (count) and ``trip_events``; per line ``max_ratio`` (I / In), ``seconds_above_in``
+and ``band``; ``energy_kwh`` per EV, ``energy_total_kwh``, ``final_soc``; ``setpoint_changes``; ``stale_s``
+(seconds on the fixed fallback); ``hourly_records`` and ``repeated_hourly_dropped``; ``readings`` per list;
+and two oracles, each charging its own copies of the EVs at exactly the true remaining headroom every
+second (fuse - margin - household, per line, in-phase currents), within charger and EV limits and the
+6 A minimum, with no delays:
+
+- ``oracle_energy_kwh``: the most power each second, of the fair share and every priority order (it
+  favours 3-phase EVs on a shared line, since their ampere brings more power);
+- ``oracle_fair_energy_kwh``: the balancer's own fair-share rule. The gap to it is what measurement
+  (10 s lists, the unreported I2), EV delays and the rate limits cost; the gap between the two
+  oracles is what fairness costs.
+
+``compare`` adds the same day with ``fixed_current_a`` shared on each line and no meter.
+
+    python -m sim.closed_loop sim/scenarios/winter-it-40a.toml --report out.json --plot out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apm.balancer import Balancer, BalancerSettings, water_fill
+from apm.charger_state import ChargerState
+from apm.config import ChargerConfig, GridConfig
+from apm.headroom import Headroom, HeadroomEstimator
+from apm.lines import LINES, Network, Triple, charging_power_w, usage
+from apm.meter_state import MeterState
+from sim.charger import SimCharger
+from sim.ev import EV
+from sim.fuse import CURVES, FuseJudge
+from sim.grid import Grid
+from sim.household import HouseSample, make_household
+from sim.loop_meter import VENDORS, LoopMeter, Measurement
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+# [[ev]] keys besides id, charger, arrive_s, depart_s: the EV's own parameters (sim.ev.EV)
+EV_PARAMS = tuple(f.name for f in dataclasses.fields(EV) if not f.name.startswith("_")
+                  and f.name not in ("id", "current_a", "energy_kwh"))
+
+
+@dataclass(frozen=True, slots=True)
+class EVSpec:
+    id: str
+    charger: str
+    arrive_s: float = 0.0
+    depart_s: float = math.inf
+    params: tuple[tuple[str, Any], ...] = ()  # EV parameters given in the scenario
+
+    def make(self) -> EV:
+        return EV(self.id, **dict(self.params))
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    duration_s: float
+    network: Network
+    fuse_a: float
+    safety_margin_a: float = 2.0
+    curve: str = "C"
+    grid_model: str = "magnitude"
+    supply_phases: int = 3
+    vendor: str = "aidon"
+    outages: tuple[tuple[float, float], ...] = ()
+    repeat_hourly: bool = False
+    household: dict[str, Any] = field(default_factory=dict)
+    chargers: tuple[ChargerConfig, ...] = ()
+    evs: tuple[EVSpec, ...] = ()
+    balancer: dict[str, Any] = field(default_factory=dict)
+    headroom: dict[str, Any] = field(default_factory=dict)
+    fixed_current_a: float = 32.0
+    start: datetime = datetime.fromisoformat("2025-01-15T00:00:00+01:00")
+    step_s: float = 1.0
+
+    @property
+    def limit_a(self) -> float:
+        return self.fuse_a - self.safety_margin_a
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+_TOP = {"duration_s", "start", "fixed_current_a", "step_s", "name", "grid", "meter", "household", "charger",
+        "ev", "balancer", "headroom"}
+_HEADROOM = {"refine_i2", "early_rise", "rise_threshold_w", "i2_power_factor"}
+_GRID = {"network", "fuse_a", "safety_margin_a", "curve", "model", "phases"}
+_METER = {"vendor", "kind", "outages", "repeat_hourly"}
+_HOUSE = {"model", "trace", "seed", "outdoor_c", "heaters", "scale"}
+_CHARGER = {"id", "max_a", "phases", "rotation"}
+_EV = {"id", "charger", "arrive_s", "depart_s", *EV_PARAMS}
+
+
+def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ScenarioError(f"{where}: must be a table")
+    for k in d:
+        if k not in allowed:
+            raise ScenarioError(f"{where + '.' if where else ''}{k}: unknown key (known: {', '.join(sorted(allowed))})")
+    return d
+
+
+def _num(d: dict[str, Any], key: str, where: str, default: float | None = None, lo: float = -math.inf) -> float:
+    v = d.get(key, default)
+    if v is None:
+        raise ScenarioError(f"{where}.{key}: missing")
+    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < lo:
+        raise ScenarioError(f"{where}.{key}: {v!r} is not a number >= {lo:g}")
+    return float(v)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    return scenario_from_dict(data, name=path.stem, base=path.parent)
+
+
+def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path | None = None) -> Scenario:
+    _keys(data, _TOP, "")
+    duration = _num(data, "duration_s", "scenario", lo=1.0)
+    grid = _keys(data.get("grid", {}), _GRID, "grid")
+    network = str(grid.get("network", "")).upper()
+    if network not in ("IT", "TN"):
+        raise ScenarioError(f"grid.network: {grid.get('network')!r} is not IT or TN")
+    fuse = _num(grid, "fuse_a", "grid", lo=1.0)
+    margin = _num(grid, "safety_margin_a", "grid", 2.0, lo=0.0)
+    curve = str(grid.get("curve", "C"))
+    if curve not in CURVES:
+        raise ScenarioError(f"grid.curve: {curve!r} is not one of {', '.join(CURVES)}")
+    model = str(grid.get("model", "magnitude"))
+    if model not in ("magnitude", "phasor"):
+        raise ScenarioError(f"grid.model: {model!r} is not magnitude or phasor")
+    meter = _keys(data.get("meter", {}), _METER, "meter")
+    vendor = str(meter.get("vendor", "aidon")).lower()
+    if vendor not in VENDORS:
+        raise ScenarioError(f"meter.vendor: {vendor!r} is not one of {', '.join(VENDORS)}")
+    kind = str(meter.get("kind", "3p-it" if network == "IT" else "3p-tn")).lower()
+    if kind not in ("1p", "3p-tn", "3p-it"):
+        raise ScenarioError(f"meter.kind: {kind!r} is not one of 1p, 3p-tn, 3p-it")
+    if kind != "1p" and kind != f"3p-{network.lower()}":
+        raise ScenarioError(f"meter.kind: a {kind} meter on an {network} network")
+    phases = int(grid.get("phases", 1 if kind == "1p" else 3))
+    outages = tuple((float(a), float(b)) for a, b in meter.get("outages", []))
+    house = dict(_keys(data.get("household", {}), _HOUSE, "household"))
+    if "trace" in house and base is not None:
+        house["trace"] = str((base / house["trace"]).resolve())
+    chargers = []
+    for i, c in enumerate(data.get("charger", [])):
+        c = _keys(c, _CHARGER, f"charger[{i}]")
+        if "id" not in c:
+            raise ScenarioError(f"charger[{i}].id: missing")
+        rot = tuple(c.get("rotation", LINES))
+        if sorted(rot) != list(LINES):
+            raise ScenarioError(f"charger[{i}].rotation: {list(rot)!r} is not a permutation of L1, L2, L3")
+        ph = int(c.get("phases", 3))
+        if ph not in (1, 3):
+            raise ScenarioError(f"charger[{i}].phases: {ph!r} is not 1 or 3")
+        chargers.append(ChargerConfig(id=str(c["id"]), max_a=_num(c, "max_a", f"charger[{i}]", 32.0, 6.0),
+                                      phases=ph, rotation=rot))  # type: ignore[arg-type]
+    if len(chargers) > 3:
+        raise ScenarioError("charger: at most 3 chargers")
+    ids = {c.id for c in chargers}
+    evs = []
+    for i, e in enumerate(data.get("ev", [])):
+        e = dict(_keys(e, _EV, f"ev[{i}]"))
+        if e.get("charger") not in ids:
+            raise ScenarioError(f"ev[{i}].charger: {e.get('charger')!r} is not a charger id")
+        where = f"ev[{i}]"
+        times = {k: _num(e, k, where, d, 0.0) for k, d in (("arrive_s", 0.0), ("depart_s", duration))}
+        params = {k: e[k] for k in EV_PARAMS if k in e}
+        for k, v in params.items():
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ScenarioError(f"{where}.{k}: {v!r} is not a number")
+        spec = EVSpec(str(e.get("id", f"{e['charger']}-ev{i + 1}")), str(e["charger"]), times["arrive_s"],
+                      times["depart_s"], tuple(sorted(params.items())))
+        try:
+            spec.make()
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
+        for other in evs:
+            if other.charger == spec.charger and other.arrive_s < spec.depart_s and spec.arrive_s < other.depart_s:
+                raise ScenarioError(f"ev[{i}]: overlaps {other.id} on charger {spec.charger}")
+        evs.append(spec)
+    balancer = dict(data.get("balancer", {}))
+    try:
+        BalancerSettings.from_dict(balancer)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    headroom = dict(_keys(data.get("headroom", {}), _HEADROOM, "headroom"))
+    start = data.get("start", "2025-01-15T00:00:00+01:00")
+    try:
+        start_dt = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
+    except ValueError:
+        raise ScenarioError(f"start: {start!r} is not an ISO 8601 time") from None
+    return Scenario(
+        name=str(data.get("name", name)),
+        duration_s=duration,
+        network=network,  # type: ignore[arg-type]
+        fuse_a=fuse,
+        safety_margin_a=margin,
+        curve=curve,
+        grid_model=model,
+        supply_phases=phases,
+        vendor=vendor,
+        outages=outages,
+        repeat_hourly=bool(meter.get("repeat_hourly", False)),
+        household=house,
+        chargers=tuple(chargers),
+        evs=tuple(evs),
+        balancer=balancer,
+        headroom=headroom,
+        fixed_current_a=_num(data, "fixed_current_a", "scenario", 32.0, 0.0),
+        start=start_dt,
+        step_s=_num(data, "step_s", "scenario", 1.0, 0.01),
+    )
+
+
+# --- the oracle ------------------------------------------------------------------------------------
+
+
+class Oracle:
+    """Charges its own copies of the EVs at exactly the true headroom each step (see module doc)."""
+
+    def __init__(self, sc: Scenario, policy: str = "max") -> None:
+        self.sc = sc
+        self.policy = policy
+        self.min_a = BalancerSettings.from_dict(sc.balancer).min_a
+        self.evs = {e.id: e.make() for e in sc.evs}
+        self.cfg = {c.id: c for c in sc.chargers}
+        self._key: tuple[Any, ...] | None = None
+        self._alloc: dict[str, float] = {}
+
+    def step(self, now: float, dt: float, house: Triple) -> None:
+        sc = self.sc
+        caps: dict[str, float] = {}
+        evs: dict[str, EV] = {}
+        phases: dict[str, int] = {}
+        for spec in sc.evs:
+            if spec.arrive_s <= now < spec.depart_s:
+                ev = self.evs[spec.id]
+                lim = min(self.cfg[spec.charger].max_a, ev.limit_a())
+                if lim >= self.min_a:
+                    caps[spec.charger] = lim
+                    evs[spec.charger] = ev
+                    phases[spec.charger] = min(self.cfg[spec.charger].phases, ev.phases)
+        if not caps:
+            return
+        n = 1 if sc.supply_phases == 1 else 3
+        avail = tuple(sc.limit_a - house[i] if i < n else math.inf for i in range(3))
+        key = (avail, tuple(sorted(caps.items())), tuple(sorted(phases.items())))
+        if key != self._key:
+            self._key = key
+            use = {c: usage(sc.network, phases[c], self.cfg[c].rotation, sc.supply_phases) for c in caps}
+            weight = {c: charging_power_w(sc.network, phases[c], 1.0) for c in caps}
+            if self.policy == "fair":
+                self._alloc = fair_allocation(caps, use, avail, self.min_a)
+            else:
+                self._alloc = best_allocation(caps, use, avail, weight, self.min_a)
+        for c, a in self._alloc.items():
+            if a <= 0.0:
+                continue
+            ev = evs[c]
+            kwh = charging_power_w(sc.network, phases[c], a) * dt / 3.6e6
+            ev.energy_kwh += kwh
+            ev.soc = min(ev.target_soc, ev.soc + kwh * ev.efficiency / ev.battery_kwh)
+
+    @property
+    def energy_kwh(self) -> float:
+        return sum(e.energy_kwh for e in self.evs.values())
+
+
+def fair_allocation(caps: dict[str, float], use: dict[str, Triple], avail: Sequence[float],
+                    min_a: float) -> dict[str, float]:
+    """The balancer's rule with perfect knowledge: water-filling, pausing the smallest share below min_a."""
+    live = list(caps)
+    while live:
+        shares, _ = water_fill({c: caps[c] for c in live}, use, avail)
+        low = [c for c in live if shares[c] < min_a - 1e-9]
+        if not low:
+            return shares
+        live.remove(min(low, key=lambda c: (round(shares[c], 1), sum(use[c]))))
+    return {}
+
+
+def best_allocation(caps: dict[str, float], use: dict[str, Triple], avail: Sequence[float],
+                    weight: dict[str, float], min_a: float) -> dict[str, float]:
+    """The most power among the fair share (paused below min_a) and every priority order."""
+    cands: list[dict[str, float]] = [fair_allocation(caps, use, avail, min_a)]
+    for order in itertools.permutations(caps):
+        left = [max(0.0, a) for a in avail]
+        alloc: dict[str, float] = {}
+        for c in order:
+            x = caps[c]
+            for i in range(3):
+                if use[c][i]:
+                    x = min(x, left[i])
+            if x < min_a:
+                x = 0.0
+            alloc[c] = x
+            for i in range(3):
+                if use[c][i] and not math.isinf(left[i]):
+                    left[i] -= x
+        cands.append(alloc)
+    if not cands:
+        return {}
+    return max(cands, key=lambda a: sum(weight[c] * x for c, x in a.items()))
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Trace:
+    """Per-step record for plots (only when asked for)."""
+
+    t: list[float] = field(default_factory=list)
+    lines: list[Triple] = field(default_factory=list)
+    chargers: dict[str, list[float]] = field(default_factory=dict)
+    setpoints: dict[str, list[float]] = field(default_factory=dict)
+
+
+def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dict[str, Any]:
+    """Simulate ``sc``; ``fixed``: the comparison without a meter, all chargers sharing
+    ``fixed_current_a`` per line. Returns the report dict."""
+    t0 = time.perf_counter()
+    days = int(math.ceil(sc.duration_s / 86400.0)) + 1
+    house_opts = dict(sc.household)
+    household = make_household(sc.network, model=house_opts.pop("model", None), trace=house_opts.pop("trace", None),
+                               seed=int(house_opts.pop("seed", 1)), days=days, **house_opts)
+    grid = Grid(sc.network, sc.supply_phases, sc.grid_model)  # type: ignore[arg-type]
+    chargers = [SimCharger(c, sc.network, sc.supply_phases) for c in sc.chargers]
+    by_id = {c.id: c for c in chargers}
+    fuse = FuseJudge(sc.fuse_a, sc.curve, lines=3)
+    settings = BalancerSettings.from_dict({**sc.balancer, "fixed_current_a": sc.fixed_current_a})
+    balancer = Balancer(sc.network, sc.chargers, settings)
+    gridcfg = GridConfig(network=sc.network, fuse_a=sc.fuse_a, safety_margin_a=sc.safety_margin_a)
+    estimator = HeadroomEstimator(gridcfg, sc.chargers, stale_after_s=settings.stale_after_s, **sc.headroom)
+    state = MeterState()
+    oracle = None if fixed else Oracle(sc, "max")
+    oracle_fair = None if fixed else Oracle(sc, "fair")
+    evs = {e.id: e.make() for e in sc.evs}
+    schedule = sorted(sc.evs, key=lambda e: e.arrive_s)
+
+    present: dict[str, str] = {}  # charger id -> ev id
+    gone: set[str] = set()
+    now_lines: list[Triple] = [(0.0, 0.0, 0.0)]
+    now_power = [0.0]
+
+    def measure(_t: float) -> Measurement:
+        return Measurement(now_lines[0], now_power[0])
+
+    meter = None if fixed else LoopMeter(measure, vendor=sc.vendor, network=sc.network, phases=sc.supply_phases,
+                                         start=sc.start, outages=sc.outages, repeat_hourly=sc.repeat_hourly)
+    mode = "fixed" if fixed else "protect"
+    headroom: Headroom | None = None
+    hourly = 0
+    stale_s = 0.0
+    dt = sc.step_s
+    steps = int(round(sc.duration_s / dt))
+    if trace is not None:
+        for c in chargers:
+            trace.chargers[c.id] = []
+            trace.setpoints[c.id] = []
+    for k in range(steps + 1):
+        now = k * dt
+        # EVs come and go
+        for spec in schedule:
+            if spec.id in gone:
+                continue
+            if present.get(spec.charger) == spec.id:
+                if now >= spec.depart_s:
+                    by_id[spec.charger].unplug(now)
+                    del present[spec.charger]
+                    gone.add(spec.id)
+            elif now >= spec.arrive_s and spec.charger not in present:
+                if now < spec.depart_s:
+                    by_id[spec.charger].plug(now, evs[spec.id])
+                    present[spec.charger] = spec.id
+                else:
+                    gone.add(spec.id)
+        house: HouseSample = household.sample(now)
+        for c in chargers:
+            c.step(now)
+        lines = grid.line_currents(house, chargers)
+        fuse.step(now, lines)
+        now_lines[0] = lines
+        now_power[0] = grid.power_w(house, chargers)
+        states: dict[str, ChargerState] = {c.id: c.state(now) for c in chargers}
+        if meter is not None:
+            estimator.observe_chargers(now, states)
+            readings = meter.readings_at(now)
+            for r in readings:
+                if state.update(now, r) is not None:
+                    hourly += 1
+            if readings:
+                headroom = estimator.compute(now, state)
+        setpoints = balancer.update(now, headroom, states, mode=mode)  # type: ignore[arg-type]
+        if balancer.last is not None and balancer.last.mode.startswith("fixed:"):
+            stale_s += dt
+        for cid, sp in setpoints.items():
+            by_id[cid].set_setpoint(now, sp)
+        if oracle is not None and oracle_fair is not None and k > 0:
+            oracle.step(now, dt, house.lines)
+            oracle_fair.step(now, dt, house.lines)
+        if trace is not None:
+            trace.t.append(now)
+            trace.lines.append(lines)
+            for c in chargers:
+                trace.chargers[c.id].append(max(c.terminals))
+                trace.setpoints[c.id].append(c.setpoint_a)
+    report: dict[str, Any] = {"scenario": sc.name, "mode": "fixed" if fixed else "protect",
+                              "network": sc.network, "fuse_a": sc.fuse_a, "duration_s": sc.duration_s}
+    report.update(fuse.report())
+    report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in evs.items()}
+    report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in evs.values()), 3)
+    report["final_soc"] = {e: round(ev.soc, 4) for e, ev in evs.items()}
+    report["setpoint_changes"] = balancer.changes
+    if oracle is not None:
+        report["oracle_energy_kwh"] = round(oracle.energy_kwh, 3)
+        report["oracle_ratio"] = round(report["energy_total_kwh"] / oracle.energy_kwh, 4) if oracle.energy_kwh else None
+        report["oracle_energy_per_ev_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in oracle.evs.items()}
+        assert oracle_fair is not None
+        report["oracle_fair_energy_kwh"] = round(oracle_fair.energy_kwh, 3)
+        report["oracle_fair_ratio"] = (round(report["energy_total_kwh"] / oracle_fair.energy_kwh, 4)
+                                       if oracle_fair.energy_kwh else None)
+        report["stale_s"] = stale_s
+        report["hourly_records"] = hourly
+        report["repeated_hourly_dropped"] = state.repeats
+        report["readings"] = {f"list{k}": v for k, v in state.counts.items()}
+    report["runtime_s"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def compare(sc: Scenario, trace: Trace | None = None) -> dict[str, Any]:
+    """The balanced run's report with the fixed-current comparison under ``fixed_<A>a``."""
+    report = run(sc, trace=trace)
+    fixed = run(sc, fixed=True)
+    fixed["oracle_ratio"] = (round(fixed["energy_total_kwh"] / report["oracle_energy_kwh"], 4)
+                             if report.get("oracle_energy_kwh") else None)
+    report[f"fixed_{sc.fixed_current_a:g}a"] = fixed
+    return report
+
+
+def plot(sc: Scenario, trace: Trace, out: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = [t / 3600.0 for t in trace.t]
+    fig, axes = plt.subplots(4, 1, figsize=(14, 11), sharex=True)
+    for i, name in enumerate(LINES):
+        ax = axes[i]
+        ax.plot(hours, [x[i] for x in trace.lines], lw=0.6, label=f"{name} current")
+        ax.axhline(sc.fuse_a, color="red", lw=1, label=f"fuse {sc.fuse_a:g} A")
+        ax.axhline(sc.limit_a, color="orange", lw=0.8, ls="--", label=f"limit {sc.limit_a:g} A")
+        ax.set_ylabel("A")
+        ax.legend(loc="upper left", fontsize=7)
+    ax = axes[3]
+    for cid, xs in trace.chargers.items():
+        ax.plot(hours, xs, lw=0.7, label=f"{cid} draw")
+        ax.plot(hours, trace.setpoints[cid], lw=0.5, ls=":", label=f"{cid} setpoint")
+    ax.set_ylabel("A")
+    ax.set_xlabel("hour")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(f"{sc.name}: {sc.network} {sc.fuse_a:g} A")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sim.closed_loop", description="closed-loop APM simulation")
+    ap.add_argument("scenario")
+    ap.add_argument("--report", help="write the report JSON here")
+    ap.add_argument("--plot", help="write a PNG of line currents and charger currents here")
+    ap.add_argument("--no-compare", action="store_true", help="skip the fixed-current comparison run")
+    args = ap.parse_args(argv)
+    try:
+        sc = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    trace = Trace() if args.plot else None
+    report = run(sc, trace=trace) if args.no_compare else compare(sc, trace=trace)
+    text = json.dumps(report, indent=2)
+    if args.report:
+        Path(args.report).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    if args.plot and trace is not None:
+        plot(sc, trace, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Household load: a synthetic Norwegian home with electric heating, or a recorded trace.
+
+Both give a `HouseSample` at simulated time t (seconds since local midnight of the first day): the
+current on each grid line, the active power, and (synthetic model) the power on each connection.
+
+Connections ("slots"): on TN 3x400 V a single-phase appliance sits between one line and neutral (slot
+0, 1, 2 = L1, L2, L3); on IT 3x230 V between two lines (slot 0, 1, 2 = L1-L2, L2-L3, L3-L1), so its
+current flows on both. Slot 3 is a balanced three-phase load. All loads are resistive (PF 1) and 230 V;
+line currents are the arithmetic sum of what each load puts on the line (the conservative in-phase
+model, see sim/grid.py).
+
+The synthetic home (numbers from research notes 5.2; SINTEF/Enova, NVE):
+
+- base load 0.3-0.5 kW plus fridge cycling, lighting and TV in the evening;
+- panel heaters (default 6, 0.8-1.5 kW) with thermostats in rooms that lose heat to the outdoors
+  (winter day, coldest before dawn), 21 C by day and a 19 C setback at night, so they cycle faster
+  when it is cold and all come on together at 06:00;
+- a 2 kW water heater on a thermostat: showers in the morning and evening, small draws all day;
+- cooktop zones (boil at full power, then simmer cycling), oven, kettle, washer, dryer, dishwasher.
+
+Seeded with `random.Random(seed)`: the same seed gives the same day, to the watt.
+Cost per sample: O(heaters) arithmetic plus the appliance events due since the last sample.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import heapq
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from apm.lines import Network, Triple
+
+VOLT = 230.0
+DAY = 86400.0
+H = 3600.0
+
+
+class HouseSample(NamedTuple):
+    lines: Triple  # A per line L1, L2, L3
+    power_w: float
+    slots_w: tuple[float, float, float, float] | None = None  # per connection (see module doc)
+
+
+def slot_lines(network: Network, slots_w: Sequence[float], volt: float = VOLT) -> Triple:
+    """Line currents (in-phase sum) of slot powers."""
+    a, b, c = slots_w[0] / volt, slots_w[1] / volt, slots_w[2] / volt
+    if network == "TN":
+        three = slots_w[3] / (3.0 * volt)
+        return (a + three, b + three, c + three)
+    three = slots_w[3] / (math.sqrt(3.0) * volt)
+    return (a + c + three, a + b + three, b + c + three)
+
+
+@dataclass(frozen=True, slots=True)
+class WinterDay:
+    """Outdoor temperature: mean with a daily swing, coldest around 03:00."""
+
+    mean_c: float = -8.0
+    swing_c: float = 4.0
+
+    def at(self, t: float) -> float:
+        return self.mean_c - self.swing_c * math.cos(2 * math.pi * ((t % DAY) / DAY - 3.0 / 24.0))
+
+
+@dataclass(slots=True)
+class _Room:
+    power_w: float
+    slot: int
+    ua: float  # W/K
+    cap: float  # J/K
+    temp: float
+    on: bool
+
+
+@dataclass(slots=True)
+class _Tank:
+    power_w: float
+    slot: int
+    deficit_wh: float  # heat missing to reach the set temperature
+    on: bool
+
+
+class SyntheticHome:
+    """A Norwegian home with electric heating; ``sample(t)`` with non-decreasing t."""
+
+    def __init__(self, network: Network, seed: int = 1, *, heaters: int = 6, weather: WinterDay | None = None,
+                 days: int = 2, scale: float = 1.0) -> None:
+        self.network: Network = network
+        self.seed = seed
+        self.weather = weather or WinterDay()
+        self.scale = scale
+        rng = random.Random(seed)
+        self._rng = rng
+        self._slot_w = [0.0, 0.0, 0.0, 0.0]  # scheduled appliances
+        # heaters: design duty 62 % at -20 C (about 100 W/K for the house: ~10 MWh a year of space
+        # heating), room time constant 3-5 h; spread over the connections as an electrician would
+        self._rooms: list[_Room] = []
+        first = rng.randrange(3)
+        for i in range(heaters):
+            p = rng.choice((800.0, 1000.0, 1200.0, 1500.0)) * scale
+            ua = 0.62 * p / (21.0 + 20.0)
+            tau = rng.uniform(3.0, 5.0) * H
+            self._rooms.append(_Room(p, (first + i) % 3, ua, ua * tau, rng.uniform(19.0, 21.0), False))
+        self._tank = _Tank(2000.0 * scale, rng.randrange(3), rng.uniform(0.0, 800.0), False)
+        self._draws: list[tuple[float, float]] = []  # (time, Wh of hot water) sorted
+        self._events: list[tuple[float, int, int, float]] = []  # (time, seq, slot, +/- watts)
+        self._seq = 0
+        for d in range(days):
+            self._plan_day(d * DAY, rng)
+        heapq.heapify(self._events)
+        self._draws.sort()
+        self._draw_i = 0
+        self._last_t: float | None = None
+        self._room_dt = 0.0
+
+    # --- planning --------------------------------------------------------------------------------
+
+    def _on(self, start: float, end: float, slot: int, watts: float) -> None:
+        if end <= start:
+            return
+        w = watts * self.scale
+        self._events.append((start, self._seq, slot, w))
+        self._events.append((end, self._seq + 1, slot, -w))
+        self._seq += 2
+
+    def _cycle(self, start: float, end: float, slot: int, watts: float, period: float, duty: float,
+               rng: random.Random) -> None:
+        """Thermostat-style cycling between start and end."""
+        t = start + rng.uniform(0, period * (1 - duty))
+        while t < end:
+            self._on(t, min(end, t + period * duty), slot, watts)
+            t += period
+
+    def _plan_day(self, d0: float, rng: random.Random) -> None:
+        slot = rng.randrange
+        self._on(d0, d0 + DAY, 0, rng.uniform(300.0, 500.0))  # standby, ventilation, router...
+        fridge = slot(3)
+        t = d0 + rng.uniform(0, 1800)
+        while t < d0 + DAY:  # fridge/freezer compressor
+            self._on(t, t + rng.uniform(600, 900), fridge, 150.0)
+            t += rng.uniform(1800, 2700)
+        self._on(d0 + rng.uniform(6.0, 6.5) * H, d0 + rng.uniform(8.0, 8.5) * H, slot(3), 250.0)  # lights
+        self._on(d0 + rng.uniform(15.5, 16.5) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 350.0)
+        self._on(d0 + rng.uniform(18.0, 19.0) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 200.0)  # TV, PC
+        # kettle / coffee
+        for h in (rng.uniform(6.5, 7.5), rng.uniform(15.5, 16.5), rng.uniform(20.5, 21.5)):
+            self._on(d0 + h * H, d0 + h * H + rng.uniform(120, 240), slot(3), 2000.0)
+        # cooktop: zones on different slots; boil at full power, then simmer cycling
+        zones = [(0, 2300.0), (1, 1800.0), (2, 1400.0), (0, 1200.0)]
+        dinner = d0 + rng.uniform(16.5, 17.5) * H
+        for z in range(rng.choice((2, 3, 3, 4))):
+            zs, zw = zones[z]
+            start = dinner + rng.uniform(0, 900)
+            boil = start + rng.uniform(300, 600)
+            end = boil + rng.uniform(900, 2400)
+            self._on(start, boil, zs, zw)
+            self._cycle(boil, end, zs, zw, rng.uniform(30, 60), rng.uniform(0.3, 0.6), rng)
+        breakfast = d0 + rng.uniform(7.0, 7.5) * H
+        self._on(breakfast, breakfast + rng.uniform(300, 600), 1, 1800.0)
+        # oven: preheat, then thermostat cycling
+        if rng.random() < 0.7:
+            o = slot(3)
+            start = dinner - rng.uniform(600, 1500)
+            self._on(start, start + 600, o, 2200.0)
+            self._cycle(start + 600, start + rng.uniform(2700, 4200), o, 2200.0, 90.0, 0.45, rng)
+        # washer: heating then motor; dryer after it; dishwasher after dinner
+        w = slot(3)
+        ws = d0 + rng.choice((rng.uniform(9.0, 11.0), rng.uniform(18.5, 20.0))) * H
+        self._on(ws + 300, ws + 300 + rng.uniform(600, 1200), w, 2000.0)
+        self._on(ws, ws + rng.uniform(3600, 5400), w, 200.0)
+        if rng.random() < 0.8:
+            dr = slot(3)
+            ds = max(ws + 5400, d0 + rng.uniform(20.0, 21.0) * H)
+            self._cycle(ds, ds + rng.uniform(3600, 5400), dr, 2500.0, 240.0, 0.8, rng)
+        dw = slot(3)
+        dws = d0 + rng.uniform(19.5, 21.5) * H
+        self._on(dws + 300, dws + 1200, dw, 2000.0)
+        self._on(dws + 3600, dws + 4200, dw, 2000.0)
+        # hot water: showers morning and evening, small draws during the day
+        for _ in range(rng.choice((2, 3))):
+            self._draws.append((d0 + rng.uniform(6.2, 8.0) * H, rng.uniform(1500, 3000)))
+        for _ in range(rng.choice((1, 2))):
+            self._draws.append((d0 + rng.uniform(18.0, 22.5) * H, rng.uniform(1500, 3000)))
+        for _ in range(6):
+            self._draws.append((d0 + rng.uniform(7.0, 22.0) * H, rng.uniform(100, 400)))
+
+    # --- simulation ------------------------------------------------------------------------------
+
+    def _setpoint(self, t: float) -> float:
+        h = (t % DAY) / H
+        return 21.0 if 6.0 <= h < 23.0 else 19.0
+
+    def sample(self, t: float) -> HouseSample:
+        slot_w = self._slot_w
+        ev = self._events
+        while ev and ev[0][0] <= t:
+            _, _, s, w = heapq.heappop(ev)
+            slot_w[s] += w
+        dt = 0.0 if self._last_t is None else t - self._last_t
+        self._last_t = t
+        out = [slot_w[0], slot_w[1], slot_w[2], slot_w[3]]
+        # rooms every 10 s of simulated time (thermostats do not need more)
+        self._room_dt += dt
+        if self._room_dt >= 10.0 or dt == 0.0:
+            self._step_rooms(t, self._room_dt)
+            self._room_dt = 0.0
+        for r in self._rooms:
+            if r.on:
+                out[r.slot] += r.power_w
+        tank = self._tank
+        self._step_tank(t, dt)
+        if tank.on:
+            out[tank.slot] += tank.power_w
+        for i in range(4):
+            if out[i] < 0.5:
+                out[i] = 0.0
+        power = out[0] + out[1] + out[2] + out[3]
+        return HouseSample(slot_lines(self.network, out), power, (out[0], out[1], out[2], out[3]))
+
+    def _step_rooms(self, t: float, dt: float) -> None:
+        t_out = self.weather.at(t)
+        sp = self._setpoint(t)
+        for r in self._rooms:
+            heat = r.power_w if r.on else 0.0
+            r.temp += dt * (heat - r.ua * (r.temp - t_out)) / r.cap
+            if r.temp < sp - 0.3:
+                r.on = True
+            elif r.temp > sp + 0.3:
+                r.on = False
+
+    def _step_tank(self, t: float, dt: float) -> None:
+        tank = self._tank
+        draws = self._draws
+        while self._draw_i < len(draws) and draws[self._draw_i][0] <= t:
+            tank.deficit_wh += draws[self._draw_i][1]
+            self._draw_i += 1
+        tank.deficit_wh += 60.0 * dt / H  # standing loss
+        if tank.on:
+            tank.deficit_wh -= tank.power_w * dt / H
+        if tank.deficit_wh > 700.0:
+            tank.on = True
+        elif tank.deficit_wh <= 0.0:
+            tank.on = False
+            tank.deficit_wh = 0.0
+
+
+class TraceHome:
+    """Household currents from a CSV ``time_s,l1_a,l2_a,l3_a``; each row holds until the next.
+
+    Before the first row the first row's currents apply; after the last, the last's. Power is taken
+    as resistive: 230 V x (sum of line currents) on TN, half of it on IT (each 230 V load shows on
+    two lines).
+    """
+
+    def __init__(self, network: Network, times: Sequence[float], rows: Sequence[Triple]) -> None:
+        if not times:
+            raise ValueError("trace has no rows")
+        if any(b < a for a, b in zip(times, times[1:], strict=False)):
+            raise ValueError("trace times must not decrease")
+        self.network: Network = network
+        self._t = list(times)
+        self._rows = list(rows)
+        self._i = 0
+
+    @classmethod
+    def from_csv(cls, network: Network, path: str | Path) -> TraceHome:
+        times: list[float] = []
+        rows: list[Triple] = []
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            need = {"time_s", "l1_a", "l2_a", "l3_a"}
+            if reader.fieldnames is None or not need <= set(reader.fieldnames):
+                raise ValueError(f"{path}: header must be time_s,l1_a,l2_a,l3_a")
+            for n, row in enumerate(reader, start=2):
+                try:
+                    times.append(float(row["time_s"]))
+                    rows.append((float(row["l1_a"]), float(row["l2_a"]), float(row["l3_a"])))
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}:{n}: not a number in {row}") from None
+        return cls(network, times, rows)
+
+    def sample(self, t: float) -> HouseSample:
+        ts = self._t
+        i = self._i
+        if i + 1 < len(ts) and ts[i + 1] <= t:
+            i += 1
+            if i + 1 < len(ts) and ts[i + 1] <= t:  # a jump: search
+                i = bisect.bisect_right(ts, t) - 1
+        elif ts[i] > t:
+            i = max(0, bisect.bisect_right(ts, t) - 1)
+        self._i = i
+        lines = self._rows[i]
+        total = lines[0] + lines[1] + lines[2]
+        power = VOLT * total * (1.0 if self.network == "TN" else 0.5)
+        return HouseSample(lines, power, None)
+
+
+def make_household(network: Network, model: str | None = None, trace: str | Path | None = None,
+                   seed: int = 1, **options: float) -> SyntheticHome | TraceHome:
+    """The scenario's ``[household]``: ``trace = "file.csv"`` or ``model = "winter"`` (the synthetic home)."""
+    if trace is not None:
+        return TraceHome.from_csv(network, trace)
+    if model in (None, "winter", "norwegian-winter"):
+        weather = WinterDay(mean_c=float(options.pop("outdoor_c", -8.0)))
+        return SyntheticHome(network, seed, weather=weather, heaters=int(options.pop("heaters", 6)),
+                             scale=float(options.pop("scale", 1.0)), days=int(options.pop("days", 2)))
+    raise ValueError(f"household model {model!r} is not known (winter, or trace = \"file.csv\")")

@@ -1,0 +1,250 @@
+"""The balancer: fair shares, immediate decreases, slow increases, pauses, fixed current."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apm.balancer import Balancer, BalancerSettings, water_fill
+from apm.charger_state import ChargerState
+from apm.config import ChargerConfig
+from apm.headroom import Headroom
+from apm.lines import terminal_currents, usage
+
+ROT = ("L1", "L2", "L3")
+ROT2 = ("L2", "L3", "L1")
+
+
+def room(now: float, a1: float, a2: float, a3: float, network: str = "TN", measured_at: float | None = None,
+         supply: int = 3) -> Headroom:
+    t = now if measured_at is None else measured_at
+    return Headroom(at=now, measured_at=t, network=network, supply_phases=supply, limit_a=23.0,  # type: ignore[arg-type]
+                    available_a=(a1, a2, a3), measured_a=(0.0, 0.0, 0.0), house_a=(0.0, 0.0, 0.0),
+                    own_a=(0.0, 0.0, 0.0), rise_a=0.0, age_s=now - t, fresh=True, reason="test")
+
+
+def ev(cid: str, amps: float = 0.0, phases: int = 3, network: str = "TN", mode: str | None = None) -> ChargerState:
+    m = mode or ("charging" if amps > 0 else "connected")
+    return ChargerState(cid, m, terminal_currents(network, phases, amps), phases if amps > 0 else None,  # type: ignore[arg-type]
+                        amps)
+
+
+def test_water_fill_gives_small_caps_their_cap_and_reshares_the_rest() -> None:
+    use = {"a": (1.0, 1.0, 1.0), "b": (1.0, 1.0, 1.0), "c": (1.0, 1.0, 1.0)}
+    shares, why = water_fill({"a": 5.0, "b": 32.0, "c": 32.0}, use, (35.0, 40.0, 50.0))
+    assert shares == pytest.approx({"a": 5.0, "b": 15.0, "c": 15.0})
+    assert why == {"a": "own cap", "b": "L1 full", "c": "L1 full"}
+
+
+def test_water_fill_respects_each_line_a_charger_uses() -> None:
+    # a: 1-phase on L1 (TN), b: 3-phase; L1 is short, L2/L3 are not
+    use = {"a": usage("TN", 1, ROT), "b": usage("TN", 3, ROT)}
+    shares, _ = water_fill({"a": 32.0, "b": 16.0}, use, (20.0, 30.0, math.inf))
+    assert shares == pytest.approx({"a": 10.0, "b": 10.0})
+    # IT: a 1-phase charger on L2-L3 does not compete for L1
+    use = {"a": usage("IT", 1, ROT2), "b": usage("IT", 1, ROT)}
+    assert use["a"] == (0.0, 1.0, 1.0) and use["b"] == (1.0, 1.0, 0.0)
+    shares, _ = water_fill({"a": 32.0, "b": 32.0}, use, (30.0, 24.0, 8.0))
+    assert shares == pytest.approx({"a": 8.0, "b": 16.0})
+
+
+def test_decrease_at_once_increase_after_hold_in_steps() -> None:
+    s = BalancerSettings(hold_s=10.0, max_step_up_a=4.0, min_interval_s=5.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], s)
+    assert b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")}) == {"a": 20.0}  # start at once
+    assert b.update(1.0, room(1.0, 12.3, 20, 20), {"a": ev("a", 20.0)}) == {"a": 12.3}  # cut at once
+    assert "decrease" in b.last.reasons["a"]  # type: ignore[union-attr]
+    seen = []
+    for t in range(2, 40):
+        seen.append(b.update(float(t), room(float(t), 30, 30, 30), {"a": ev("a", seen[-1] if seen else 12.3)})["a"])
+    assert seen[:9] == [12.3] * 9  # hold 10 s after the decrease
+    assert seen[9] == pytest.approx(16.3)  # +4 A ...
+    assert seen[10:14] == [pytest.approx(16.3)] * 4  # ... then 5 s between changes
+    assert seen[14] == pytest.approx(20.3)
+    assert seen[-1] == 30.0
+    assert max(y - x for x, y in zip(seen, seen[1:], strict=False)) <= 4.0 + 1e-9
+
+
+def test_small_wobbles_do_not_change_the_setpoint() -> None:
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)])
+    b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")})
+    changes = b.changes
+    for t in range(1, 100):
+        b.update(float(t), room(float(t), 20.0 + 0.4 * (t % 2), 25, 25), {"a": ev("a", 20.0)})
+    assert b.changes == changes  # +0.4 A is below min_increase_a; never a decrease
+    assert b.setpoints == {"a": 20.0}
+
+
+def test_pause_below_six_amps_and_restart_after_delay_with_hysteresis() -> None:
+    s = BalancerSettings(restart_delay_s=60.0, restart_hysteresis_a=1.0, restart_confirm_s=15.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], s)
+    b.update(0.0, room(0.0, 10, 10, 10), {"a": ev("a")})
+    assert b.update(1.0, room(1.0, 5.5, 10, 10), {"a": ev("a", 10.0)}) == {"a": 0.0}
+    assert b.last.reasons["a"].startswith("paused")  # type: ignore[union-attr]
+    # 6.5 A available: enough to charge, not enough to restart (needs 7 A)
+    for t in range(2, 100):
+        assert b.update(float(t), room(float(t), 6.5, 10, 10), {"a": ev("a")})["a"] == 0.0
+    # 7.5 A from t=100: ok for 15 s -> restart at 115 (60 s since the pause have long passed)
+    out = {t: b.update(float(t), room(float(t), 7.5, 10, 10), {"a": ev("a")})["a"] for t in range(100, 130)}
+    assert out[114] == 0.0 and out[115] == 7.5
+
+
+def test_restart_delay_counts_from_the_pause() -> None:
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], BalancerSettings(restart_delay_s=60.0))
+    b.update(0.0, room(0.0, 10, 10, 10), {"a": ev("a")})
+    b.update(1.0, room(1.0, 3.0, 10, 10), {"a": ev("a", 10.0)})
+    out = {t: b.update(float(t), room(float(t), 20, 20, 20), {"a": ev("a")})["a"] for t in range(2, 70)}
+    assert out[60] == 0.0 and out[61] == 20.0
+
+
+def test_two_chargers_share_fairly_and_one_pauses_when_both_cannot_get_six() -> None:
+    cfg = [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT2)]
+    b = Balancer("TN", cfg)
+    sp = b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a"), "b": ev("b")})
+    assert sp == {"a": 10.0, "b": 10.0}
+    sp = b.update(1.0, room(1.0, 11, 20, 20), {"a": ev("a", 10.0), "b": ev("b", 10.0)})
+    # 5.5 A each is too little: one pauses; the other may rise only once the paused EV lets go
+    assert sorted(sp.values()) == [0.0, 10.0]
+    paused = [c for c, v in sp.items() if v == 0.0][0]
+    other = "a" if paused == "b" else "b"
+    assert "paused" in b.last.reasons[paused]  # type: ignore[union-attr]
+    states = {paused: ev(paused), other: ev(other, 10.0)}
+    out = [b.update(float(t), room(float(t), 11, 20, 20), states)[other] for t in range(2, 12)]
+    assert out[-1] == 11.0 and b.setpoints[paused] == 0.0
+
+
+def test_a_single_phase_charger_is_paused_before_a_three_phase_one() -> None:
+    cfg = [ChargerConfig("one", 32.0, 1, ROT), ChargerConfig("three", 32.0, 3, ROT)]
+    b = Balancer("TN", cfg)
+    b.update(0.0, room(0.0, 30, 30, 30), {"one": ev("one"), "three": ev("three")})
+    sp = b.update(1.0, room(1.0, 10, 30, 30), {"one": ev("one", 15.0, 1), "three": ev("three", 15.0)})
+    assert sp == {"one": 0.0, "three": 10.0}
+
+
+def test_ev_that_limits_itself_leaves_the_rest_to_the_other_charger() -> None:
+    cfg = [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT)]
+    s = BalancerSettings(ev_settle_s=15.0, ev_slack_a=2.0, hold_s=0.0, min_interval_s=0.0, max_step_up_a=40.0)
+    b = Balancer("TN", cfg, s)
+    sp = b.update(0.0, room(0.0, 30, 30, 30), {"a": ev("a"), "b": ev("b")})
+    assert sp == {"a": 15.0, "b": 15.0}
+    for t in range(1, 40):  # a's EV takes 8 A only (on-board charger limit)
+        sp = b.update(float(t), room(float(t), 30, 30, 30), {"a": ev("a", 8.0), "b": ev("b", sp["b"])})
+    assert sp["a"] == pytest.approx(9.0) and sp["b"] == pytest.approx(21.0)
+    assert "own cap" in b.last.reasons["a"] or "share" in b.last.reasons["a"]  # type: ignore[union-attr]
+
+
+def test_eco_plan_cap_and_pause() -> None:
+    cfg = [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT2)]
+    b = Balancer("TN", cfg)
+    sp = b.update(0.0, room(0.0, 30, 30, 30), {"a": ev("a"), "b": ev("b")}, allowed_a={"a": 10.0, "b": 0.0})
+    assert sp == {"a": 10.0, "b": 0.0}
+    assert b.last.reasons["b"].startswith("eco plan")  # type: ignore[union-attr]
+    sp = b.update(1.0, room(1.0, 30, 30, 30), {"a": ev("a", 10.0), "b": ev("b")}, allowed_a={"a": 10.0, "b": 32.0})
+    assert sp["b"] == 20.0  # no restart delay after an eco pause
+
+
+def test_stale_or_missing_data_falls_back_to_fixed_current() -> None:
+    cfg = [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT2)]
+    s = BalancerSettings(fixed_current_a=16.0, stale_after_s=25.0)
+    b = Balancer("TN", cfg, s)
+    sp = b.update(0.0, None, {"a": ev("a"), "b": ev("b")})
+    assert sp == {"a": 8.0, "b": 8.0}
+    assert b.last.mode == "fixed: no meter data"  # type: ignore[union-attr]
+    old = room(30.0, 30, 30, 30, measured_at=0.0)
+    sp = b.update(30.0, old, {"a": ev("a", 8.0), "b": ev("b", 8.0)})
+    assert sp == {"a": 8.0, "b": 8.0}
+    assert b.last.mode.startswith("fixed: stale")  # type: ignore[union-attr]
+    # fresh data again: protect
+    b.update(31.0, room(31.0, 30, 30, 30), {"a": ev("a", 8.0), "b": ev("b", 8.0)})
+    assert b.last.mode == "protect"  # type: ignore[union-attr]
+    # fresh data that says less than the fixed share: the decrease is immediate
+    sp = b.update(32.0, room(32.0, 12, 12, 12), {"a": ev("a", 8.0), "b": ev("b", 8.0)})
+    assert sp == {"a": 6.0, "b": 6.0}
+    # stale data: the fixed current applies, up (rate-limited) or down (at once)
+    b2 = Balancer("TN", cfg[:1], s)
+    b2.update(0.0, room(0.0, 14, 14, 14), {"a": ev("a")})
+    assert b2.update(26.0, room(26.0, 14, 14, 14, measured_at=0.0), {"a": ev("a", 14.0)}) == {"a": 16.0}
+    b3 = Balancer("TN", cfg[:1], BalancerSettings(fixed_current_a=10.0))
+    b3.update(0.0, room(0.0, 14, 14, 14), {"a": ev("a")})
+    assert b3.update(26.0, room(26.0, 14, 14, 14, measured_at=0.0), {"a": ev("a", 14.0)}) == {"a": 10.0}
+
+
+def test_fixed_mode_ignores_headroom() -> None:
+    b = Balancer("IT", [ChargerConfig("a", 32.0, 1, ROT)], BalancerSettings(fixed_current_a=32.0))
+    assert b.update(0.0, room(0.0, 5, 5, 5, "IT"), {"a": ev("a", network="IT")}, mode="fixed") == {"a": 32.0}
+    assert b.last.mode == "fixed"  # type: ignore[union-attr]
+
+
+def test_disconnect_zeroes_and_a_new_session_starts_without_delay() -> None:
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)])
+    b.update(0.0, room(0.0, 3, 3, 3), {"a": ev("a")})  # paused at once: 3 A
+    assert b.update(1.0, room(1.0, 20, 20, 20), {"a": ChargerState("a")}) == {"a": 0.0}
+    assert b.last.reasons["a"] == "no EV"  # type: ignore[union-attr]
+    assert b.update(2.0, room(2.0, 20, 20, 20), {"a": ev("a")}) == {"a": 20.0}
+
+
+def test_settings_from_dict_checks_names_and_values() -> None:
+    assert BalancerSettings.from_dict({"hold_s": 30}).hold_s == 30.0
+    with pytest.raises(ValueError, match="unknown setting"):
+        BalancerSettings.from_dict({"hold": 30})
+    with pytest.raises(ValueError, match="not a number"):
+        BalancerSettings.from_dict({"hold_s": "30"})
+    with pytest.raises(ValueError):
+        BalancerSettings.from_dict({"min_a": 0})
+    with pytest.raises(ValueError):
+        Balancer("TN", [ChargerConfig(str(i)) for i in range(4)])
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+_CHARGER = st.tuples(st.sampled_from([1, 3]), st.permutations(["L1", "L2", "L3"]), st.floats(6.0, 32.0))
+_STEP = st.tuples(
+    st.tuples(*(st.floats(-5.0, 60.0) for _ in range(3))),  # available per line
+    st.lists(st.sampled_from(["connected", "charging", "disconnected", "finished"]), min_size=3, max_size=3),
+    st.lists(st.floats(0.0, 1.2), min_size=3, max_size=3),  # EV draw as a fraction of its setpoint
+    st.sampled_from([1.0, 1.0, 3.0, 30.0]),  # seconds to the next update
+    st.booleans(),  # fresh data
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(network=st.sampled_from(["IT", "TN"]), chargers=st.lists(_CHARGER, min_size=1, max_size=3),
+       steps=st.lists(_STEP, min_size=1, max_size=25), mode=st.sampled_from(["protect", "fixed"]),
+       fixed=st.floats(6.0, 40.0))
+def test_setpoints_never_exceed_any_line_limit(network, chargers, steps, mode, fixed) -> None:
+    """With fresh data no line's allocation exceeds its headroom; in fixed mode (or stale data) no
+    line carries more than the fixed current; every setpoint is 0 or within [min_a, max_a]."""
+    cfg = [ChargerConfig(f"c{i}", mx, ph, tuple(rot)) for i, (ph, rot, mx) in enumerate(chargers)]
+    b = Balancer(network, cfg, BalancerSettings(fixed_current_a=fixed))
+    now = 0.0
+    sp = {c.id: 0.0 for c in cfg}
+    last_fresh = None
+    for avail, modes, draw, dt, fresh in steps:
+        now += dt
+        if fresh:
+            last_fresh = room(now, *avail, network=network)
+        head = last_fresh
+        states = {}
+        for i, c in enumerate(cfg):
+            m = modes[i]
+            amps = min(sp[c.id], c.max_a) * draw[i] if m == "charging" and sp[c.id] > 0 else 0.0
+            m = "connected" if m == "charging" and amps == 0 else m
+            states[c.id] = ChargerState(c.id, m, terminal_currents(network, c.phases, amps),  # type: ignore[arg-type]
+                                        c.phases if amps else None, sp[c.id], now)
+        sp = b.update(now, head, states, mode=mode)
+        dec = b.last
+        assert dec is not None
+        protect = dec.mode == "protect"
+        for c in cfg:
+            v = sp[c.id]
+            assert v == 0.0 or b.settings.min_a - 1e-9 <= v <= c.max_a + 1e-9
+        for line in range(3):
+            total = sum(usage(network, c.phases, c.rotation)[line] * sp[c.id] for c in cfg)
+            if protect:
+                assert head is not None
+                assert total <= max(0.0, head.available_a[line]) + 1e-6  # type: ignore[operator]
+            else:
+                assert total <= fixed + 1e-6
