@@ -36,3 +36,9 @@ QUANTITY_BY_OBIS: dict[bytes, str] = {
 }
 UNIT_OF: dict[str, int] = {name: unit for (name, unit) in _QUANTITIES.values()}
 FIELD_OBIS: dict[str, tuple[int, int, int]] = {name: cde for cde, (name, _) in _QUANTITIES.items()}
+
+
+def register_code(field: str, group_b: int) -> bytes:
+    """The OBIS code a vendor tags a measured quantity with (A = 1, its value group B, F = 255)."""
+    c, d, e = FIELD_OBIS[field]
+    return bytes((1, group_b, c, d, e, 255))

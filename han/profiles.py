@@ -23,13 +23,27 @@ KAMSTRUP_SCALE = {"a": 0.01, "a_ct": 0.001, "v": 1.0, "w": 1.0, "var": 1.0, "wh"
 # Kaifa's positional list: mA, 0.1 V, W, var, Wh, varh.
 KAIFA_SCALE = {"a": 0.001, "v": 0.1, "w": 1.0, "var": 1.0, "wh": 1.0, "varh": 1.0}
 
-_KAIFA_L2_1P = ("list_id", "meter_id", "meter_type", "active_import_w", "active_export_w",
-                "reactive_import_var", "reactive_export_var", "current_l1_a", "voltage_l1_v")
-_KAIFA_L2_3P = ("list_id", "meter_id", "meter_type", "active_import_w", "active_export_w",
-                "reactive_import_var", "reactive_export_var", "current_l1_a", "current_l2_a",
-                "current_l3_a", "voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
-_KAIFA_ENERGY = ("meter_time", "active_import_wh", "active_export_wh", "reactive_import_varh",
-                 "reactive_export_varh")
+# The elements of each list in the order all three vendors push them (a three-phase meter; the
+# others leave out SINGLE_PHASE_ABSENT). Read by the Kaifa layouts below and by the frame builder.
+IDENTITY_FIELDS = ("list_id", "meter_id", "meter_type")
+INSTANT_FIELDS = ("active_import_w", "active_export_w", "reactive_import_var", "reactive_export_var",
+                  "current_l1_a", "current_l2_a", "current_l3_a", "voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
+ENERGY_FIELDS = ("active_import_wh", "active_export_wh", "reactive_import_varh", "reactive_export_varh")
+LIST_FIELDS: dict[int, tuple[str, ...]] = {
+    1: ("active_import_w",),
+    2: IDENTITY_FIELDS + INSTANT_FIELDS,
+    3: IDENTITY_FIELDS + INSTANT_FIELDS + ("meter_time",) + ENERGY_FIELDS,
+}
+SINGLE_PHASE_ABSENT = ("current_l2_a", "current_l3_a", "voltage_l2_v", "voltage_l3_v")
+
+
+def _single_phase(fields: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in fields if f not in SINGLE_PHASE_ABSENT)
+
+
+_KAIFA_L2_1P = _single_phase(LIST_FIELDS[2])
+_KAIFA_L2_3P = LIST_FIELDS[2]
+_KAIFA_ENERGY = ("meter_time",) + ENERGY_FIELDS
 # Element count of the KFM_001 structure -> (list, fields in order).
 KAIFA_LAYOUTS: dict[int, tuple[int, tuple[str, ...]]] = {
     9: (2, _KAIFA_L2_1P),
@@ -42,6 +56,11 @@ _NUMBER_TAGS = frozenset(t for t in axdr.FIXED if t not in (0x03, 0x17, 0x18))
 
 def unit_suffix(field: str) -> str:
     return field.rsplit("_", 1)[1]
+
+
+def kamstrup_ct_meter(meter_type: str | None) -> bool:
+    """Kamstrup CT meters (type 685...) send currents in 0.001 A instead of 0.01 A."""
+    return meter_type is not None and meter_type.startswith("685")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +208,7 @@ def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
             clock = _time_slot(value)
         elif code in obis.QUANTITY_BY_OBIS:
             registers.append((obis.QUANTITY_BY_OBIS[code], value))
-    ct_meter = meter_type is not None and meter_type.startswith("685")
+    ct_meter = kamstrup_ct_meter(meter_type)
     for field, value in registers:
         unit = unit_suffix(field)
         scale = KAMSTRUP_SCALE["a_ct" if unit == "a" and ct_meter else unit]
@@ -238,3 +257,132 @@ def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
     if header_time is not None:
         slots.append(header_time)
     return Layout("kaifa", number, tuple(slots), tuple(constants), kaifa_three_wire=True)
+
+
+# --- The sending side: how each vendor frames, tags and times its lists --------------------------
+# Read by the frame builder and the meter emulator (``sim``), and by replay to pace untimed dumps.
+# Sources: ../shared/research/han-readers.md §0.2-0.3 and the core vectors' bytes.
+
+# Scalers an Aidon meter sends in-band with each register (decimal exponent per unit).
+AIDON_SCALERS = {"w": 0, "var": 0, "a": -1, "v": -1, "wh": 1, "varh": 1}
+
+HEADER_TIME_NONE = "none"  # 00: no date-time in the notification header
+HEADER_TIME_OCTET_STRING = "octet-string"  # 09 0C <12 bytes>
+HEADER_TIME_BARE = "bare"  # 0C <12 bytes>: Kamstrup leaves out the octet-string tag
+
+# How a meter kind leaves out the registers it does not measure: "omit" the element, send "null"
+# data in its place (OBIS and value), or send "zero".
+OMIT, NULL_PAD, ZERO = "omit", "null", "zero"
+METER_KINDS = ("1p", "3p-tn", "3p-it")
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """One vendor's notification as it goes on the wire, from HDLC addresses to value types."""
+
+    meter: str
+    list_id: str
+    dest: bytes  # HDLC addresses as sent (the last byte has its low bit set)
+    src: bytes
+    control: int
+    invoke_id: int  # long-invoke-id-and-priority
+    header_time: str  # HEADER_TIME_*
+    string_tag: int  # A-XDR type of the list id, meter id and meter type
+    obis_tagged: bool  # registers tagged with OBIS codes (Aidon, Kamstrup) or positional (Kaifa)
+    container: int  # axdr.ARRAY of (OBIS, value[, scaler-unit]) structures, or one flat STRUCTURE
+    group_b: int  # value group B of the register OBIS codes
+    identity_obis: dict[str, bytes | None]  # field -> OBIS code (None: sent without one)
+    value_tags: dict[str, int]  # unit suffix -> A-XDR type of the register value
+    scale: dict[str, float]  # unit suffix -> value of one count
+    in_band_scaler: bool  # each register carries its scaler-unit (Aidon)
+    absent: dict[str, dict[str, str]]  # meter kind -> field -> OMIT | NULL_PAD | ZERO
+    sunday: int  # day-of-week byte of the clock on Sundays (COSEM says 7; Aidon sends 0)
+    deviation: bool  # the clock carries its UTC offset (else 0x8000, not specified)
+
+
+_AIDON_IDENTITY = {"list_id": obis.LIST_VERSION, "meter_id": obis.METER_ID[0],
+                   "meter_type": obis.METER_TYPE[0], "meter_time": obis.CLOCK[0]}
+_KAMSTRUP_IDENTITY = {"list_id": None, "meter_id": obis.METER_ID[1], "meter_type": obis.METER_TYPE[1],
+                      "meter_time": obis.CLOCK[1]}
+_DLU, _LONG, _LU = 0x06, 0x10, 0x12  # double-long-unsigned, long, long-unsigned
+
+WIRE_FORMATS: dict[str, WireFormat] = {
+    "aidon": WireFormat(
+        meter="aidon", list_id=AIDON_LIST_ID, dest=b"\x41", src=b"\x08\x83", control=0x13,
+        invoke_id=0x40000000, header_time=HEADER_TIME_NONE, string_tag=axdr.VISIBLE_STRING, obis_tagged=True, container=axdr.ARRAY,
+        group_b=0, identity_obis=_AIDON_IDENTITY,
+        value_tags={"w": _DLU, "var": _DLU, "a": _LONG, "v": _LU, "wh": _DLU, "varh": _DLU},
+        scale={unit: 10.0 ** exp for unit, exp in AIDON_SCALERS.items()}, in_band_scaler=True,
+        # Aidon v11A §3.2.3: IL3, UL2, UL3 missing from 1-phase; IL2 from 3-phase 3-wire and 1-phase.
+        absent={"1p": dict.fromkeys(SINGLE_PHASE_ABSENT, OMIT), "3p-tn": {}, "3p-it": {"current_l2_a": OMIT}},
+        sunday=0, deviation=True,
+    ),
+    "kaifa": WireFormat(
+        meter="kaifa", list_id=KAIFA_LIST_ID, dest=b"\x01", src=b"\x02\x01", control=0x10,
+        invoke_id=0x40000000, header_time=HEADER_TIME_OCTET_STRING, string_tag=axdr.OCTET_STRING,
+        obis_tagged=False,
+        container=axdr.STRUCTURE, group_b=0, identity_obis={},
+        value_tags=dict.fromkeys(KAIFA_SCALE, _DLU), scale=KAIFA_SCALE, in_band_scaler=False,
+        # Positional: a 1-phase meter has its own shorter layout; the MA304H3E on IT sends U2 = 0.
+        absent={"1p": dict.fromkeys(SINGLE_PHASE_ABSENT, OMIT), "3p-tn": {}, "3p-it": {"voltage_l2_v": ZERO}},
+        sunday=7, deviation=False,
+    ),
+    "kamstrup": WireFormat(
+        meter="kamstrup", list_id=KAMSTRUP_LIST_ID, dest=b"\x2b", src=b"\x21", control=0x13,
+        invoke_id=0x00000000, header_time=HEADER_TIME_BARE, string_tag=axdr.VISIBLE_STRING, obis_tagged=True,
+        container=axdr.STRUCTURE,
+        group_b=1, identity_obis=_KAMSTRUP_IDENTITY,
+        value_tags={"w": _DLU, "var": _DLU, "a": _DLU, "v": _LU, "wh": _DLU, "varh": _DLU},
+        scale=KAMSTRUP_SCALE, in_band_scaler=False,
+        # Kamstrup §2.9 and a real 1-phase capture: 1-phase lists keep their length with null-data
+        # pairs; 3-wire meters do not push IL2 (element counts 0x17 / 0x21).
+        absent={"1p": dict.fromkeys(SINGLE_PHASE_ABSENT, NULL_PAD), "3p-tn": {},
+                "3p-it": {"current_l2_a": OMIT}},
+        sunday=7, deviation=False,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PushSchedule:
+    """When a meter pushes its lists, in seconds of its own clock (aligned to the minute).
+
+    At an instant of the hourly grid the hourly list is pushed; else at an instant of the slow grid
+    the slow list; else at one of the fast grid the fast list. So Aidon's and Kaifa's hourly list
+    (at :00:10) takes the place of a 10 s list, and Kamstrup's (at :00:05) comes in between.
+    """
+
+    fast_list: int | None  # list 1, or None (Kamstrup has no power-only list)
+    fast_period: float
+    slow_list: int
+    slow_period: float
+    hourly_list: int
+    hourly_at: float  # seconds past the hour the hourly list is pushed
+    hourly_stamp: float  # seconds past the hour of the clock and counters it carries
+
+    @property
+    def base_period(self) -> float:
+        """The usual time between two pushes."""
+        return self.fast_period if self.fast_list is not None else self.slow_period
+
+    def gap_before(self, list_: int, previous: int | None) -> float:
+        """Time from the previous push to a push of ``list_`` in an unbroken stream."""
+        off_grid = self.hourly_at % self.base_period
+        if off_grid:
+            if list_ == self.hourly_list:
+                return off_grid
+            if previous == self.hourly_list:
+                return self.base_period - off_grid
+        return self.base_period
+
+
+PUSH_SCHEDULES: dict[str, PushSchedule] = {
+    # Aidon v11A §2.4.1: list 3 generated at XX:00:00 and sent at XX:00:10.
+    "aidon": PushSchedule(fast_list=1, fast_period=2.5, slow_list=2, slow_period=10.0, hourly_list=3,
+                          hourly_at=10.0, hourly_stamp=0.0),
+    "kaifa": PushSchedule(fast_list=1, fast_period=2.0, slow_list=2, slow_period=10.0, hourly_list=3,
+                          hourly_at=10.0, hourly_stamp=10.0),
+    # Kamstrup HAN-NVE rev 3.1 §2.7-2.8: the 10 s list at xx:xx:x0, the hourly list at xx:00:05.
+    "kamstrup": PushSchedule(fast_list=None, fast_period=10.0, slow_list=2, slow_period=10.0, hourly_list=3,
+                             hourly_at=5.0, hourly_stamp=5.0),
+}
