@@ -8,6 +8,7 @@ import string
 from dataclasses import dataclass
 
 _HEX = frozenset(string.hexdigits.encode() + string.whitespace.encode())
+_HEX_DIGITS = string.hexdigits.encode()
 _COMMENT = re.compile(rb"#[^\n]*")
 
 
@@ -46,11 +47,11 @@ def parse_hex(raw: bytes) -> Dump:
     numbers: list[int] = []
     for number, line in enumerate(raw.split(b"\n"), start=1):
         text = _COMMENT.sub(b"", line)
-        digits = bytes(b for b in text if b not in b" \t\r\f\v")
+        digits = text.translate(None, b" \t\r\f\v")
         if not digits:
             continue
-        if any(b not in _HEX for b in digits):
-            bad = next(chr(b) for b in digits if b not in _HEX)
+        if digits.translate(None, _HEX_DIGITS):
+            bad = chr(digits.translate(None, _HEX_DIGITS)[0])
             raise DumpError(f"line {number}: {bad!r} is not a hex digit")
         if len(digits) % 2:
             raise DumpError(f"line {number}: odd number of hex digits ({len(digits)})")

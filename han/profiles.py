@@ -51,6 +51,8 @@ KAIFA_LAYOUTS: dict[int, tuple[int, tuple[str, ...]]] = {
     14: (3, _KAIFA_L2_1P + _KAIFA_ENERGY),
     18: (3, _KAIFA_L2_3P + _KAIFA_ENERGY),
 }
+# Kaifa models for 3-wire (IT) networks, which send U2 = 0; MA304H4/T4 are 4-wire (TN) models.
+KAIFA_THREE_WIRE_TYPES = ("MA304H3", "MA304T3")
 _NUMBER_TAGS = frozenset(t for t in axdr.FIXED if t not in (0x03, 0x17, 0x18))
 
 
@@ -79,7 +81,8 @@ class Layout:
     list: int
     slots: tuple[Slot, ...]
     constants: tuple[tuple[str, str], ...]  # fields fixed by the layout (list id, meter type)
-    kaifa_three_wire: bool = False  # Kaifa IT meters: U2 = 0 and I2 = 0 are placeholders
+    # A 3-wire (IT) meter: U2 = 0 means "not measured" there, while on a 4-wire meter it is a lost phase.
+    three_wire: bool = False
 
 
 def identify(note: Notification) -> Layout:
@@ -117,6 +120,11 @@ def _shown(node: axdr.Node) -> str:
     """A string element for an error message: text when printable, else hex."""
     raw = bytes(node.value)  # type: ignore[arg-type]
     return repr(raw.decode("ascii")) if raw.isascii() and raw.decode("ascii").isprintable() else raw.hex(" ")
+
+
+def _without_i2(fields: set[str]) -> bool:
+    """Aidon and Kamstrup 3-wire meters leave out the L2 current (two-element metering)."""
+    return "current_l3_a" in fields and "current_l2_a" not in fields
 
 
 def _register_slot(field: str, value: axdr.Node, scale: float) -> Slot:
@@ -178,7 +186,7 @@ def _aidon(body: axdr.Node) -> Layout:
         raise UnsupportedList(f"list id {list_id!r} (not {AIDON_LIST_ID})")
     number = 3 if "active_import_wh" in fields or "meter_time" in fields else 2
     constants = [("list_id", list_id)] + ([("meter_type", meter_type)] if meter_type is not None else [])
-    return Layout("aidon", number, tuple(slots), tuple(constants))
+    return Layout("aidon", number, tuple(slots), tuple(constants), three_wire=_without_i2(fields))
 
 
 def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
@@ -219,7 +227,7 @@ def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
     fields = {s.field for s in slots}
     number = 3 if "active_import_wh" in fields or clock is not None else 2
     constants = [("list_id", list_id)] + ([("meter_type", meter_type)] if meter_type is not None else [])
-    return Layout("kamstrup", number, tuple(slots), tuple(constants))
+    return Layout("kamstrup", number, tuple(slots), tuple(constants), three_wire=_without_i2(fields))
 
 
 def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
@@ -256,7 +264,9 @@ def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
             slots.append(_register_slot(field, value, KAIFA_SCALE[unit_suffix(field)]))
     if header_time is not None:
         slots.append(header_time)
-    return Layout("kaifa", number, tuple(slots), tuple(constants), kaifa_three_wire=True)
+    meter_type = dict(constants).get("meter_type", "")
+    three_wire = meter_type.startswith(KAIFA_THREE_WIRE_TYPES)
+    return Layout("kaifa", number, tuple(slots), tuple(constants), three_wire=three_wire)
 
 
 # --- The sending side: how each vendor frames, tags and times its lists --------------------------

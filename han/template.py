@@ -94,10 +94,11 @@ def finish(layout: Layout, fields: dict) -> Reading:
     """Apply the rules that make a list a normalised reading: missing values, phases, estimates."""
     if layout.list == 1:
         return Reading(meter=layout.meter, list=1, **fields)
-    if (layout.kaifa_three_wire and fields.get("voltage_l2_v") == 0 and fields.get("voltage_l1_v")
+    if (layout.three_wire and fields.get("voltage_l2_v") == 0 and fields.get("voltage_l1_v")
             and fields.get("voltage_l3_v")):
-        # Kaifa 3-wire meters send U2 = 0 for "not measured"; I2 = 0 with I1 != I3 is a
-        # placeholder too, since on three wires |I2| >= ||I1| - |I3||.
+        # 3-wire meters (Kaifa MA304H3E/T3) send U2 = 0 for "not measured"; I2 = 0 with I1 != I3
+        # is a placeholder too, since on three wires |I2| >= ||I1| - |I3||. On a 4-wire meter a
+        # zero stays a zero: a lost phase must not be hidden behind an estimate.
         fields["voltage_l2_v"] = None
         if fields.get("current_l2_a") == 0 and fields.get("current_l1_a") != fields.get("current_l3_a"):
             fields["current_l2_a"] = None
@@ -105,7 +106,7 @@ def finish(layout: Layout, fields: dict) -> Reading:
     three = (get("current_l2_a") is not None or get("current_l3_a") is not None
              or get("voltage_l2_v") is not None or get("voltage_l3_v") is not None)
     estimated: tuple[str, ...] = ()
-    if three and not fields.get("voltage_l2_v"):
+    if three and fields.get("voltage_l2_v") is None:
         u1, u3 = fields.get("voltage_l1_v"), fields.get("voltage_l3_v")
         if u1 and u3:
             fields["voltage_l2_v"] = estimate_l2_voltage(u1, u3)

@@ -263,6 +263,6 @@ def reported(reading: Reading, spec: MeterSpec) -> Reading:
         fields["meter_time"] = datetime_iso(clock_bytes(_meter_time(reading), spec))
     if reading.list == 1:
         fields.pop("meter_type", None)
-    layout = Layout(spec.vendor, reading.list, (), (), kaifa_three_wire=spec.vendor == "kaifa")
+    layout = Layout(spec.vendor, reading.list, (), (), three_wire=spec.kind == "3p-it")
     return finish(layout, fields)
 
