@@ -78,12 +78,10 @@ def test_arbitrary_bytes_never_raise(data, cuts):
     _feed_chunks(data, [c % (len(data) + 1) for c in cuts])
 
 
-@FAST
-@given(st.sampled_from(CORE), st.data())
-def test_well_framed_but_mangled_payloads_never_raise(raw, data):
-    """Valid HCS/FCS around damaged DLMS: the decoder must refuse with a reason, not crash."""
+def mangled_frame(raw: bytes, data, edits: int) -> bytes:
+    """A frame with valid HCS/FCS around a payload changed in up to ``edits`` places, then cut."""
     info = bytearray(FrameReader().feed(raw)[0].info)
-    for _ in range(data.draw(st.integers(1, 4))):
+    for _ in range(data.draw(st.integers(1, edits))):
         pos = data.draw(st.integers(0, len(info) - 1))
         op = data.draw(st.sampled_from(("set", "delete", "insert")))
         if op == "set":
@@ -92,9 +90,15 @@ def test_well_framed_but_mangled_payloads_never_raise(raw, data):
             del info[pos]
         else:
             info.insert(pos, data.draw(st.integers(0, 255)))
-    cut = data.draw(st.integers(1, len(info)))
+    return build_frame(bytes(info[: data.draw(st.integers(1, len(info)))]))
+
+
+@FAST
+@given(st.sampled_from(CORE), st.data())
+def test_well_framed_but_mangled_payloads_never_raise(raw, data):
+    """Valid HCS/FCS around damaged DLMS: the decoder must refuse with a reason, not crash."""
     reader = HanReader()
-    out = reader.feed(build_frame(bytes(info[:cut])))
+    out = reader.feed(mangled_frame(raw, data, edits=4))
     assert len(out) + sum(reader.errors.values()) == 1
 
 
