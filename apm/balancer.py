@@ -14,13 +14,25 @@ How it decides, per update:
    it uses is full or it reaches its own cap (its max current, the eco plan's ``allowed_a``, or what
    its EV is seen to draw when the EV limits itself); the rest is re-shared among the others. What
    is left over then goes back to the EVs that limit themselves, up to their charger's max.
+   ``sharing = "max_energy"`` (not the default) gives up fairness for power: of the fair shares and
+   every priority order, the one that charges with the most watts (an ampere of a 3-phase EV on a
+   shared line is worth three of a 1-phase one on TN, sqrt(3) on IT); ties and near-ties (within
+   ``max_energy_margin``) keep the fair shares.
 3. A charger whose share is below ``min_a`` (6 A, IEC 61851) on any line it uses is paused and the
    shares recomputed without it (of equal shares, a 1-phase charger is paused before a 3-phase one:
    an ampere on the shared line gives a 3-phase EV more power). A paused charger restarts only after
    ``restart_delay_s``, and only once it could have had ``min_a + restart_hysteresis_a`` for
    ``restart_confirm_s`` without pushing anyone else below ``min_a`` (relay wear: SmartEVSE waits
    60 s, OpenEVSE 300 s, Easee ~10 min).
-4. Decreases apply at once. Increases wait ``hold_s`` after that charger's last decrease and
+4. Decreases apply at once, with one exception: while some line's allocation exceeds what it may
+   carry, but no line by more than ``decrease_deadband_a`` (in total, over all chargers on the
+   line), a decrease or pause waits up to ``decrease_grace_s`` (counted from when the excess began)
+   for the headroom to come back (a fridge starting, a few hundred watts of noise) instead of
+   following every wobble. The line then runs at most that much above fuse - margin: still below the
+   fuse rating as long as the deadband is below the headroom's safety margin (the balancer does not
+   know the margin: whoever configures both must keep it so; `sim.closed_loop` refuses a scenario
+   that does not). 0 turns it off.
+   Increases wait ``hold_s`` after that charger's last decrease and
    ``min_interval_s`` after its last change, rise by at most ``max_step_up_a``, must be worth
    ``min_increase_a``, and only use current that is free now: other chargers count with the larger
    of their new setpoint and what they still draw (an EV takes seconds to follow a decrease).
@@ -30,6 +42,7 @@ Cost: O(chargers^2 x lines) per update, no allocation beyond a few small dicts.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -38,9 +51,11 @@ from typing import Any, Literal
 from apm.charger_state import ChargerState
 from apm.config import ChargerConfig
 from apm.headroom import STALE_AFTER_S, Headroom
-from apm.lines import LINES, Network, Triple, usage
+from apm.lines import LINES, Network, Triple, charging_power_w, usage
 
 Mode = Literal["fixed", "protect"]
+Sharing = Literal["fair", "max_energy"]
+SHARING: tuple[str, ...] = ("fair", "max_energy")
 _EPS = 1e-9
 
 
@@ -77,15 +92,28 @@ class BalancerSettings:
     # it is offered what it draws + ev_slack_a / 2 when others need the rest.
     ev_settle_s: float = 15.0
     ev_slack_a: float = 2.0
+    # Small decreases wait (see step 4 of the module doc): the most a line may run above its limit for
+    # at most decrease_grace_s. Must stay below the headroom's safety margin (2 A by default); 0: off.
+    decrease_deadband_a: float = 0.5
+    decrease_grace_s: float = 30.0
+    # "fair" (max-min fairness, the default) or "max_energy" (the most power, see the module doc) ...
+    sharing: Sharing = "fair"
+    # ... which must beat the fair shares by this fraction of their power to be used.
+    max_energy_margin: float = 0.02
 
     @classmethod
     def from_dict(cls, overrides: Mapping[str, Any]) -> BalancerSettings:
         """Settings with ``overrides`` (the device config's ``[balancer]`` table); checks the names."""
         known = {f.name for f in fields(cls)}
-        out: dict[str, float] = {}
+        out: dict[str, Any] = {}
         for k, v in overrides.items():
             if k not in known:
                 raise ValueError(f"balancer.{k}: unknown setting (known: {', '.join(sorted(known))})")
+            if k == "sharing":
+                if v not in SHARING:
+                    raise ValueError(f"balancer.sharing: {v!r} is not one of {', '.join(SHARING)}")
+                out[k] = v
+                continue
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"balancer.{k}: {v!r} is not a number >= 0")
             out[k] = float(v)
@@ -118,7 +146,8 @@ class _Charger:
     last_decrease: float = -math.inf
     paused_at: float | None = None  # paused by us for lack of current
     ok_since: float | None = None  # a paused charger's restart condition has held since
-    soft_cap: float | None = None  # learned: its EV limits itself to about this
+    soft_cap: float | None = None  # learned: its EV limits itself to about this (kept over pauses)
+    ev_phases: int | None = None  # the EV's phases this session, once seen charging (kept over pauses)
     was_wanting: bool = False
 
 
@@ -136,6 +165,7 @@ class Balancer:
         self.supply_phases = 3
         self.changes = 0  # setpoint changes so far (all chargers)
         self.last: Decision | None = None
+        self._over_since: float | None = None  # some line's allocation has exceeded its headroom since
 
     @property
     def setpoints(self) -> dict[str, float]:
@@ -179,6 +209,7 @@ class Balancer:
                     c.paused_at = None  # session over: a new one starts without a restart delay
                     c.ok_since = None
                     c.soft_cap = None
+                    c.ev_phases = None
                 c.was_wanting = False
                 reasons[cid] = "no EV" if st is None or st.mode == "disconnected" else f"EV {st.mode}"
                 continue
@@ -193,22 +224,26 @@ class Balancer:
                     continue
             phases = c.config.phases
             if st.mode == "charging" and st.phases_in_use in (1, 3):
-                phases = min(phases, st.phases_in_use)
+                c.ev_phases = st.phases_in_use
+            if c.ev_phases is not None:
+                # a paused 1-phase EV still needs one phase only: do not count it on lines it cannot use
+                phases = min(phases, c.ev_phases)
             use[cid] = usage(self.network, phases, c.config.rotation, self.supply_phases)
             hard[cid] = cap
             soft[cid] = min(cap, self._learn_soft_cap(now, c, st))
             draws[cid] = use_scaled(use[cid], st.draw_a)
 
-        # 2./3. shares, pausing who cannot get min_a
+        # 2./3. shares, and who cannot get min_a (paused below, unless that waits in the deadband)
         running = [cid for cid in hard if self._c[cid].paused_at is None]
-        shares, why = self._shares(now, running, hard, soft, use, avail, reasons)
+        shares, why, dropped = self._shares(running, hard, soft, use, avail)
         for cid in list(hard):
             c = self._c[cid]
             if c.paused_at is None:
                 continue
             if self._restart_ok(now, cid, running, hard, soft, use, avail, reasons):
                 running.append(cid)
-                shares, why = self._shares(now, running, hard, soft, use, avail, reasons)
+                shares, why, more = self._shares(running, hard, soft, use, avail)
+                dropped.update(more)
         for cid in hard:
             if cid not in running and cid not in shares:
                 shares[cid] = 0.0
@@ -219,13 +254,32 @@ class Balancer:
             targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
         new = {cid: c.setpoint for cid, c in self._c.items()}
         changed: list[str] = []
+        excess = self._excess(use, avail) if how == "protect" else math.inf
+        if excess <= _EPS:
+            self._over_since = None
+        elif self._over_since is None:
+            self._over_since = now
+        wait = (s.decrease_grace_s - (now - self._over_since)
+                if self._over_since is not None and excess <= s.decrease_deadband_a + _EPS else 0.0)
         for cid in self._order:
             c = self._c[cid]
-            if targets[cid] < c.setpoint - _EPS:
-                new[cid] = targets[cid]
-                c.last_decrease = now
-                if cid not in reasons:
-                    reasons[cid] = "decrease: " + why.get(cid, "share")
+            if targets[cid] >= c.setpoint - _EPS:
+                continue
+            if cid in use and wait > _EPS:
+                reasons[cid] = (f"decrease to {targets[cid]:g} A waits {wait:.0f} s"
+                                f" (lines at most {excess:.1f} A over)")
+                dropped.pop(cid, None)  # a pause waits too
+                continue
+            new[cid] = targets[cid]
+            c.last_decrease = now
+            if cid not in reasons:
+                reasons[cid] = "decrease: " + why.get(cid, "share")
+        for cid, text in dropped.items():
+            c = self._c[cid]
+            if c.paused_at is None:
+                c.paused_at = now
+            c.ok_since = None
+            reasons[cid] = text
         for cid in self._order:
             c = self._c[cid]
             t = targets[cid]
@@ -257,9 +311,8 @@ class Balancer:
 
     def _learn_soft_cap(self, now: float, c: _Charger, st: ChargerState) -> float:
         s = self.settings
-        if st.mode != "charging":
-            c.soft_cap = None
-            return math.inf
+        if st.mode != "charging":  # paused or starting: what it took before still holds
+            return math.inf if c.soft_cap is None else c.soft_cap
         draw = st.draw_a
         settled = now - c.last_change >= s.ev_settle_s
         if settled and c.setpoint > 0 and draw < c.setpoint - s.ev_slack_a:
@@ -268,18 +321,56 @@ class Balancer:
             c.soft_cap = None  # the EV takes what it is offered again
         return math.inf if c.soft_cap is None else c.soft_cap
 
-    def _shares(self, now: float, running: list[str], hard: dict[str, float], soft: dict[str, float],
-                use: dict[str, Triple], avail: tuple[float, ...],
-                reasons: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
-        """Fair shares for ``running``; pauses (in place) who cannot get min_a. Returns shares, why."""
+    def _excess(self, use: dict[str, Triple], avail: tuple[float, ...]) -> float:
+        """The most any line's present setpoints exceed what it may carry (A; <= 0: none)."""
+        worst = -math.inf
+        for i in range(3):
+            if math.isinf(avail[i]):
+                continue
+            total = sum(u[i] * self._c[cid].setpoint for cid, u in use.items())
+            if total > 0.0:
+                worst = max(worst, total - avail[i])
+        return worst
+
+    def _allocate(self, caps: dict[str, float], use: dict[str, Triple],
+                  avail: Sequence[float]) -> tuple[dict[str, float], dict[str, str]]:
+        """Shares by the sharing rule: water-filling, or (max_energy) the most power."""
+        shares, why = water_fill(caps, use, avail)
+        s = self.settings
+        if s.sharing != "max_energy" or len(caps) < 2:
+            return shares, why
+        weight = {c: charging_power_w(self.network, 3 if sum(use[c]) > 2.5 else 1, 1.0) for c in caps}
+
+        def power(alloc: Mapping[str, float]) -> float:
+            return sum(weight[c] * a for c, a in alloc.items() if a >= s.min_a - _EPS)
+
+        best, best_p = shares, power(shares) * (1.0 + s.max_energy_margin)
+        for order in itertools.permutations(caps):
+            alloc = priority_fill(order, caps, use, avail, s.min_a)
+            p = power(alloc)
+            if p > best_p + _EPS:
+                best, best_p = alloc, p
+        if best is shares:
+            return shares, why
+        return best, {c: ("priority: most power" if best[c] > 0 else "priority to more power per ampere")
+                      for c in best}
+
+    def _shares(self, running: list[str], hard: dict[str, float], soft: dict[str, float],
+                use: dict[str, Triple], avail: tuple[float, ...]
+                ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+        """Shares for ``running``, dropping (from ``running``, in place) who cannot get min_a.
+        Returns the shares, why each stopped where it did, and the dropped with the reason."""
         s = self.settings
         watts = {c: sum(use[c]) for c in running}  # line-amperes per ampere: 3-phase counts more
         live = list(running)
+        dropped: dict[str, str] = {}
         while True:
-            shares, why = water_fill({c: soft[c] for c in live}, use, avail)
+            shares, why = self._allocate({c: soft[c] for c in live}, use, avail)
             # give what is left over back to EVs that limit themselves, up to their hard cap
             left = [avail[i] - sum(use[c][i] * shares[c] for c in live) for i in range(3)]
-            extra_caps = {c: hard[c] - shares[c] for c in live if hard[c] - shares[c] > _EPS}
+            # (not to one that max_energy's priorities left at 0: that would undo them)
+            extra_caps = {c: hard[c] - shares[c] for c in live
+                          if hard[c] - shares[c] > _EPS and shares[c] > 0}
             if extra_caps:
                 extra, _ = water_fill(extra_caps, use, tuple(left))
                 for c, e in extra.items():
@@ -293,12 +384,9 @@ class Balancer:
                                            -self._order.index(c)))
             live.remove(drop)
             running.remove(drop)
-            c = self._c[drop]
-            if c.paused_at is None:
-                c.paused_at = now
-            c.ok_since = None
-            reasons[drop] = f"paused: {max(0.0, shares[drop]):.1f} A < {s.min_a:g} A ({why.get(drop, 'share')})"
-        return shares, why
+            got = max(0.0, shares[drop])
+            dropped[drop] = f"paused: {got:.1f} A < {s.min_a:g} A ({why.get(drop, 'share')})"
+        return shares, why, dropped
 
     def _restart_ok(self, now: float, cid: str, running: list[str], hard: dict[str, float],
                     soft: dict[str, float], use: dict[str, Triple], avail: tuple[float, ...],
@@ -306,7 +394,7 @@ class Balancer:
         s = self.settings
         c = self._c[cid]
         trial = [*running, cid]
-        shares, why = water_fill({x: soft[x] for x in trial}, use, avail)
+        shares, why = self._allocate({x: soft[x] for x in trial}, use, avail)
         ok = shares[cid] >= s.min_a + s.restart_hysteresis_a - _EPS and all(
             shares[x] >= s.min_a - _EPS for x in running)
         if not ok:
@@ -355,6 +443,27 @@ class Balancer:
             return f"{why} (waiting for current to be released)"
         new[cid] = step
         return ("start: " if cur == 0 else "increase: ") + why
+
+
+def priority_fill(order: Sequence[str], caps: Mapping[str, float], use: Mapping[str, Triple],
+                  avail: Sequence[float], min_a: float) -> dict[str, float]:
+    """Each charger in ``order`` takes all it can (its cap, what its lines have left); below min_a
+    it takes nothing."""
+    left = [max(0.0, a) for a in avail]
+    alloc: dict[str, float] = {}
+    for c in order:
+        x = caps[c]
+        u = use[c]
+        for i in range(3):
+            if u[i]:
+                x = min(x, left[i])
+        if x < min_a - _EPS:
+            x = 0.0
+        alloc[c] = x
+        for i in range(3):
+            if u[i] and not math.isinf(left[i]):
+                left[i] -= u[i] * x
+    return alloc
 
 
 def _floor(x: float, step: float) -> float:

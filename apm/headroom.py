@@ -8,14 +8,20 @@ that sum, so the estimate errs on the safe side for the loads it adds (see sim/g
 model). Lowering our chargers' current never raises a line current, and raising it by x raises a
 line current by at most x, so ``available`` is safe to hand out whatever the phase angles.
 
-IT meters (3x230 V, three wires) do not report I2 (Aidon, Kamstrup; Kaifa sends a placeholder that the
-decoder turns into None). On three wires the line currents sum to zero as phasors, so
-|I2| <= |I1| + |I3|. Applied to the household's share alone, with our chargers' known draw taken out
-of I1 and I3 first, that is ``house2 <= house1 + house3``; in the in-phase model above this is exact
-arithmetic (house2 = house1 + house3 - 2 * (load between L3 and L1)). It is a bound, not a guess, and
-it is pessimistic by twice the household's L3-L1 load. ``refine_i2=False`` uses the bound on the
-whole line instead (house2 <= I1 + I3 - own2), which holds for any phase angles but stays pessimistic
-by our own chargers' current on L1 and L3 too.
+IT meters (3x230 V, three wires) with two measuring elements do not report I2 (Aidon, Kamstrup; Kaifa
+MA304H3E does). Two estimates are made and the smaller used; both are upper bounds:
+
+- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|.
+  Applied to the household's share alone, with our chargers' known draw taken out of I1 and I3
+  first, that is ``house2 <= house1 + house3``; in the in-phase model above this is exact arithmetic
+  (house2 = house1 + house3 - 2 * (load between L3 and L1)), pessimistic by twice the household's
+  L3-L1 load. ``refine_i2=False`` uses the bound on the whole line instead (house2 <= I1 + I3 - own2),
+  which holds for any phase angles but stays pessimistic by our own chargers' current on L1 and L3.
+- Two-wattmeter (``two_wattmeter``, on by default; `apm.three_wire`): the list's P and Q with |I1|,
+  |I3| and the line-to-line voltages fix |I2| up to a mirror ambiguity; the larger solution, widened
+  to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
+  our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
+  Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
 
 Optional second bound from the list's power (``i2_power_factor``, off by default): on three wires every
 household load sits between two lines, so I1 + I2 + I3 <= 2 x (sum of load currents), and with every
@@ -44,6 +50,7 @@ from apm.charger_state import ChargerState
 from apm.config import ChargerConfig, GridConfig
 from apm.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
 from apm.meter_state import MeterState
+from apm.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
 from han.reading import Reading
 
 NOMINAL_V = 230.0
@@ -76,6 +83,10 @@ class Headroom:
     age_s: float
     fresh: bool
     reason: str
+    # IT without I2: the upper estimate of the whole L2 line current it rests on (house + own, before
+    # any list 1 rise), and how it was made ("two-wattmeter", "kirchhoff", "power"); None otherwise
+    i2_a: float | None = None
+    i2_method: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,8 @@ class HeadroomEstimator:
         rise_threshold_w: float = 150.0,
         history_s: float = 60.0,
         i2_power_factor: float | None = None,
+        two_wattmeter: bool = True,
+        accuracy: Accuracy = DEFAULT_ACCURACY,
     ) -> None:
         if ct_ratio <= 0:
             raise ValueError("ct_ratio must be greater than 0")
@@ -126,6 +139,8 @@ class HeadroomEstimator:
         if i2_power_factor is not None and not 0.0 < i2_power_factor <= 1.0:
             raise ValueError("i2_power_factor must be within (0, 1]")
         self.i2_power_factor = i2_power_factor
+        self.two_wattmeter = two_wattmeter
+        self.accuracy = accuracy
         self._own: deque[_Own] = deque()
         self._supply_phases = 3
 
@@ -194,19 +209,34 @@ class HeadroomEstimator:
             m = measured[i]
             if m is not None:
                 house[i] = max(0.0, m - own[i])
+        i2_a: float | None = None
+        i2_method: str | None = None
         if supply == 3 and measured[1] is None:
             h1, h3, m1, m3 = house[0], house[2], measured[0], measured[2]
             if self.network == "IT" and h1 is not None and h3 is not None and m1 is not None and m3 is not None:
+                # every bound that applies, as (house L2, method, note); the smallest is used
+                bounds: list[tuple[float, str, str]] = []
                 if self.refine_i2:
-                    house[1] = h1 + h3
-                    notes.append("I2 not reported: house L2 <= house L1 + house L3")
+                    bounds.append((h1 + h3, "kirchhoff", "I2 not reported: house L2 <= house L1 + house L3"))
                 else:
-                    house[1] = max(0.0, m1 + m3 - own[1])
-                    notes.append("I2 not reported: L2 <= I1 + I3")
+                    bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
+                if self.two_wattmeter:
+                    est = i2_from_reading(r, k, self.accuracy)
+                    if est.method == "two-wattmeter":
+                        bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
+                                       f"I2 not reported: {est.value_a:.1f} A by the two-wattmeter triangle"))
+                    else:
+                        notes.append(f"two-wattmeter estimate not used ({est.reason})")
                 by_power = self._i2_from_power(r, own_m.power_w, h1, h3)
-                if by_power is not None and by_power < house[1]:  # type: ignore[operator]
-                    house[1] = by_power
-                    notes[-1] = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {self.i2_power_factor:g})"
+                if by_power is not None:
+                    pf = self.i2_power_factor
+                    note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
+                    bounds.append((by_power, "power", note))
+                best = min(bounds, key=lambda b: b[0])
+                house[1] = best[0]
+                i2_method = best[1]
+                i2_a = best[0] + own[1]
+                notes.append(best[2])
             else:
                 house[1] = self.limit_a  # no bound on four wires: nothing for our chargers on L2
                 notes.append("I2 not reported and not bounded: no headroom on L2")
@@ -245,6 +275,8 @@ class HeadroomEstimator:
             age_s=age,
             fresh=fresh,
             reason="; ".join(notes),
+            i2_a=i2_a,
+            i2_method=i2_method,
         )
 
     def _i2_from_power(self, r: Reading, own_power_w: float, h1: float, h3: float) -> float | None:

@@ -13,29 +13,44 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
     start = "2025-01-15T00:00:00+01:00"     # the meter clock at t = 0 (local midnight: the household's day)
     fixed_current_a = 32                    # the comparison run, and the balancer's fallback
     [grid]  network = "IT" | "TN" *, fuse_a *, safety_margin_a = 2, curve = "C" | "B" | "gG",
-            model = "magnitude" | "phasor", phases = 3
+            model = "magnitude" | "phasor" (default: phasor on IT with the synthetic household, else
+            magnitude; see sim/grid.py), phases = 3, sequence = "L1-L2-L3" | "L1-L3-L2",
+            unbalance = [0.0, -0.004, 0.005] (phasor model: relative deviation of each star voltage)
     [meter] vendor = "aidon" | "kaifa" | "kamstrup", kind = "3p-it" | "3p-tn" | "1p" (as han.profiles),
-            outages = [[start_s, end_s], ...], repeat_hourly = false
+            outages = [[start_s, end_s], ...], repeat_hourly = false, skew_s = 0 (powers measured that
+            long before the currents)
     [household] model = "winter" | trace = "file.csv" (relative to the scenario), seed = 1,
-            outdoor_c = -8, heaters = 6, scale = 1.0
+            outdoor_c = -8, heaters = 6, scale = 1.0, reactive = true (false: every load PF 1),
+            thermostat_step_s = 1 (10: heater switches land on the meter's list-2 instants)
     [[charger]] id *, max_a = 32, phases = 3, rotation = ["L1", "L2", "L3"]
     [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
             depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
             ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
     [balancer] any apm.balancer.BalancerSettings field
+    [headroom] refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter (apm.headroom;
+            two_wattmeter defaults to off with the magnitude model on IT, which is not a physical world)
 
 Report keys: ``trips`` (count) and ``trip_events``; per line ``max_ratio`` (I / In), ``seconds_above_in``
 and ``band``; ``energy_kwh`` per EV, ``energy_total_kwh``, ``final_soc``; ``setpoint_changes``; ``stale_s``
 (seconds on the fixed fallback); ``hourly_records`` and ``repeated_hourly_dropped``; ``readings`` per list;
-and two oracles, each charging its own copies of the EVs at exactly the true remaining headroom every
-second (fuse - margin - household, per line, in-phase currents), within charger and EV limits and the
-6 A minimum, with no delays:
+``i2`` (IT without I2: how the headroom's estimate of the L2 line current compared with the true one
+at each list: mean and largest excess, largest shortfall overall and per method, and how many lists
+each bound was the tighter one); and two oracles, each charging its own copies of the EVs at exactly
+the true remaining headroom every second (fuse - margin - household current, per line, the
+household's current as the grid model gives it, our chargers' current added to it in phase), within
+charger and EV limits and the 6 A minimum, with no delays:
 
 - ``oracle_energy_kwh``: the most power each second, of the fair share and every priority order (it
   favours 3-phase EVs on a shared line, since their ampere brings more power);
 - ``oracle_fair_energy_kwh``: the balancer's own fair-share rule. The gap to it is what measurement
   (10 s lists, the unreported I2), EV delays and the rate limits cost; the gap between the two
   oracles is what fairness costs.
+
+Both are rules for each second, not schedules over the day: when a battery fills, giving it the
+line first can deliver less in total (the max oracle is below the fair one on the TN night alone).
+In the phasor world a line's current is a phasor sum, smaller than the in-phase sum the oracles
+assume; a device that measures a line can use that (house = I - own), so it may end slightly above
+the fair oracle.
 
 ``compare`` adds the same day with ``fixed_current_a`` shared on each line and no meter.
 
@@ -58,7 +73,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from apm.balancer import Balancer, BalancerSettings, water_fill
+from apm.balancer import Balancer, BalancerSettings, priority_fill, water_fill
 from apm.charger_state import ChargerState
 from apm.config import ChargerConfig, GridConfig
 from apm.headroom import Headroom, HeadroomEstimator
@@ -67,7 +82,7 @@ from apm.meter_state import MeterState
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.fuse import CURVES, FuseJudge
-from sim.grid import Grid
+from sim.grid import DEFAULT_UNBALANCE, Grid, GridState
 from sim.household import HouseSample, make_household
 from sim.loop_meter import VENDORS, LoopMeter, Measurement
 
@@ -103,9 +118,12 @@ class Scenario:
     curve: str = "C"
     grid_model: str = "magnitude"
     supply_phases: int = 3
+    sequence: int = 1
+    unbalance: tuple[float, float, float] = DEFAULT_UNBALANCE
     vendor: str = "aidon"
     outages: tuple[tuple[float, float], ...] = ()
     repeat_hourly: bool = False
+    skew_s: float = 0.0
     household: dict[str, Any] = field(default_factory=dict)
     chargers: tuple[ChargerConfig, ...] = ()
     evs: tuple[EVSpec, ...] = ()
@@ -124,10 +142,11 @@ class Scenario:
 
 _TOP = {"duration_s", "start", "fixed_current_a", "step_s", "name", "grid", "meter", "household", "charger",
         "ev", "balancer", "headroom"}
-_HEADROOM = {"refine_i2", "early_rise", "rise_threshold_w", "i2_power_factor"}
-_GRID = {"network", "fuse_a", "safety_margin_a", "curve", "model", "phases"}
-_METER = {"vendor", "kind", "outages", "repeat_hourly"}
-_HOUSE = {"model", "trace", "seed", "outdoor_c", "heaters", "scale"}
+_HEADROOM = {"refine_i2", "early_rise", "rise_threshold_w", "i2_power_factor", "two_wattmeter"}
+_GRID = {"network", "fuse_a", "safety_margin_a", "curve", "model", "phases", "sequence", "unbalance"}
+_METER = {"vendor", "kind", "outages", "repeat_hourly", "skew_s"}
+_SEQUENCES = {"L1-L2-L3": 1, "L1-L3-L2": -1}
+_HOUSE = {"model", "trace", "seed", "outdoor_c", "heaters", "scale", "reactive", "thermostat_step_s"}
 _CHARGER = {"id", "max_a", "phases", "rotation"}
 _EV = {"id", "charger", "arrive_s", "depart_s", *EV_PARAMS}
 
@@ -173,9 +192,21 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
     curve = str(grid.get("curve", "C"))
     if curve not in CURVES:
         raise ScenarioError(f"grid.curve: {curve!r} is not one of {', '.join(CURVES)}")
-    model = str(grid.get("model", "magnitude"))
+    house = dict(_keys(data.get("household", {}), _HOUSE, "household"))
+    default_model = "phasor" if network == "IT" and "trace" not in house else "magnitude"
+    model = str(grid.get("model", default_model))
     if model not in ("magnitude", "phasor"):
         raise ScenarioError(f"grid.model: {model!r} is not magnitude or phasor")
+    if model == "phasor" and "trace" in house:
+        raise ScenarioError("grid.model: the phasor model needs the synthetic household, not a trace")
+    seq_name = str(grid.get("sequence", "L1-L2-L3")).upper()
+    if seq_name not in _SEQUENCES:
+        raise ScenarioError(f"grid.sequence: {grid.get('sequence')!r} is not one of {', '.join(_SEQUENCES)}")
+    unbalance = grid.get("unbalance", list(DEFAULT_UNBALANCE))
+    if (not isinstance(unbalance, list) or len(unbalance) != 3
+            or not all(isinstance(u, int | float) and not isinstance(u, bool) and abs(u) <= 0.1
+                       for u in unbalance)):
+        raise ScenarioError(f"grid.unbalance: {unbalance!r} is not three numbers within +-0.1")
     meter = _keys(data.get("meter", {}), _METER, "meter")
     vendor = str(meter.get("vendor", "aidon")).lower()
     if vendor not in VENDORS:
@@ -187,7 +218,7 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
         raise ScenarioError(f"meter.kind: a {kind} meter on an {network} network")
     phases = int(grid.get("phases", 1 if kind == "1p" else 3))
     outages = tuple((float(a), float(b)) for a, b in meter.get("outages", []))
-    house = dict(_keys(data.get("household", {}), _HOUSE, "household"))
+    skew = _num(meter, "skew_s", "meter", 0.0, 0.0)
     if "trace" in house and base is not None:
         house["trace"] = str((base / house["trace"]).resolve())
     chargers = []
@@ -229,10 +260,16 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
         evs.append(spec)
     balancer = dict(data.get("balancer", {}))
     try:
-        BalancerSettings.from_dict(balancer)
+        settings = BalancerSettings.from_dict(balancer)
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
+    if settings.decrease_deadband_a > 0 and settings.decrease_deadband_a >= margin:
+        raise ScenarioError(f"balancer.decrease_deadband_a: {settings.decrease_deadband_a:g} A must stay "
+                            f"below grid.safety_margin_a ({margin:g} A), or the fuse could see more than "
+                            "its rating")
     headroom = dict(_keys(data.get("headroom", {}), _HEADROOM, "headroom"))
+    if network == "IT" and model == "magnitude":
+        headroom.setdefault("two_wattmeter", False)  # the magnitude model's P and I1, I3 do not fit
     start = data.get("start", "2025-01-15T00:00:00+01:00")
     try:
         start_dt = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
@@ -247,9 +284,12 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
         curve=curve,
         grid_model=model,
         supply_phases=phases,
+        sequence=_SEQUENCES[seq_name],
+        unbalance=(float(unbalance[0]), float(unbalance[1]), float(unbalance[2])),
         vendor=vendor,
         outages=outages,
         repeat_hourly=bool(meter.get("repeat_hourly", False)),
+        skew_s=skew,
         household=house,
         chargers=tuple(chargers),
         evs=tuple(evs),
@@ -332,27 +372,40 @@ def best_allocation(caps: dict[str, float], use: dict[str, Triple], avail: Seque
                     weight: dict[str, float], min_a: float) -> dict[str, float]:
     """The most power among the fair share (paused below min_a) and every priority order."""
     cands: list[dict[str, float]] = [fair_allocation(caps, use, avail, min_a)]
-    for order in itertools.permutations(caps):
-        left = [max(0.0, a) for a in avail]
-        alloc: dict[str, float] = {}
-        for c in order:
-            x = caps[c]
-            for i in range(3):
-                if use[c][i]:
-                    x = min(x, left[i])
-            if x < min_a:
-                x = 0.0
-            alloc[c] = x
-            for i in range(3):
-                if use[c][i] and not math.isinf(left[i]):
-                    left[i] -= x
-        cands.append(alloc)
-    if not cands:
-        return {}
+    cands.extend(priority_fill(order, caps, use, avail, min_a) for order in itertools.permutations(caps))
     return max(cands, key=lambda a: sum(weight[c] * x for c, x in a.items()))
 
 
 # --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _I2Stats:
+    """The headroom's L2 estimate (IT without I2) against the true L2 current at each per-phase list."""
+
+    n: int = 0
+    over_sum: float = 0.0
+    over_max: float = 0.0
+    under_max: float = 0.0
+    methods: dict[str, int] = field(default_factory=dict)
+    shortfall: dict[str, float] = field(default_factory=dict)  # largest, per method
+
+    def add(self, estimate: float, true: float, method: str | None) -> None:
+        self.n += 1
+        d = estimate - true
+        self.over_sum += d
+        self.over_max = max(self.over_max, d)
+        self.under_max = max(self.under_max, -d)
+        m = method or "?"
+        self.methods[m] = self.methods.get(m, 0) + 1
+        self.shortfall[m] = max(self.shortfall.get(m, 0.0), -d)
+
+    def report(self) -> dict[str, Any]:
+        return {"lists": self.n, "mean_excess_a": round(self.over_sum / self.n, 3),
+                "max_excess_a": round(self.over_max, 3), "max_shortfall_a": round(self.under_max, 3),
+                "method": dict(sorted(self.methods.items())),
+                "max_shortfall_by_method_a": {k: round(v, 3) for k, v in sorted(self.shortfall.items())}}
+
 
 
 @dataclass(slots=True)
@@ -373,7 +426,8 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
     house_opts = dict(sc.household)
     household = make_household(sc.network, model=house_opts.pop("model", None), trace=house_opts.pop("trace", None),
                                seed=int(house_opts.pop("seed", 1)), days=days, **house_opts)
-    grid = Grid(sc.network, sc.supply_phases, sc.grid_model)  # type: ignore[arg-type]
+    grid = Grid(sc.network, sc.supply_phases, sc.grid_model, sequence=sc.sequence,  # type: ignore[arg-type]
+                unbalance=sc.unbalance)
     chargers = [SimCharger(c, sc.network, sc.supply_phases) for c in sc.chargers]
     by_id = {c.id: c for c in chargers}
     fuse = FuseJudge(sc.fuse_a, sc.curve, lines=3)
@@ -389,14 +443,16 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
 
     present: dict[str, str] = {}  # charger id -> ev id
     gone: set[str] = set()
-    now_lines: list[Triple] = [(0.0, 0.0, 0.0)]
-    now_power = [0.0]
+    now_state: list[GridState] = []
 
     def measure(_t: float) -> Measurement:
-        return Measurement(now_lines[0], now_power[0])
+        g = now_state[0]
+        return Measurement(g.lines, g.power_w, g.reactive_var, g.voltages)
 
     meter = None if fixed else LoopMeter(measure, vendor=sc.vendor, network=sc.network, phases=sc.supply_phases,
-                                         start=sc.start, outages=sc.outages, repeat_hourly=sc.repeat_hourly)
+                                         start=sc.start, outages=sc.outages, repeat_hourly=sc.repeat_hourly,
+                                         skew_s=sc.skew_s)
+    i2_stats = _I2Stats()
     mode = "fixed" if fixed else "protect"
     headroom: Headroom | None = None
     hourly = 0
@@ -427,10 +483,13 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
         house: HouseSample = household.sample(now)
         for c in chargers:
             c.step(now)
-        lines = grid.line_currents(house, chargers)
+        g = grid.measure(house, chargers)
+        lines = g.lines
         fuse.step(now, lines)
-        now_lines[0] = lines
-        now_power[0] = grid.power_w(house, chargers)
+        if now_state:
+            now_state[0] = g
+        else:
+            now_state.append(g)
         states: dict[str, ChargerState] = {c.id: c.state(now) for c in chargers}
         if meter is not None:
             estimator.observe_chargers(now, states)
@@ -440,14 +499,16 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
                     hourly += 1
             if readings:
                 headroom = estimator.compute(now, state)
+                if headroom is not None and headroom.i2_a is not None and any(r.list != 1 for r in readings):
+                    i2_stats.add(headroom.i2_a, lines[1], headroom.i2_method)
         setpoints = balancer.update(now, headroom, states, mode=mode)  # type: ignore[arg-type]
         if balancer.last is not None and balancer.last.mode.startswith("fixed:"):
             stale_s += dt
         for cid, sp in setpoints.items():
             by_id[cid].set_setpoint(now, sp)
         if oracle is not None and oracle_fair is not None and k > 0:
-            oracle.step(now, dt, house.lines)
-            oracle_fair.step(now, dt, house.lines)
+            oracle.step(now, dt, g.house_lines)
+            oracle_fair.step(now, dt, g.house_lines)
         if trace is not None:
             trace.t.append(now)
             trace.lines.append(lines)
@@ -473,6 +534,8 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
         report["hourly_records"] = hourly
         report["repeated_hourly_dropped"] = state.repeats
         report["readings"] = {f"list{k}": v for k, v in state.counts.items()}
+        if i2_stats.n:
+            report["i2"] = i2_stats.report()
     report["runtime_s"] = round(time.perf_counter() - t0, 2)
     return report
 

@@ -5,9 +5,13 @@ current on each grid line, the active power, and (synthetic model) the power on 
 
 Connections ("slots"): on TN 3x400 V a single-phase appliance sits between one line and neutral (slot
 0, 1, 2 = L1, L2, L3); on IT 3x230 V between two lines (slot 0, 1, 2 = L1-L2, L2-L3, L3-L1), so its
-current flows on both. Slot 3 is a balanced three-phase load. All loads are resistive (PF 1) and 230 V;
-line currents are the arithmetic sum of what each load puts on the line (the conservative in-phase
-model, see sim/grid.py).
+current flows on both. Slot 3 is a balanced three-phase load. All loads are 230 V with a power factor:
+heaters, the water heater, kettle, oven and the heating parts of appliances are resistive (PF 1);
+motors and compressors are inductive (fridge 0.8, washer motor 0.7, dryer 0.95, ventilation and
+standby 0.9, induction cooktop 0.98); LED lighting and electronics slightly capacitive (0.95 leading).
+A sample gives each slot's active and reactive power; ``lines`` is the arithmetic sum of the apparent
+currents each load puts on a line (the conservative in-phase model, see sim/grid.py, whose phasor
+model adds them as phasors instead).
 
 The synthetic home (numbers from research notes 5.2; SINTEF/Enova, NVE):
 
@@ -42,18 +46,32 @@ H = 3600.0
 
 
 class HouseSample(NamedTuple):
-    lines: Triple  # A per line L1, L2, L3
+    lines: Triple  # A per line L1, L2, L3 (in-phase sum of apparent currents)
     power_w: float
     slots_w: tuple[float, float, float, float] | None = None  # per connection (see module doc)
+    reactive_var: float = 0.0  # > 0 inductive
+    slots_var: tuple[float, float, float, float] | None = None  # reactive power per connection
 
 
-def slot_lines(network: Network, slots_w: Sequence[float], volt: float = VOLT) -> Triple:
-    """Line currents (in-phase sum) of slot powers."""
-    a, b, c = slots_w[0] / volt, slots_w[1] / volt, slots_w[2] / volt
+# Reactive power per watt (tan of the power-factor angle; < 0 capacitive) of the appliance kinds.
+Q_RESISTIVE = 0.0
+Q_STANDBY = math.tan(math.acos(0.9))  # ventilation fans, router, standby: a mix, mostly motors
+Q_FRIDGE = math.tan(math.acos(0.8))
+Q_WASHER_MOTOR = math.tan(math.acos(0.7))
+Q_DRYER = math.tan(math.acos(0.95))
+Q_INDUCTION = math.tan(math.acos(0.98))
+Q_ELECTRONICS = -math.tan(math.acos(0.95))  # LED drivers, TV, PC: slightly capacitive
+
+
+def slot_lines(network: Network, slots_w: Sequence[float], volt: float = VOLT,
+               slots_var: Sequence[float] | None = None) -> Triple:
+    """Line currents (in-phase sum of apparent currents) of slot powers."""
+    va = slots_w if slots_var is None else [math.hypot(w, q) for w, q in zip(slots_w, slots_var, strict=True)]
+    a, b, c = va[0] / volt, va[1] / volt, va[2] / volt
     if network == "TN":
-        three = slots_w[3] / (3.0 * volt)
+        three = va[3] / (3.0 * volt)
         return (a + three, b + three, c + three)
-    three = slots_w[3] / (math.sqrt(3.0) * volt)
+    three = va[3] / (math.sqrt(3.0) * volt)
     return (a + c + three, a + b + three, b + c + three)
 
 
@@ -90,14 +108,20 @@ class SyntheticHome:
     """A Norwegian home with electric heating; ``sample(t)`` with non-decreasing t."""
 
     def __init__(self, network: Network, seed: int = 1, *, heaters: int = 6, weather: WinterDay | None = None,
-                 days: int = 2, scale: float = 1.0) -> None:
+                 days: int = 2, scale: float = 1.0, reactive: bool = True,
+                 thermostat_step_s: float = 1.0) -> None:
         self.network: Network = network
+        self.reactive = reactive  # False: every load resistive (PF 1), the same day otherwise
+        # how often the room thermostats look (from midnight); 10 s puts every heater switch on a
+        # meter's 10 s list-2 instant, which flatters how fast a device sees it
+        self.thermostat_step_s = thermostat_step_s
         self.seed = seed
         self.weather = weather or WinterDay()
         self.scale = scale
         rng = random.Random(seed)
         self._rng = rng
         self._slot_w = [0.0, 0.0, 0.0, 0.0]  # scheduled appliances
+        self._slot_var = [0.0, 0.0, 0.0, 0.0]
         # heaters: design duty 62 % at -20 C (about 100 W/K for the house: ~10 MWh a year of space
         # heating), room time constant 3-5 h; spread over the connections as an electrician would
         self._rooms: list[_Room] = []
@@ -109,7 +133,7 @@ class SyntheticHome:
             self._rooms.append(_Room(p, (first + i) % 3, ua, ua * tau, rng.uniform(19.0, 21.0), False))
         self._tank = _Tank(2000.0 * scale, rng.randrange(3), rng.uniform(0.0, 800.0), False)
         self._draws: list[tuple[float, float]] = []  # (time, Wh of hot water) sorted
-        self._events: list[tuple[float, int, int, float]] = []  # (time, seq, slot, +/- watts)
+        self._events: list[tuple[float, int, int, float, float]] = []  # (time, seq, slot, +/- W, +/- var)
         self._seq = 0
         for d in range(days):
             self._plan_day(d * DAY, rng)
@@ -121,33 +145,38 @@ class SyntheticHome:
 
     # --- planning --------------------------------------------------------------------------------
 
-    def _on(self, start: float, end: float, slot: int, watts: float) -> None:
+    def _on(self, start: float, end: float, slot: int, watts: float, q: float = Q_RESISTIVE) -> None:
+        """``watts`` on ``slot`` from ``start`` to ``end``; ``q``: reactive var per watt."""
         if end <= start:
             return
         w = watts * self.scale
-        self._events.append((start, self._seq, slot, w))
-        self._events.append((end, self._seq + 1, slot, -w))
+        if not self.reactive:
+            q = 0.0
+        self._events.append((start, self._seq, slot, w, w * q))
+        self._events.append((end, self._seq + 1, slot, -w, -w * q))
         self._seq += 2
 
     def _cycle(self, start: float, end: float, slot: int, watts: float, period: float, duty: float,
-               rng: random.Random) -> None:
+               rng: random.Random, q: float = Q_RESISTIVE) -> None:
         """Thermostat-style cycling between start and end."""
         t = start + rng.uniform(0, period * (1 - duty))
         while t < end:
-            self._on(t, min(end, t + period * duty), slot, watts)
+            self._on(t, min(end, t + period * duty), slot, watts, q)
             t += period
 
     def _plan_day(self, d0: float, rng: random.Random) -> None:
         slot = rng.randrange
-        self._on(d0, d0 + DAY, 0, rng.uniform(300.0, 500.0))  # standby, ventilation, router...
+        self._on(d0, d0 + DAY, 0, rng.uniform(300.0, 500.0), Q_STANDBY)  # standby, ventilation, router...
         fridge = slot(3)
         t = d0 + rng.uniform(0, 1800)
         while t < d0 + DAY:  # fridge/freezer compressor
-            self._on(t, t + rng.uniform(600, 900), fridge, 150.0)
+            self._on(t, t + rng.uniform(600, 900), fridge, 150.0, Q_FRIDGE)
             t += rng.uniform(1800, 2700)
-        self._on(d0 + rng.uniform(6.0, 6.5) * H, d0 + rng.uniform(8.0, 8.5) * H, slot(3), 250.0)  # lights
-        self._on(d0 + rng.uniform(15.5, 16.5) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 350.0)
-        self._on(d0 + rng.uniform(18.0, 19.0) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 200.0)  # TV, PC
+        lights = Q_ELECTRONICS
+        self._on(d0 + rng.uniform(6.0, 6.5) * H, d0 + rng.uniform(8.0, 8.5) * H, slot(3), 250.0, lights)
+        self._on(d0 + rng.uniform(15.5, 16.5) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 350.0, lights)
+        self._on(d0 + rng.uniform(18.0, 19.0) * H, d0 + rng.uniform(22.5, 23.5) * H, slot(3), 200.0,
+                 Q_ELECTRONICS)  # TV, PC
         # kettle / coffee
         for h in (rng.uniform(6.5, 7.5), rng.uniform(15.5, 16.5), rng.uniform(20.5, 21.5)):
             self._on(d0 + h * H, d0 + h * H + rng.uniform(120, 240), slot(3), 2000.0)
@@ -159,10 +188,10 @@ class SyntheticHome:
             start = dinner + rng.uniform(0, 900)
             boil = start + rng.uniform(300, 600)
             end = boil + rng.uniform(900, 2400)
-            self._on(start, boil, zs, zw)
-            self._cycle(boil, end, zs, zw, rng.uniform(30, 60), rng.uniform(0.3, 0.6), rng)
+            self._on(start, boil, zs, zw, Q_INDUCTION)
+            self._cycle(boil, end, zs, zw, rng.uniform(30, 60), rng.uniform(0.3, 0.6), rng, Q_INDUCTION)
         breakfast = d0 + rng.uniform(7.0, 7.5) * H
-        self._on(breakfast, breakfast + rng.uniform(300, 600), 1, 1800.0)
+        self._on(breakfast, breakfast + rng.uniform(300, 600), 1, 1800.0, Q_INDUCTION)
         # oven: preheat, then thermostat cycling
         if rng.random() < 0.7:
             o = slot(3)
@@ -173,11 +202,11 @@ class SyntheticHome:
         w = slot(3)
         ws = d0 + rng.choice((rng.uniform(9.0, 11.0), rng.uniform(18.5, 20.0))) * H
         self._on(ws + 300, ws + 300 + rng.uniform(600, 1200), w, 2000.0)
-        self._on(ws, ws + rng.uniform(3600, 5400), w, 200.0)
+        self._on(ws, ws + rng.uniform(3600, 5400), w, 200.0, Q_WASHER_MOTOR)
         if rng.random() < 0.8:
             dr = slot(3)
             ds = max(ws + 5400, d0 + rng.uniform(20.0, 21.0) * H)
-            self._cycle(ds, ds + rng.uniform(3600, 5400), dr, 2500.0, 240.0, 0.8, rng)
+            self._cycle(ds, ds + rng.uniform(3600, 5400), dr, 2500.0, 240.0, 0.8, rng, Q_DRYER)
         dw = slot(3)
         dws = d0 + rng.uniform(19.5, 21.5) * H
         self._on(dws + 300, dws + 1200, dw, 2000.0)
@@ -198,16 +227,19 @@ class SyntheticHome:
 
     def sample(self, t: float) -> HouseSample:
         slot_w = self._slot_w
+        slot_var = self._slot_var
         ev = self._events
         while ev and ev[0][0] <= t:
-            _, _, s, w = heapq.heappop(ev)
+            _, _, s, w, q = heapq.heappop(ev)
             slot_w[s] += w
+            slot_var[s] += q
         dt = 0.0 if self._last_t is None else t - self._last_t
         self._last_t = t
         out = [slot_w[0], slot_w[1], slot_w[2], slot_w[3]]
-        # rooms every 10 s of simulated time (thermostats do not need more)
+        # rooms every thermostat_step_s (default every second: a thermostat switches at any second,
+        # not in step with a meter's lists)
         self._room_dt += dt
-        if self._room_dt >= 10.0 or dt == 0.0:
+        if self._room_dt >= self.thermostat_step_s or dt == 0.0:
             self._step_rooms(t, self._room_dt)
             self._room_dt = 0.0
         for r in self._rooms:
@@ -217,11 +249,17 @@ class SyntheticHome:
         self._step_tank(t, dt)
         if tank.on:
             out[tank.slot] += tank.power_w
+        var = [0.0, 0.0, 0.0, 0.0]
         for i in range(4):
             if out[i] < 0.5:
                 out[i] = 0.0
+            else:
+                var[i] = slot_var[i] if abs(slot_var[i]) >= 0.5 else 0.0
         power = out[0] + out[1] + out[2] + out[3]
-        return HouseSample(slot_lines(self.network, out), power, (out[0], out[1], out[2], out[3]))
+        slots = (out[0], out[1], out[2], out[3])
+        slots_var = (var[0], var[1], var[2], var[3])
+        return HouseSample(slot_lines(self.network, slots, slots_var=slots_var), power, slots,
+                           var[0] + var[1] + var[2] + var[3], slots_var)
 
     def _step_rooms(self, t: float, dt: float) -> None:
         t_out = self.weather.at(t)
@@ -309,5 +347,7 @@ def make_household(network: Network, model: str | None = None, trace: str | Path
     if model in (None, "winter", "norwegian-winter"):
         weather = WinterDay(mean_c=float(options.pop("outdoor_c", -8.0)))
         return SyntheticHome(network, seed, weather=weather, heaters=int(options.pop("heaters", 6)),
-                             scale=float(options.pop("scale", 1.0)), days=int(options.pop("days", 2)))
+                             scale=float(options.pop("scale", 1.0)), days=int(options.pop("days", 2)),
+                             reactive=bool(options.pop("reactive", True)),
+                             thermostat_step_s=float(options.pop("thermostat_step_s", 1.0)))
     raise ValueError(f"household model {model!r} is not known (winter, or trace = \"file.csv\")")

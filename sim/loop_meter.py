@@ -9,33 +9,46 @@ Schedule (NVE lists, research notes 1.6), times counted from the start of the si
 - list 2 (powers, currents, voltages) every 10 s;
 - list 3 (list 2 + meter clock + energy counters) on every full hour of the meter's clock.
 
-Like the real meters on IT (three wires) it does not report I2. Resolution as the vendors send it:
-Aidon 0.1 A, Kamstrup 0.01 A, Kaifa 0.001 A; power in W, energy in Wh (Aidon and Kamstrup 10 Wh).
-Faults to test the device: ``outages`` (no lists at all between two times) and ``repeat_hourly``
-(every hourly list sent twice, a known Aidon fault).
+What it reports is what the measurement gives it: line currents, active and reactive power (import
+and export split by sign) and voltages (`sim.grid.GridState`: on IT the line-to-line U12, U13, U23,
+which is what all 3-wire vendors send). Like the real meters on IT (three wires), Aidon and Kamstrup
+do not report I2; Kaifa (MA304H3E) does, but sends U2 = 0, which the decoder replaces by an estimate
+from a symmetric supply (`han.template.estimate_l2_voltage`, marked in ``Reading.estimated``): the
+reading here is what the decoder would hand over. Resolution as the vendors send it: Aidon 0.1 A and
+0.1 V, Kamstrup 0.01 A and 1 V, Kaifa 0.001 A and 0.1 V; power in W and var, energy in Wh (Aidon and
+Kamstrup 10 Wh).
+
+Faults to test the device: ``outages`` (no lists at all between two times), ``repeat_hourly`` (every
+hourly list sent twice, a known Aidon fault) and ``skew_s`` (the powers in a list are measured that
+many seconds before its currents and voltages: a meter's values are not sampled at one instant).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from apm.lines import Network, Triple
 from han.reading import Reading
+from han.template import estimate_l2_voltage
 
 VENDORS = ("aidon", "kaifa", "kamstrup")
 _LIST_ID = {"aidon": "AIDON_V0001", "kaifa": "KFM_001", "kamstrup": "Kamstrup_V0001"}
 _TYPE = {"aidon": "6525", "kaifa": "MA304H3E", "kamstrup": "6861111"}
 _AMP_STEP = {"aidon": 0.1, "kaifa": 0.001, "kamstrup": 0.01}
 _WH_STEP = {"aidon": 10.0, "kaifa": 1.0, "kamstrup": 10.0}
+_VOLT_STEP = {"aidon": 0.1, "kaifa": 0.1, "kamstrup": 1.0}
 
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
     lines: Triple  # A per line
-    power_w: float  # active import
+    power_w: float  # active power, import > 0
+    reactive_var: float = 0.0  # inductive > 0
+    voltages: Triple | None = None  # as reported (IT: U12, U13, U23); None: 231 V less a sag
 
 
 class LoopMeter:
@@ -53,6 +66,7 @@ class LoopMeter:
         outages: Sequence[tuple[float, float]] = (),
         repeat_hourly: bool = False,
         import_wh: float = 12_345_670.0,
+        skew_s: float = 0.0,
     ) -> None:
         if vendor not in VENDORS:
             raise ValueError(f"meter vendor {vendor!r} is not one of {', '.join(VENDORS)}")
@@ -69,6 +83,12 @@ class LoopMeter:
         self.outages = [(float(a), float(b)) for a, b in outages]
         self.repeat_hourly = repeat_hourly
         self.import_wh = import_wh
+        self.export_wh = 0.0
+        self.reactive_wh = [0.0, 0.0]  # varh imported, exported
+        if skew_s < 0:
+            raise ValueError("skew_s must be >= 0")
+        self.skew_s = skew_s
+        self._history: deque[tuple[float, Measurement]] = deque()
         self._last: float | None = None
         self._repeat: tuple[float, Reading] | None = None
         # seconds from the start to the meter's next full hour
@@ -87,7 +107,18 @@ class LoopMeter:
         if last is None:
             last = now - 1e-9
         else:
-            self.import_wh += m.power_w * (now - last) / 3600.0
+            h = (now - last) / 3600.0
+            self.import_wh += max(0.0, m.power_w) * h
+            self.export_wh += max(0.0, -m.power_w) * h
+            self.reactive_wh[0 if m.reactive_var >= 0 else 1] += abs(m.reactive_var) * h
+        if self.skew_s > 0:
+            hist = self._history
+            hist.append((now, m))
+            while len(hist) > 1 and hist[1][0] <= now - self.skew_s:
+                hist.popleft()
+            # the powers as they were skew_s ago, with the currents and voltages of now
+            old = hist[0][1]
+            m = Measurement(m.lines, old.power_w, old.reactive_var, m.voltages)
         out: list[Reading] = []
         if self._repeat is not None and self._repeat[0] <= now:
             out.append(self._repeat[1])
@@ -124,17 +155,37 @@ class LoopMeter:
 
     def _reading(self, lst: int, t: float, m: Measurement) -> Reading:
         v = self.vendor
-        power = float(round(m.power_w))
+        p = float(round(m.power_w))
+        imp, exp = max(0.0, p), max(0.0, -p)
         if lst == 1:
-            return Reading(meter=v, list=1, active_import_w=power)
+            return Reading(meter=v, list=1, active_import_w=imp)
         amp = _AMP_STEP[v]
+        vstep = _VOLT_STEP[v]
 
         def q(x: float) -> float:
             return round(round(x / amp) * amp, 3)
 
+        def qv(x: float) -> float:
+            return round(round(x / vstep) * vstep, 1)
+
         l1, l2, l3 = m.lines
-        volts = [round(231.0 - 0.05 * x, 1) for x in m.lines]
+        volts = [qv(231.0 - 0.05 * x) for x in m.lines] if m.voltages is None else [qv(x) for x in m.voltages]
         three = self.phases == 3
+        it = three and self.network == "IT"
+        i1, i3 = q(l1), q(l3)
+        i2: float | None = q(l2) if three else None
+        estimated: tuple[str, ...] = ()
+        u2: float | None = volts[1] if three else None
+        if it and v != "kaifa":
+            i2 = None  # two-element metering: no I2
+        elif it:
+            # Kaifa MA304H3E: U2 = 0 on the wire, estimated by the decoder; an I2 of 0 with I1 != I3 is
+            # a placeholder the decoder drops (han.template.finish)
+            u2 = estimate_l2_voltage(volts[0], volts[2])
+            estimated = ("voltage_l2_v",)
+            if i2 == 0 and i1 != i3:
+                i2 = None
+        var = float(round(m.reactive_var))
         fields = dict(
             meter=v,
             list=lst,
@@ -142,16 +193,17 @@ class LoopMeter:
             meter_id=self.meter_id,
             meter_type=_TYPE[v],
             phases=self.phases,
-            active_import_w=power,
-            active_export_w=0.0,
-            reactive_import_var=0.0,
-            reactive_export_var=0.0,
-            current_l1_a=q(l1),
-            current_l2_a=q(l2) if three and self.network == "TN" else None,
-            current_l3_a=q(l3) if three else None,
+            active_import_w=imp,
+            active_export_w=exp,
+            reactive_import_var=max(0.0, var),
+            reactive_export_var=max(0.0, -var),
+            current_l1_a=i1,
+            current_l2_a=i2,
+            current_l3_a=i3 if three else None,
             voltage_l1_v=volts[0],
-            voltage_l2_v=volts[1] if three else None,
+            voltage_l2_v=u2,
             voltage_l3_v=volts[2] if three else None,
+            estimated=estimated,
         )
         if lst == 3:
             step = _WH_STEP[v]
@@ -159,8 +211,8 @@ class LoopMeter:
             fields.update(
                 meter_time=clock.isoformat(),
                 active_import_wh=math.floor(self.import_wh / step) * step,
-                active_export_wh=0.0,
-                reactive_import_varh=0.0,
-                reactive_export_varh=0.0,
+                active_export_wh=math.floor(self.export_wh / step) * step,
+                reactive_import_varh=math.floor(self.reactive_wh[0] / step) * step,
+                reactive_export_varh=math.floor(self.reactive_wh[1] / step) * step,
             )
         return Reading(**fields)  # type: ignore[arg-type]

@@ -218,7 +218,8 @@ def test_setpoints_never_exceed_any_line_limit(network, chargers, steps, mode, f
     """With fresh data no line's allocation exceeds its headroom; in fixed mode (or stale data) no
     line carries more than the fixed current; every setpoint is 0 or within [min_a, max_a]."""
     cfg = [ChargerConfig(f"c{i}", mx, ph, tuple(rot)) for i, (ph, rot, mx) in enumerate(chargers)]
-    b = Balancer(network, cfg, BalancerSettings(fixed_current_a=fixed))
+    # strictly within the headroom: without the deadband (see the next test for it)
+    b = Balancer(network, cfg, BalancerSettings(fixed_current_a=fixed, decrease_deadband_a=0.0))
     now = 0.0
     sp = {c.id: 0.0 for c in cfg}
     last_fresh = None
@@ -248,3 +249,128 @@ def test_setpoints_never_exceed_any_line_limit(network, chargers, steps, mode, f
                 assert total <= max(0.0, head.available_a[line]) + 1e-6  # type: ignore[operator]
             else:
                 assert total <= fixed + 1e-6
+
+
+@settings(max_examples=150, deadline=None)
+@given(network=st.sampled_from(["IT", "TN"]), chargers=st.lists(_CHARGER, min_size=1, max_size=3),
+       steps=st.lists(st.tuples(st.tuples(*(st.floats(-0.6, 0.6) for _ in range(3))),
+                                st.sampled_from([1.0, 3.0, 10.0]), st.floats(0.0, 1.2)), min_size=1, max_size=40))
+def test_deadband_keeps_lines_within_it_and_only_for_the_grace_time(network, chargers, steps) -> None:
+    """With the default deadband: no line's allocation is ever more than decrease_deadband_a above its
+    headroom (summed over every charger on it), and never for decrease_grace_s or longer. The headroom
+    wobbles around the allocation, the way a fridge or noise moves it."""
+    cfg = [ChargerConfig(f"c{i}", mx, ph, tuple(rot)) for i, (ph, rot, mx) in enumerate(chargers)]
+    s = BalancerSettings()
+    b = Balancer(network, cfg, s)
+    now = 0.0
+    states = {c.id: ev(c.id, network=network) for c in cfg}
+    sp = b.update(now, room(now, 40.0, 40.0, 40.0, network=network), states)
+    base = [sum(usage(network, c.phases, c.rotation)[i] * sp[c.id] for c in cfg) for i in range(3)]
+    over_since = None
+    for wobble, dt, draw in steps:
+        now += dt
+        avail = [max(0.0, base[i] + wobble[i]) for i in range(3)]
+        states = {c.id: ev(c.id, min(sp[c.id], c.max_a) * draw, c.phases, network) if sp[c.id] > 0
+                  else ev(c.id, network=network) for c in cfg}
+        sp = b.update(now, room(now, *avail, network=network), states)
+        over = 0.0
+        for i in range(3):
+            total = sum(usage(network, c.phases, c.rotation)[i] * sp[c.id] for c in cfg)
+            if total > 0:
+                over = max(over, total - avail[i])
+        assert over <= s.decrease_deadband_a + 1e-6
+        if over > 1e-6:
+            over_since = now if over_since is None else over_since
+            assert now - over_since < s.decrease_grace_s
+        else:
+            over_since = None
+
+
+def test_a_small_excess_waits_a_large_one_does_not() -> None:
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], BalancerSettings(decrease_deadband_a=0.5,
+                                                                        decrease_grace_s=30.0))
+    assert b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")}) == {"a": 20.0}
+    # 0.3 A short on L1 (a fridge starting): wait, up to 30 s
+    out, why = {}, {}
+    for t in range(1, 40):
+        out[t] = b.update(float(t), room(float(t), 19.7, 20, 20), {"a": ev("a", 20.0)})["a"]
+        why[t] = b.last.reasons["a"]  # type: ignore[union-attr]
+    assert out[30] == 20.0 and why[30].startswith("decrease to 19.7 A waits 1 s")
+    assert out[31] == 19.7  # 30 s after the excess began
+    assert b.changes == 2
+    # back up, then 1 A short: at once
+    b2 = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)])
+    b2.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")})
+    assert b2.update(1.0, room(1.0, 19.0, 20, 20), {"a": ev("a", 20.0)}) == {"a": 19.0}
+    # a wobble that comes back within the grace time costs no change at all
+    b3 = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)])
+    b3.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")})
+    for t in range(1, 20):
+        b3.update(float(t), room(float(t), 19.6, 20, 20), {"a": ev("a", 20.0)})
+    for t in range(20, 80):
+        b3.update(float(t), room(float(t), 20, 20, 20), {"a": ev("a", 20.0)})
+    assert b3.changes == 1 and b3.setpoints == {"a": 20.0}
+
+
+def test_the_deadband_is_per_line_not_per_charger() -> None:
+    """Two 1-phase chargers on L1 (TN), each 0.4 A over its share is 0.8 A over on the line: at once."""
+    cfg = [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 1, ROT)]
+    b = Balancer("TN", cfg)
+    sp = b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a", phases=1), "b": ev("b", phases=1)})
+    assert sp == {"a": 10.0, "b": 10.0}
+    sp = b.update(1.0, room(1.0, 19.2, 20, 20), {"a": ev("a", 10.0, 1), "b": ev("b", 10.0, 1)})
+    assert sp == {"a": 9.6, "b": 9.6}
+
+
+def test_a_pause_waits_in_the_deadband_and_is_avoided_when_the_headroom_returns() -> None:
+    cfg = [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT2)]
+    b = Balancer("TN", cfg)
+    assert b.update(0.0, room(0.0, 12.2, 30, 30), {"a": ev("a"), "b": ev("b")}) == {"a": 6.1, "b": 6.1}
+    states = {"a": ev("a", 6.1), "b": ev("b", 6.1)}
+    for t in range(1, 25):  # 5.95 A each would be a pause; 0.3 A over on L1 may wait
+        assert b.update(float(t), room(float(t), 11.9, 30, 30), states) == {"a": 6.1, "b": 6.1}
+    for t in range(25, 120):
+        assert b.update(float(t), room(float(t), 12.2, 30, 30), states) == {"a": 6.1, "b": 6.1}
+    assert b.changes == 2  # the two starts
+
+
+def test_max_energy_sharing_gives_a_shared_line_to_the_ev_that_makes_more_of_it() -> None:
+    cfg = [ChargerConfig("one", 32.0, 1, ROT), ChargerConfig("three", 16.0, 3, ROT)]
+    states = {"one": ev("one", phases=1), "three": ev("three")}
+    fair = Balancer("TN", cfg)
+    assert fair.update(0.0, room(0.0, 30, 30, 30), states) == {"one": 15.0, "three": 15.0}
+    most = Balancer("TN", cfg, BalancerSettings.from_dict({"sharing": "max_energy"}))
+    # an ampere of the 3-phase EV on L1 is worth 690 W, of the 1-phase one 230 W
+    assert most.update(0.0, room(0.0, 30, 30, 30), states) == {"one": 14.0, "three": 16.0}
+    assert "priority" in most.last.reasons["three"]  # type: ignore[union-attr]
+    # 20 A on L1: fair 10 + 10 A (9.2 kW) against 16 A for the 3-phase EV alone (11 kW)
+    most2 = Balancer("TN", cfg, BalancerSettings(sharing="max_energy"))
+    assert most2.update(0.0, room(0.0, 20, 30, 30), states) == {"one": 0.0, "three": 16.0}
+    # where the priorities gain less than max_energy_margin, the fair shares stay
+    tie = Balancer("TN", [ChargerConfig("x", 32.0, 3, ROT), ChargerConfig("y", 32.0, 3, ROT2)],
+                   BalancerSettings(sharing="max_energy"))
+    assert tie.update(0.0, room(0.0, 20, 20, 20), {"x": ev("x"), "y": ev("y")}) == {"x": 10.0, "y": 10.0}
+
+
+def test_sharing_setting_is_checked() -> None:
+    assert BalancerSettings.from_dict({"sharing": "max_energy"}).sharing == "max_energy"
+    assert BalancerSettings().sharing == "fair"
+    with pytest.raises(ValueError, match="sharing"):
+        BalancerSettings.from_dict({"sharing": "greedy"})
+    with pytest.raises(ValueError, match="sharing"):
+        BalancerSettings.from_dict({"sharing": 1})
+
+
+def test_a_paused_single_phase_ev_is_not_counted_on_lines_it_does_not_use() -> None:
+    """A 3-phase charger with a 1-phase EV (on L1): once seen charging on one phase, the balancer
+    remembers it for the session, so while it is paused it can restart on L1 even with L2 and L3
+    full (before, it was counted as 3-phase while paused and could never restart)."""
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)])
+    assert b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")}) == {"a": 20.0}
+    b.update(1.0, room(1.0, 20, 20, 20), {"a": ev("a", 20.0, phases=1)})
+    assert b.update(2.0, room(2.0, 3.0, 20, 20), {"a": ev("a", 20.0, phases=1)}) == {"a": 0.0}
+    out = [b.update(float(t), room(float(t), 20, 0, 0), {"a": ev("a")})["a"] for t in range(3, 120)]
+    assert out[-1] == 20.0
+    # a new session forgets it
+    b.update(200.0, room(200.0, 20, 20, 20), {"a": ChargerState("a")})
+    assert b.update(201.0, room(201.0, 20, 0, 0), {"a": ev("a")}) == {"a": 0.0}

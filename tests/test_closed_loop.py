@@ -137,7 +137,8 @@ def test_phasor_it_lines_never_exceed_the_in_phase_model() -> None:
     ch2 = SimCharger(ChargerConfig("b", 32.0, 1, ("L1", "L2", "L3")), "IT")
     ch2.terminals = terminal_currents("IT", 1, 16.0)
     ch2.lines = to_lines(ch2.terminals, ch2.config.rotation)
-    quiet = home.sample(0.0)._replace(slots_w=(0.0, 0.0, 0.0, 0.0), lines=(0.0, 0.0, 0.0))
+    quiet = home.sample(0.0)._replace(slots_w=(0.0, 0.0, 0.0, 0.0), lines=(0.0, 0.0, 0.0), reactive_var=0.0,
+                                      slots_var=(0.0, 0.0, 0.0, 0.0))
     assert pha.line_currents(quiet, [ch2]) == pytest.approx((16.0, 16.0, 0.0))
 
 
@@ -151,6 +152,12 @@ def test_scenario_errors_name_the_key(tmp_path: Path) -> None:
         ({"charger": [{"id": "a", "rotation": ["L1", "L1", "L2"]}]}, "charger[0].rotation"),
         ({"ev": [{"charger": "zz"}]}, "ev[0].charger"),
         ({"balancer": {"hold": 1}}, "balancer.hold"),
+        ({"balancer": {"decrease_deadband_a": 2.5}}, "balancer.decrease_deadband_a"),
+        ({"balancer": {"sharing": "greedy"}}, "balancer.sharing"),
+        ({"grid": {"network": "TN", "fuse_a": 25, "sequence": "L2-L1-L3"}}, "grid.sequence"),
+        ({"grid": {"network": "TN", "fuse_a": 25, "unbalance": [0.5, 0, 0]}}, "grid.unbalance"),
+        ({"grid": {"network": "TN", "fuse_a": 25, "model": "phasor"}}, "grid.model"),  # a trace
+        ({"meter": {"vendor": "aidon", "kind": "3p-tn", "skew_s": -1}}, "meter.skew_s"),
         ({"colour": "red"}, "colour"),
     ):
         with pytest.raises(ScenarioError, match=where.replace("[", r"\[").replace("]", r"\]")):
@@ -178,7 +185,19 @@ def test_command_line_writes_report_and_plot(tmp_path: Path, capsys: pytest.Capt
     assert "no such file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["winter-it-40a", "winter-tn-25a"])
+# Regression floors (achieved on the winter days, fair sharing): share of the fair-share oracle, share
+# of the max oracle, and a ceiling on setpoint changes (both chargers, the whole day).
+WINTER_FLOORS = {
+    "winter-tn-25a": (0.98, 0.89, 1100),
+    # Aidon: no I2. Neither bound on it is tight with a balanced 3-phase charger of ours running
+    # (apm/three_wire.py): about a quarter of the energy is lost to the unknown L2 current
+    "winter-it-40a": (0.74, 0.70, 3000),
+    # the same day with a meter that reports I2 (Kaifa): what the measurement is worth
+    "winter-it-40a-kaifa": (0.99, 0.94, 3000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINTER_FLOORS))
 def test_winter_day_has_no_trips(name: str) -> None:
     sc = load_scenario(SCENARIOS / f"{name}.toml")
     assert sc.duration_s == 86400
@@ -187,16 +206,77 @@ def test_winter_day_has_no_trips(name: str) -> None:
     assert report["hourly_records"] == 24
     assert report["runtime_s"] < 30
     assert report["energy_total_kwh"] > 50
-    if sc.network == "TN":
-        assert report["oracle_fair_ratio"] >= 0.97
+    fair, best, changes = WINTER_FLOORS[name]
+    assert report["oracle_fair_ratio"] >= fair
+    assert report["oracle_ratio"] >= best
+    assert report["setpoint_changes"] <= changes
+    assert report["oracle_energy_kwh"] >= report["oracle_fair_energy_kwh"]
+    if name == "winter-it-40a":
+        i2 = report["i2"]
+        assert i2["lists"] > 8000 and i2["method"]["two-wattmeter"] > 0
+        # the two-wattmeter estimate is an upper bound; the refined Kirchhoff bound subtracts our
+        # chargers in phase, which can understate by a fraction of an ampere (apm/headroom.py)
+        assert i2["max_shortfall_by_method_a"]["two-wattmeter"] <= 1e-6
+        assert i2["max_shortfall_a"] < 1.0
     else:
-        # without I2, the Kirchhoff bound costs about a third on this day (see the report notes)
-        assert report["oracle_fair_ratio"] >= 0.65
+        assert "i2" not in report
+
+
+def test_the_kaifa_day_is_the_aidon_day_with_another_meter() -> None:
+    aidon = load_scenario(SCENARIOS / "winter-it-40a.toml")
+    kaifa = load_scenario(SCENARIOS / "winter-it-40a-kaifa.toml")
+    assert (aidon.vendor, kaifa.vendor) == ("aidon", "kaifa")
+    assert dataclasses.replace(kaifa, name=aidon.name, vendor="aidon") == aidon
+    assert aidon.grid_model == "phasor"
+
+
+def test_max_energy_sharing_on_the_tn_winter_day() -> None:
+    """Giving the shared line to the EV that makes more power of it beats the fair-share rule's own
+    ceiling (its oracle) on the TN day, with no trips; fair stays the default. (Not on every slice:
+    on the night alone, filling the 3-phase car first gives less than sharing, and the max oracle is
+    below the fair one too: both oracles are rules for each second, not schedules.)"""
+    sc = load_scenario(SCENARIOS / "winter-tn-25a.toml")
+    most = run(dataclasses.replace(sc, balancer={"sharing": "max_energy"}))
+    assert most["trips"] == 0
+    assert most["oracle_fair_ratio"] >= 1.03
+    assert most["oracle_ratio"] >= 0.94
+    assert most["setpoint_changes"] <= 1000
+
+
+MAX_ENERGY_FLOORS = {"winter-tn-25a": 0.94, "winter-it-40a": 0.71, "winter-it-40a-kaifa": 0.95}
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("name", sorted(MAX_ENERGY_FLOORS))
+def test_winter_day_with_max_energy_sharing(name: str) -> None:
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    report = run(dataclasses.replace(sc, balancer={"sharing": "max_energy"}))
+    assert report["trips"] == 0
+    assert report["oracle_ratio"] >= MAX_ENERGY_FLOORS[name]
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("change", [{"sequence": -1}, {"skew_s": 1.0}, {"unbalance": (0.01, -0.01, 0.0)}])
+def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, Any]) -> None:
+    """The other phase sequence, a meter whose powers lag its currents by a second, a 1 % voltage
+    unbalance: no trips, the energy holds, and the L2 estimate is never short by as much as the
+    safety margin (the refined Kirchhoff bound's in-phase bookkeeping can be short by about an
+    ampere; a load switching within the skew can fool the two-wattmeter estimate for one list)."""
+    sc = dataclasses.replace(load_scenario(SCENARIOS / "winter-it-40a.toml"), **change)
+    report = run(sc)
+    assert report["trips"] == 0
+    assert report["oracle_fair_ratio"] >= 0.72
+    assert report["i2"]["max_shortfall_a"] < sc.safety_margin_a
 
 
 def test_winter_it_day_with_the_power_bound_on_i2() -> None:
+    # the bound's assumption (every load at PF >= 1) holds only in a resistive world: the world this
+    # scenario had before loads had power factors (in-phase model, every household load resistive,
+    # thermostats stepped every 10 s)
     sc = load_scenario(SCENARIOS / "winter-it-40a.toml")
-    report = run(dataclasses.replace(sc, headroom={"i2_power_factor": 1.0}))
+    house = {**sc.household, "reactive": False, "thermostat_step_s": 10.0}
+    report = run(dataclasses.replace(sc, grid_model="magnitude", household=house,
+                                     headroom={"i2_power_factor": 1.0, "two_wattmeter": False}))
     assert report["trips"] == 0
     assert report["oracle_fair_ratio"] >= 0.97
 

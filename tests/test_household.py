@@ -51,9 +51,12 @@ def test_single_phase_loads_on_it_sit_between_two_lines_and_on_tn_on_one() -> No
     assert three == pytest.approx((10.0, 10.0, 10.0))
     # the household's samples follow the same rule: each slot's power shows on its lines
     s = SyntheticHome("IT", seed=5).sample(64800.0)
-    assert s.slots_w is not None
-    assert s.lines == pytest.approx(slot_lines("IT", s.slots_w))
+    assert s.slots_w is not None and s.slots_var is not None
+    assert s.lines == pytest.approx(slot_lines("IT", s.slots_w, slots_var=s.slots_var))
     assert s.power_w == pytest.approx(sum(s.slots_w))
+    assert s.reactive_var == pytest.approx(sum(s.slots_var))
+    # reactive loads add to the current: never less than the resistive part alone
+    assert all(x >= y - 1e-9 for x, y in zip(s.lines, slot_lines("IT", s.slots_w), strict=True))
 
 
 def test_trace_rows_hold_until_the_next(tmp_path: Path) -> None:
