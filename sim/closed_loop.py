@@ -71,7 +71,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apm.balancer import Balancer, BalancerSettings, priority_fill, water_fill
 from apm.charger_state import ChargerState
@@ -418,9 +418,25 @@ class Trace:
     setpoints: dict[str, list[float]] = field(default_factory=dict)
 
 
-def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dict[str, Any]:
+class LoopPolicy(Protocol):
+    """What the device decides besides the balancer itself: the subscription gate and eco caps.
+
+    ``decide`` is asked every step before the balancer runs; ``observe`` is told what each
+    charger drew (terminal amps) over the step, e.g. to price the energy. ``report`` adds keys.
+    """
+
+    def decide(self, now: float, headroom: Headroom | None) -> tuple[str, dict[str, float] | None]: ...
+
+    def observe(self, now: float, dt: float, chargers: Sequence[SimCharger]) -> None: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+
+def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
+        policy: LoopPolicy | None = None) -> dict[str, Any]:
     """Simulate ``sc``; ``fixed``: the comparison without a meter, all chargers sharing
-    ``fixed_current_a`` per line. Returns the report dict."""
+    ``fixed_current_a`` per line. ``policy`` gates the mode and caps chargers (subscription,
+    Smart eco). Returns the report dict."""
     t0 = time.perf_counter()
     days = int(math.ceil(sc.duration_s / 86400.0)) + 1
     house_opts = dict(sc.household)
@@ -501,7 +517,11 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
                 headroom = estimator.compute(now, state)
                 if headroom is not None and headroom.i2_a is not None and any(r.list != 1 for r in readings):
                     i2_stats.add(headroom.i2_a, lines[1], headroom.i2_method)
-        setpoints = balancer.update(now, headroom, states, mode=mode)  # type: ignore[arg-type]
+        step_mode, allowed = (mode, None) if policy is None else policy.decide(now, headroom)
+        setpoints = balancer.update(now, headroom, states, mode=step_mode,  # type: ignore[arg-type]
+                                    allowed_a=allowed)
+        if policy is not None:
+            policy.observe(now, dt, chargers)
         if balancer.last is not None and balancer.last.mode.startswith("fixed:"):
             stale_s += dt
         for cid, sp in setpoints.items():
@@ -536,6 +556,8 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None) -> dic
         report["readings"] = {f"list{k}": v for k, v in state.counts.items()}
         if i2_stats.n:
             report["i2"] = i2_stats.report()
+    if policy is not None:
+        report.update(policy.report())
     report["runtime_s"] = round(time.perf_counter() - t0, 2)
     return report
 
