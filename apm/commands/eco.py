@@ -125,6 +125,14 @@ def register(sub) -> None:
         help="expected household load",
     )
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument(
+        "--show", action="store_true", help="print the plan the device publishes (needs --broker, --serial)"
+    )
+    pl.add_argument("--broker", metavar="URL", help="with --show: the device's MQTT broker (mqtt://host:port)")
+    pl.add_argument("--serial", help="with --show: the device's serial number")
+    pl.add_argument(
+        "--timeout", type=_positive("timeout (s)"), default=5.0, help="with --show: seconds to wait (5)"
+    )
     sv = actions.add_parser("savings", help="a commuter's week with and without Smart eco over a price week")
     sv.add_argument(
         "--prices", type=Path, help="price file covering whole days (default: the bundled NO1 week)"
@@ -219,7 +227,47 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
     return week
 
 
+def _run_show(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from apm.eco_service import fetch_plan
+    from apm.mqtt_link import LinkError
+    from apm.topics import TopicError, Topics
+
+    if not args.broker or not args.serial:
+        raise InputError("--show needs --broker URL and --serial S")
+    try:
+        topic = Topics(args.serial).eco_plan
+        payload = asyncio.run(fetch_plan(args.broker, args.serial, args.timeout))
+    except (LinkError, TopicError) as exc:
+        raise InputError(str(exc)) from None
+    if payload is None:
+        print(f"no plan published on {topic} (waited {args.timeout:g} s)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    shown = Plan.from_dict(payload)
+    lines = [f"Smart eco plan on {topic} ({shown.strategy}), made {_hm(shown.created)};"
+             f" expected cost {payload.get('expected_cost_nok', shown.cost_nok):.2f} NOK,"
+             f" {shown.energy_kwh:.2f} kWh"]
+    now_ids = set(payload.get("charge_now", ()))
+    for c in shown.chargers:
+        lines.append(
+            f"  {c.charger.id}: {c.energy_needed_kwh:.2f} kWh by {_hm(c.departure)}, planned"
+            f" {c.energy_kwh:.2f} kWh, {c.cost_nok:.2f} NOK" + ("  CHARGE NOW" if c.charger.id in now_ids else "")
+            + ("" if c.feasible else f"  NOT FEASIBLE: {c.reason}")
+        )
+        for sl in c.slots:
+            lines.append(f"    {_hm(sl.start)}-{sl.end.astimezone(OSLO):%H:%M} {sl.current_a:6.2f} A")
+    lines += [f"  note: {n}" for n in shown.notes]
+    print("\n".join(lines))
+    return 0
+
+
 def _run_plan(args: argparse.Namespace) -> int:
+    if args.show:
+        return _run_show(args)
     now = _time(args.now, "--now") if args.now else datetime.now(OSLO)
     requests = _requests(args, now)
     prices = _prices(args, now)
