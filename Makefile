@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint bench soak fuzz clean
+.PHONY: setup system-deps run test lint bench soak fuzz examples sim-days eco-week lifecycle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
 
 run: setup
-	$(BIN)/apm decode examples/han-sample.hex
+	$(BIN)/apm run --demo
 
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q
@@ -38,6 +38,21 @@ soak: setup system-deps
 
 fuzz: setup
 	$(BIN)/python -m pytest -q -m fuzz
+
+examples: setup
+	$(BIN)/python -m sim.examples
+
+# The closed loop, a winter day in seconds per scenario (reports and plots in out/).
+sim-days: setup
+	mkdir -p out
+	for s in winter-it-40a winter-it-40a-kaifa winter-tn-25a; do \
+	  $(BIN)/apm sim run sim/scenarios/$$s.toml --fast --report out/$$s.json --plot out/$$s.png || exit 1; done
+
+eco-week: setup
+	$(BIN)/python -m sim.eco_loop sim/scenarios/eco-week-tn.toml --report out/eco-week.json
+
+lifecycle: setup
+	$(BIN)/python -m sim.subscription_loop --report out/lifecycle.json
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .hypothesis

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -349,6 +350,9 @@ class MqttLink:
             keepalive=self._keepalive_s,
             timeout=self._timeout_s,
             tls_context=tls_context if self.address.tls else None,
+            # Small messages at once: without it Nagle holds a headroom behind the reading sent just
+            # before until the broker's delayed ACK (~40 ms on Linux): the meter-to-setpoint latency.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
 
     async def _supervise(self) -> None:

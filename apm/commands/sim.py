@@ -36,6 +36,9 @@ def register(sub) -> None:
     sim_sub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
     register_meter(sim_sub)
     # Further sub-commands (the closed-loop `run`) are added here: register_run(sim_sub).
+    from apm.sim_run import register_run  # the closed loop; its module imports the simulator lazily
+
+    register_run(sim_sub)
 
     def usage(args: argparse.Namespace) -> int:
         p.print_help(sys.stderr)

@@ -1,0 +1,349 @@
+"""The device's HAN side as an asyncio component: bytes in, readings, headroom and energy out on MQTT.
+
+    bytes (serial port, replay, simulated meter)
+      -> han.HanReader -> MeterState -> reading/listN            (retained, QoS 0)
+                          (each reading stamped when the meter measured it: arrival less the frame's
+                           time on the line, ``char_time_s`` per byte)
+                                     -> energy/hourly             (persistent outbox, QoS 1)
+                                     -> HeadroomEstimator -> headroom   (on every reading and every
+                                                                         charger/+/state message)
+      subscription: SubscriptionTracker transitions -> subscription (retained, QoS 1) and the log
+      status file beside the flash image (read by `apm info`)
+
+    async with Device(config, clock=clock, url=broker_url, outbox=box) as device:
+        await device.run(serial_chunks(port))      # until the source ends; or device.feed(data)
+
+The device never waits for the broker (`apm.mqtt_link.MqttLink`): readings and headroom go on being
+computed and the latest of each is sent once it is back; hourly records wait in the outbox. It listens
+to ``charger/+/state`` to know what our own chargers draw, which the headroom takes out of the measured
+line currents.
+
+Byte sources are async iterators of ``bytes``: `serial_chunks` (a pyserial port read through the event
+loop's ``add_reader`` on its file descriptor: no thread, no polling), or any paced chunk source
+(`apm.replay.paced`, a simulated meter on a pty read through `serial_chunks` again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apm.charger_state import ChargerState
+from apm.clock import Clock, RealClock
+from apm.config import DeviceConfig
+from apm.discovery import discovery_messages
+from apm.headroom import STALE_AFTER_S, Headroom, HeadroomEstimator
+from apm.messages import headroom_message, read_charger_state
+from apm.meter_state import HourlyEnergy, MeterState
+from apm.mqtt_link import MqttLink
+from apm.outbox import MemoryOutbox, Outbox
+from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
+from apm.topics import CHARGER_STATE, PayloadError, Topics, iso_ts
+from han import HanReader, Reading
+
+log = logging.getLogger(__name__)
+
+# (now, detected meter vendor or None) -> the subscription's state; see `flash_subscription`.
+SubscriptionSource = Callable[[datetime, str | None], SubscriptionState]
+
+SUBSCRIPTION_EVERY_S = 60.0  # clock seconds between re-evaluations (a token expires by the clock)
+STATUS_EVERY_S = 2.0  # wall seconds between status-file writes
+# A headroom waiting in the link's queue longer than this (wall seconds) is not worth sending.
+HEADROOM_TTL_S = 2.0
+_EMPTY_READS_LOST = 64
+MAX_FRAME_TIME_S = 2.0  # the longest a frame takes on the line (Aidon's list 3 at 2400 baud: ~1.5 s)
+
+
+class PortLost(OSError):
+    """The serial port went away (adapter unplugged, pty hung up)."""
+
+
+def granted_subscription(reason: str = "simulated subscription (demo)") -> SubscriptionSource:
+    """Every feature granted, without a token: for demos and simulations."""
+    state = SubscriptionState(State.VALID, reason)
+    return lambda _now, _meter: state
+
+
+def flash_subscription(image: Path, config: DeviceConfig) -> SubscriptionSource:
+    """The token, issuer key and revocations stored in the flash image, re-read at every evaluation
+    (so `apm token install` takes effect while the device runs)."""
+    from apm.flash import Flash, FlashError
+
+    flash = Flash(image)
+
+    def source(now: datetime, meter: str | None) -> SubscriptionState:
+        try:
+            c = flash.read()
+        except FlashError as exc:
+            return SubscriptionState(State.NONE, f"flash image unreadable: {exc}")
+        return evaluate(now, token=c.token, public_key=c.issuer_key, config=config, revocations=c.revocations,
+                        meter=meter)
+
+    return source
+
+
+def no_subscription(config: DeviceConfig) -> SubscriptionSource:
+    """No token anywhere (a configuration from a TOML file): the state says so."""
+    return lambda now, meter: evaluate(now, token=None, public_key=None, config=config, meter=meter)
+
+
+async def serial_chunks(fd: int, *, size: int = 4096) -> AsyncIterator[bytes]:
+    """What arrives on a serial port's file descriptor, read when the event loop says it is readable.
+
+    ``fd`` must be non-blocking (pyserial opens ports with O_NONBLOCK). Raises `PortLost` when the port
+    hangs up (EIO on a pty whose other side closed, EOF, an unplugged USB adapter).
+    """
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(fd, ready.set)
+    empty = 0
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            try:
+                data = os.read(fd, size)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF):
+                    raise PortLost(exc.errno, f"the serial port went away: {exc.strerror}") from None
+                raise
+            if not data:
+                # A tty with VMIN 0 reads 0 bytes when a readiness report was already served; a port
+                # that keeps reporting readiness with nothing to read has gone (pyserial's rule too).
+                empty += 1
+                if empty > _EMPTY_READS_LOST:
+                    raise PortLost(errno.EIO, "the serial port went away (readable, but no data)")
+                continue
+            empty = 0
+            yield data
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(fd)
+
+
+class Device:
+    """The HAN side of the APM. An async context manager; see the module doc."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        url: str,
+        clock: Clock | None = None,
+        outbox: Outbox | None = None,
+        subscription: SubscriptionSource | None = None,
+        status_file: Path | None = None,
+        reader: HanReader | None = None,
+        headroom_options: Mapping[str, Any] | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        char_time_s: float = 0.0,
+        link_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        # Clock seconds one character takes on the HAN line (0: a source without line timing, a replay).
+        self.char_time_s = char_time_s
+        self._since_reading = 0
+        self.clock = clock or RealClock()
+        self.topics = Topics(config.serial)
+        self.reader = reader or HanReader(ct_ratio=config.grid.ct_ratio)
+        self.state = MeterState()
+        # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
+        self.estimator = HeadroomEstimator(config.grid, config.chargers, stale_after_s=stale_after_s,
+                                           **dict(headroom_options or {}))
+        self.stale_after_s = stale_after_s
+        self.subscription_source = subscription or no_subscription(config)
+        self.tracker = SubscriptionTracker()
+        self.status_file = status_file
+        self.chargers: dict[str, ChargerState] = {}
+        self.headroom: Headroom | None = None
+        self.hourly: list[HourlyEnergy] = []
+        self.readings = 0
+        self.headroom_seq = 0
+        self.last_reading_at: float | None = None  # clock time
+        self.han_state = "no data"
+        self.problems = 0
+        self.last_problem: str | None = None
+        self.link = MqttLink.for_device(
+            self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
+            birth=discovery_messages(self.topics, chargers=[c.id for c in config.chargers]),
+            subscriptions=[(self.topics.all_charger_states, 0)], **dict(link_options or {}))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_written = 0.0
+        self._meter_seen: str | None = None
+        self._observed_at = -math.inf
+
+    # --- lifetime --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Device:
+        await self.link.__aenter__()
+        self.evaluate_subscription()
+        self._tasks = [asyncio.create_task(self._listen(), name="device: charger states"),
+                       asyncio.create_task(self._housekeeping(), name="device: housekeeping")]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.write_status()
+        await self.link.__aexit__(*exc)  # sends what is queued, then the retained "offline"
+
+    async def run(self, source: AsyncIterable[bytes]) -> None:
+        """Feed every chunk of ``source`` through the pipeline until it ends."""
+        async for chunk in source:
+            self.feed(chunk)
+
+    # --- bytes to messages (synchronous: one chunk, its readings, their messages) -----------------
+
+    def feed(self, data: bytes) -> list[Reading]:
+        now = self.clock.now()
+        readings = self.reader.feed(data)
+        self._since_reading += len(data)
+        for problem in self.reader.pop_problems():
+            self.problems += 1
+            self.last_problem = f"{problem.kind}: {problem.reason}"
+            log.debug("HAN: %s", self.last_problem)
+        if readings:
+            # The meter measured before it started sending: a list 2 takes ~1 s at 2400 baud, in which
+            # an EV ramping up changes what our chargers report by amperes. The bytes since the last
+            # reading are (about) this frame; a long gap is the meter falling silent, not one frame.
+            sent_for = min(self._since_reading * self.char_time_s, MAX_FRAME_TIME_S)
+            self._since_reading = 0
+            for r in readings:
+                self.on_reading(now - sent_for, r)
+        return readings
+
+    def on_reading(self, now: float, reading: Reading) -> None:
+        self.readings += 1
+        self.last_reading_at = now
+        if self.han_state != "fresh":
+            log.info("HAN data %s: %s meter, list %d", "back" if self.han_state == "stale" else "arriving",
+                     reading.meter, reading.list)
+            self.han_state = "fresh"
+        record = self.state.update(now, reading)
+        self.link.publish(self.topics.reading_message(reading))
+        if record is not None:
+            self._hourly(record)
+        if reading.meter != self._meter_seen:
+            self._meter_seen = reading.meter
+            self.evaluate_subscription()  # eligibility depends on the meter on the HAN port
+        self.publish_headroom(now)
+
+    def on_charger_state(self, now: float, state: ChargerState) -> None:
+        """A charger's report: what it drew at ``state.at`` goes into the estimator's history (kept in
+        time order), then the headroom is recomputed."""
+        self.chargers[state.id] = state
+        self._observed_at = max(self._observed_at, min(state.at, now))
+        self.estimator.observe_chargers(self._observed_at, self.chargers)
+        self.publish_headroom(now)
+
+    def publish_headroom(self, now: float) -> Headroom | None:
+        h = self.estimator.compute(now, self.state)
+        if h is None:
+            return None  # no per-phase list yet: the balancer stays on the fixed current
+        self.headroom = h
+        self.headroom_seq += 1
+        self.link.publish(headroom_message(self.topics, h, seq=self.headroom_seq, reading_seq=self.readings,
+                                           ttl_s=HEADROOM_TTL_S))
+        return h
+
+    def _hourly(self, record: HourlyEnergy) -> None:
+        self.hourly.append(record)
+        data = self.topics.energy_record(record)
+        try:
+            self.link.add_record(data)
+        except Exception as exc:  # a full or broken outbox must not stop the meter being read
+            log.error("hourly energy %s -> %s not stored: %s", record.hour_start, record.hour_end, exc)
+            return
+        log.info("hourly energy %s -> %s: %.0f Wh imported, %.0f Wh exported", record.hour_start,
+                 record.hour_end, record.import_wh, record.export_wh)
+
+    # --- subscription and status -------------------------------------------------------------------
+
+    def evaluate_subscription(self) -> SubscriptionState:
+        at = self.clock.datetime()
+        state = self.subscription_source(at, self._meter_seen)
+        change = self.tracker.update(state, at)
+        if change is not None:
+            log.info("%s", change.log_line())
+            status = {**change.to_status(), "granted": sorted(features(state, han_fresh=True))}
+            self.link.publish(self.topics.subscription_message(status))
+        return state
+
+    def han_fresh(self, now: float) -> bool:
+        return self.last_reading_at is not None and now - self.last_reading_at <= self.stale_after_s
+
+    def status(self) -> dict[str, Any]:
+        """What `apm info` reads from the status file (and the live view shows)."""
+        st = self.link.stats
+        sub = self.tracker.current
+        return {
+            "serial": self.config.serial,
+            "meter": self.state.meter,
+            "meter_id": self.state.meter_id,
+            "meter_type": self.state.meter_type,
+            "han_state": self.han_state,
+            "last_frame_at": iso_ts(self.last_reading_at) if self.last_reading_at is not None else None,
+            "readings": {f"list{k}": v for k, v in self.state.counts.items()},
+            "hourly_records": len(self.hourly),
+            "broker": {"url": st.broker, "connected": st.connected, "last_error": st.last_error,
+                       "records_pending": st.records_pending},
+            "subscription": sub.state.value if sub else None,
+            "updated_at": iso_ts(self.clock.now()),
+            "pid": os.getpid(),
+        }
+
+    def write_status(self) -> None:
+        if self.status_file is None:
+            return
+        path = self.status_file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.status(), indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", path, exc)
+
+    # --- background --------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        async for m in self.link.messages():
+            ref = self.topics.parse(m.topic)
+            if ref is None or ref.kind != CHARGER_STATE or ref.charger is None:
+                continue
+            now = self.clock.now()
+            try:
+                state = read_charger_state(ref.charger, m.payload, now)
+            except PayloadError as exc:
+                log.warning("charger %s: bad state message: %s", ref.charger, exc)
+                continue
+            self.on_charger_state(now, state)
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_eval = self.clock.now() + SUBSCRIPTION_EVERY_S
+        while True:
+            await asyncio.sleep(min(0.5, self.clock.wall(1.0)))
+            now = self.clock.now()
+            if self.han_state == "fresh" and not self.han_fresh(now):
+                self.han_state = "stale"
+                log.warning("HAN data stale: nothing from the meter for %.0f s",
+                            now - (self.last_reading_at or now))
+            if now >= next_eval:
+                next_eval = now + SUBSCRIPTION_EVERY_S
+                self.evaluate_subscription()
+            if loop.time() - self._status_written >= STATUS_EVERY_S:
+                self._status_written = loop.time()
+                self.write_status()

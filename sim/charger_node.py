@@ -1,0 +1,113 @@
+"""A charger with its EV as a node on MQTT: it obeys ``charger/<id>/setpoint`` and reports its state.
+
+    async with ChargerNode(SimCharger(config, "TN"), Topics(serial), url=broker_url, clock=clock) as node:
+        await node.run()
+
+The setpoint goes to the `SimCharger` at once, as a charger takes a new pilot duty cycle; the EV
+follows it after its own response delay (sim/ev.py). The node publishes ``charger/<id>/state`` every
+``state_every_s`` of the clock, and at once when what it reports changes (mode, setpoint, currents at
+0.1 A), so a decrease reaches the device without waiting for the next period.
+
+Who advances the EV: standalone (``steps=True``) the node steps its charger every second of the clock
+itself. In the closed-loop simulation the world steps every charger once per simulated second (the
+meter and the fuse judge need the same currents) and calls `after_step`.
+
+Times given to the `SimCharger` and its EVs are seconds since ``origin`` (the simulation's t = 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from apm.clock import Clock, RealClock
+from apm.messages import charger_state_payload
+from apm.mqtt_link import MqttLink
+from apm.mqtt_node import MqttNode
+from apm.topics import PayloadError, SetpointPayload, Topics
+from sim.charger import SimCharger
+
+log = logging.getLogger(__name__)
+
+
+class ChargerNode(MqttNode):
+    def __init__(
+        self,
+        charger: SimCharger,
+        topics: Topics,
+        *,
+        url: str,
+        clock: Clock | None = None,
+        origin: float = 0.0,
+        steps: bool = True,
+        state_every_s: float = 1.0,
+        client_id: str | None = None,
+        link_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.charger = charger
+        self.id = charger.id
+        self.topics = topics
+        self.clock = clock or RealClock()
+        self.origin = origin
+        self.steps = steps
+        self.state_every_s = state_every_s
+        self.setpoints_received = 0
+        self.last_setpoint: SetpointPayload | None = None
+        self.states_sent = 0
+        self._reported: tuple[Any, ...] | None = None
+        self._sent_at = -1e18
+        self.link = MqttLink(url, client_id=client_id or f"sim-charger-{topics.serial}-{charger.id}",
+                             subscriptions=[(topics.charger_setpoint(charger.id), 1)],
+                             **dict(link_options or {}))
+
+    def t(self) -> float:
+        """The simulation's time: seconds since ``origin``."""
+        return self.clock.now() - self.origin
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._listen(), self._report()]
+
+    async def _listen(self) -> None:
+        for_me = self.topics.charger_setpoint(self.id)
+        async for m in self.link.messages():
+            if m.topic != for_me:
+                continue
+            try:
+                sp = SetpointPayload.decode(m.payload)
+            except PayloadError as exc:
+                log.warning("charger %s: bad setpoint: %s", self.id, exc)
+                continue
+            self.setpoints_received += 1
+            self.last_setpoint = sp
+            if sp.current_a != self.charger.setpoint_a:
+                self.charger.set_setpoint(self.t(), sp.current_a)
+                self.publish_state()
+
+    async def _report(self) -> None:
+        next_at = self.clock.now()
+        while True:
+            next_at += self.state_every_s if not self.steps else min(1.0, self.state_every_s)
+            await self.clock.sleep_until(next_at)
+            if self.steps:
+                self.charger.step(self.t())
+            self.after_step()
+
+    def after_step(self) -> None:
+        """Publish when the report changed, or when ``state_every_s`` has passed since the last one."""
+        now = self.clock.now()
+        if self._key() != self._reported or now - self._sent_at >= self.state_every_s - 1e-6:
+            self.publish_state()
+
+    def publish_state(self) -> None:
+        now = self.clock.now()
+        state = self.charger.state(self.t())
+        self.link.publish(self.topics.charger_state_message(
+            self.id, charger_state_payload(state, self.charger.config.max_a, now)))
+        self._reported = self._key()
+        self._sent_at = now
+        self.states_sent += 1
+
+    def _key(self) -> tuple[Any, ...]:
+        c = self.charger
+        return (c.mode, c.setpoint_a, tuple(round(x, 1) for x in c.terminals))

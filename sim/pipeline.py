@@ -1,0 +1,488 @@
+"""The closed loop through the real parts, on a scaled clock.
+
+    World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
+      -> sim.meter.Meter (the vendor's frames, measuring the world's line currents)
+      -> VirtualSerialPort (a real pty, paced at the clock's speed)
+      -> pyserial port read by apm.device.Device (HanReader -> MeterState -> HeadroomEstimator)
+      -> MQTT broker (embedded amqtt, or --broker) -> apm.balancer_service.BalancerService
+      -> charger/<id>/setpoint -> sim.charger_node.ChargerNode -> the SimChargers of the World
+
+    report = await run_pipeline(load_scenario("s.toml"), speed=20)
+
+Every part runs in one event loop and reads one `apm.clock.ScaledClock`; nothing talks to anything
+else except through the pty and the broker. The scenario and the report are those of the in-process
+loop (sim/closed_loop.py): same keys, the same oracles (its `Oracle`), the same fuse judge; the report
+adds ``pipeline`` (speed, broker, message counts, how far the world fell behind the clock).
+
+The world steps once per simulated second (the scenario's ``step_s`` is for the in-process loop) and
+catches up second by second when the event loop falls behind, so the physics never skips; what a slow
+machine costs is control delay, reported as ``pipeline.max_lag_s`` (wall seconds behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apm.balancer_service import BalancerService
+from apm.clock import Clock, ScaledClock
+from apm.config import BrokerConfig, DeviceConfig, GridConfig
+from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
+from apm.lines import Triple
+from apm.outbox import MemoryOutbox, Outbox
+from apm.serial_link import VENDOR_SETTINGS, open_port
+from apm.topics import Topics
+from sim.charger import SimCharger
+from sim.charger_node import ChargerNode
+from sim.closed_loop import Oracle, Scenario, Trace
+from sim.frames import MeterSpec
+from sim.fuse import FuseJudge
+from sim.grid import Grid
+from sim.household import make_household
+from sim.meter import Meter, Push, default_voltages
+from sim.serial_line import LineSettings, VirtualSerialPort
+
+log = logging.getLogger(__name__)
+
+SERIAL = "APMSIM0001"
+DEMO_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "demo.toml"  # `apm run --demo`
+CONNECT_TIMEOUT_S = 10.0
+_HISTORY_S = 180  # seconds of line currents kept for the meter (it samples up to a minute back)
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot start (no broker, no pty); the message says why."""
+
+
+def meter_kind(sc: Scenario) -> str:
+    return "1p" if sc.supply_phases == 1 else f"3p-{sc.network.lower()}"
+
+
+def meter_start(start: datetime, vendor: str) -> datetime:
+    """``start``, or the full hour before it when it falls between the hour and the vendor's hourly push:
+    sim.meter.Meter cannot stamp an hourly list with a time before its own start (it raises)."""
+    from han.profiles import PUSH_SCHEDULES
+
+    past = start.minute * 60 + start.second + start.microsecond / 1e6
+    if 0 < past <= PUSH_SCHEDULES[vendor].hourly_at:
+        return start.replace(minute=0, second=0, microsecond=0)
+    return start
+
+
+def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
+    """The installation the scenario describes, as the device's configuration."""
+    # The scenario's top-level fixed current wins over a [balancer] one, as in sim/closed_loop.py.
+    balancer = {k: v for k, v in sc.balancer.items() if k != "fixed_current_a"}
+    return DeviceConfig(serial=serial, installation_id=f"sim-{sc.name}",
+                        grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
+                                        safety_margin_a=sc.safety_margin_a),
+                        chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
+                        balancer=balancer)
+
+
+# --- the world ---------------------------------------------------------------------------------------
+
+
+class World:
+    """The physics of sim/closed_loop.py without its meter and balancer: a step per simulated second."""
+
+    def __init__(self, sc: Scenario, *, trace: Trace | None = None, house_offset_s: float = 0.0,
+                 oracles: bool = True, duration_s: float | None = None) -> None:
+        self.sc = sc
+        self.trace = trace
+        self.house_offset_s = house_offset_s
+        span = sc.duration_s if duration_s is None else duration_s
+        self._days = 7 if not math.isfinite(span) else int(math.ceil((span + house_offset_s) / 86400.0)) + 1
+        self._house_origin = 0.0
+        self._house_seed = int(sc.household.get("seed", 1))
+        self.household = self._make_household()
+        # The scenario's supply (phase sequence, voltage unbalance) where sim/grid.py models them.
+        supply = {k: getattr(sc, k) for k in ("sequence", "unbalance") if hasattr(sc, k)}
+        self.grid = Grid(sc.network, sc.supply_phases, sc.grid_model, **supply)  # type: ignore[arg-type]
+        self._measure = getattr(self.grid, "measure", None)
+        self.chargers = {c.id: SimCharger(c, sc.network, sc.supply_phases) for c in sc.chargers}
+        self._charger_list = list(self.chargers.values())
+        self.fuse = FuseJudge(sc.fuse_a, sc.curve, lines=3)
+        self.oracle = Oracle(sc, "max") if oracles else None
+        self.oracle_fair = Oracle(sc, "fair") if oracles else None
+        self.evs = {e.id: e.make() for e in sc.evs}
+        self._schedule = sorted(sc.evs, key=lambda e: e.arrive_s)
+        self._present: dict[str, str] = {}
+        self._gone: set[str] = set()
+        self.t = -1  # the last second stepped
+        self.lines: Triple = (0.0, 0.0, 0.0)
+        self._hist: dict[int, tuple[Triple, float, Triple | None]] = {}
+        self._default_voltages = default_voltages(meter_kind(sc))
+        self._advanced = asyncio.Event()
+        self.after_step: list[Callable[[], None]] = []
+        self.max_lag_s = 0.0
+        if trace is not None:
+            for cid in self.chargers:
+                trace.chargers[cid] = []
+                trace.setpoints[cid] = []
+
+    def _make_household(self) -> Any:
+        opts = dict(self.sc.household)
+        opts.pop("seed", None)
+        return make_household(self.sc.network, model=opts.pop("model", None), trace=opts.pop("trace", None),
+                              seed=self._house_seed, days=self._days, **opts)
+
+    def _house(self, t: float) -> Any:
+        ht = t + self.house_offset_s - self._house_origin
+        if "trace" not in self.sc.household and ht >= self._days * 86400.0:
+            # An endless run (the demo): a new plan, with the next seed, every few days.
+            self._house_origin += self._days * 86400.0
+            self._house_seed += 1
+            self.household = self._make_household()
+            ht -= self._days * 86400.0
+        return self.household.sample(ht)
+
+    def step(self, k: int) -> None:
+        now = float(k)
+        for spec in self._schedule:
+            if spec.id in self._gone:
+                continue
+            if self._present.get(spec.charger) == spec.id:
+                if now >= spec.depart_s:
+                    self.chargers[spec.charger].unplug(now)
+                    del self._present[spec.charger]
+                    self._gone.add(spec.id)
+            elif now >= spec.arrive_s and spec.charger not in self._present:
+                if now < spec.depart_s:
+                    self.chargers[spec.charger].plug(now, self.evs[spec.id])
+                    self._present[spec.charger] = spec.id
+                else:
+                    self._gone.add(spec.id)
+        house = self._house(now)
+        for c in self._charger_list:
+            c.step(now)
+        if self._measure is not None:  # the grid model gives the whole state (true magnitudes, voltages)
+            g = self._measure(house, self._charger_list)
+            lines, power, house_lines, volts = g.lines, g.power_w, g.house_lines, g.voltages
+        else:
+            lines = self.grid.line_currents(house, self._charger_list)
+            power, house_lines, volts = self.grid.power_w(house, self._charger_list), house.lines, None
+        self.fuse.step(now, lines)
+        self.lines = lines
+        self._hist[k] = (lines, power, volts)
+        self._hist.pop(k - _HISTORY_S, None)
+        if k > 0 and self.oracle is not None and self.oracle_fair is not None:
+            self.oracle.step(now, 1.0, house_lines)
+            self.oracle_fair.step(now, 1.0, house_lines)
+        tr = self.trace
+        if tr is not None:
+            tr.t.append(now)
+            tr.lines.append(lines)
+            for c in self._charger_list:
+                tr.chargers[c.id].append(max(c.terminals))
+                tr.setpoints[c.id].append(c.setpoint_a)
+        self.t = k
+        for hook in self.after_step:
+            hook()
+        old, self._advanced = self._advanced, asyncio.Event()
+        old.set()
+
+    # What the meter measures: the currents, power and voltages of a second already stepped.
+    def currents_at(self, t: float) -> Triple:
+        return self._hist[int(t)][0]
+
+    def power_at(self, t: float) -> float:
+        return self._hist[int(t)][1]
+
+    def voltages_at(self, t: float, currents: Triple) -> Triple:
+        volts = self._hist[int(t)][2]
+        return volts if volts is not None else self._default_voltages(t, currents)
+
+    async def reached(self, k: int) -> None:
+        """Until second ``k`` has been stepped."""
+        while self.t < k:
+            await self._advanced.wait()
+
+    async def run(self, clock: Clock, origin: float, duration_s: float | None) -> None:
+        """Step every second from 0 to ``duration_s`` (None: for ever) as the clock reaches it."""
+        k = 0
+        while duration_s is None or k <= duration_s:
+            due = origin + k
+            await clock.sleep_until(due)
+            self.max_lag_s = max(self.max_lag_s, clock.lag(due))
+            self.step(k)
+            k += 1
+
+
+# --- the meter on the line -----------------------------------------------------------------------------
+
+
+class MeterFeed:
+    """Pushes a `Meter`'s frames to ``write`` when the clock reaches them (and the world has measured).
+
+    ``outages``: (start_s, end_s) spans with no frames at all; ``repeat_hourly``: every hourly list is
+    sent again 2 s later (a known Aidon fault). ``on_written(push, wall_time)`` is called as each frame's
+    last byte has been written.
+    """
+
+    def __init__(self, meter: Meter, write: Callable[[bytes], Awaitable[None]], clock: Clock, origin: float,
+                 *,
+                 world: World | None = None, outages: Sequence[tuple[float, float]] = (),
+                 repeat_hourly: bool = False,
+                 on_written: Callable[[Push, float], None] | None = None) -> None:
+        self.meter = meter
+        self.write = write
+        self.clock = clock
+        self.origin = origin
+        self.world = world
+        self.outages = list(outages)
+        self.repeat_hourly = repeat_hourly
+        self.on_written = on_written
+        self.frames = 0
+        self.bytes = 0
+        self._repeats: set[asyncio.Task[None]] = set()
+
+    def silent(self, t: float) -> bool:
+        return any(a <= t < b for a, b in self.outages)
+
+    async def run(self, duration_s: float | None) -> None:
+        meter = self.meter
+        t, cursor = 0.0, 0.0
+        window = 10.0
+        while duration_s is None or t < duration_s:
+            t1 = t + window if duration_s is None else min(t + window, duration_s)
+            for pt, _list in meter.push_times(t, t1):
+                if self.world is not None:
+                    await self.world.reached(math.floor(pt))
+                await self.clock.sleep_until(self.origin + pt)
+                # One push at a time: the meter measures (samples the world) when it sends, not before.
+                pushes = meter.pushes_between(cursor, pt + 1e-4)
+                cursor = pt + 1e-4
+                for push in pushes:
+                    if self.silent(push.t):
+                        continue
+                    await self._send(push)
+                    if self.repeat_hourly and push.list == meter.schedule.hourly_list:
+                        task = asyncio.create_task(self._repeat(push))
+                        self._repeats.add(task)
+                        task.add_done_callback(self._repeats.discard)
+            t = t1
+
+    async def _send(self, push: Push) -> None:
+        await self.write(push.frame)
+        self.frames += 1
+        self.bytes += len(push.frame)
+        if self.on_written is not None:
+            self.on_written(push, time.monotonic())
+
+    async def _repeat(self, push: Push) -> None:
+        await self.clock.sleep_until(self.origin + push.t + 2.0)
+        await self._send(push)
+
+
+# --- the whole loop --------------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """Everything of the module doc, as an async context manager:
+
+        async with Pipeline(sc, speed=20, broker_url=url) as p:
+            report = await p.run()
+
+    ``p.clock``, ``p.origin`` (clock time of t = 0), ``p.world``, ``p.device``, ``p.balancer`` and
+    ``p.nodes`` are there for tests and the live view. ``duration_s`` None runs until cancelled.
+    """
+
+    def __init__(
+        self,
+        sc: Scenario,
+        *,
+        speed: float = 20.0,
+        broker_url: str | None = None,
+        trace: Trace | None = None,
+        duration_s: float | None | str = "scenario",
+        start: datetime | None = None,
+        house_offset_s: float = 0.0,
+        serial: str = SERIAL,
+        subscription: SubscriptionSource | None = None,
+        outbox: Outbox | None = None,
+        state_every_s: float = 1.0,
+        link_options: Mapping[str, Any] | None = None,
+        oracles: bool = True,
+    ) -> None:
+        self.sc = sc
+        self.speed = speed
+        self.duration_s: float | None = (sc.duration_s if duration_s == "scenario"
+                                         else duration_s)  # type: ignore[assignment]
+        self.start = start or sc.start
+        self.origin = self.start.timestamp()
+        self.clock = ScaledClock(speed, start=self.start)
+        self.broker_url = broker_url
+        self.config = device_config(sc, serial)
+        self.topics = Topics(serial)
+        self.world = World(sc, trace=trace, house_offset_s=house_offset_s, oracles=oracles,
+                           duration_s=self.duration_s if self.duration_s is not None else math.inf)
+        self.subscription = subscription or granted_subscription(
+            "simulated subscription (closed-loop simulation)")
+        self.outbox = outbox if outbox is not None else MemoryOutbox()
+        self.state_every_s = state_every_s
+        self.link_options = dict(link_options or {})
+        self.device: Device | None = None
+        self.balancer: BalancerService | None = None
+        self.nodes: list[ChargerNode] = []
+        self.feed: MeterFeed | None = None
+        self.line: VirtualSerialPort | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._wall = 0.0
+
+    async def __aenter__(self) -> Pipeline:
+        try:
+            await self._enter()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _enter(self) -> None:
+        stack = self._stack
+        sc = self.sc
+        url = self.broker_url
+        if url is None:
+            from apm.broker import EmbeddedBroker
+
+            url = (await stack.enter_async_context(EmbeddedBroker(port=0))).url
+        else:
+            await _check_reachable(url)
+        self.broker_url = url
+        s = VENDOR_SETTINGS[sc.vendor]
+        self.line = await stack.enter_async_context(
+            VirtualSerialPort(LineSettings(s.baud, s.parity, s.bytesize, s.stopbits), pace=self.speed))
+        port = stack.enter_context(open_port(self.line.path, s))  # the device's side: pyserial
+        self._fd = port.fileno()
+        spec = MeterSpec(sc.vendor, meter_kind(sc))
+        meter = Meter(spec, meter_start(self.start, sc.vendor), currents=self.world.currents_at,
+                      voltages=self.world.voltages_at, power=self.world.power_at)
+        self.feed = MeterFeed(meter, self.line.awrite, self.clock, self.origin, world=self.world,
+                              outages=sc.outages, repeat_hourly=sc.repeat_hourly)
+        opts = self.link_options
+        self.device = await stack.enter_async_context(Device(
+            self.config, url=url, clock=self.clock, outbox=self.outbox, subscription=self.subscription,
+            headroom_options=sc.headroom, stale_after_s=self._stale_after(),
+            char_time_s=self.line.settings.bits_per_char / self.line.settings.baud, link_options=opts))
+        self.balancer = await stack.enter_async_context(
+            BalancerService(self.config, url=url, clock=self.clock, link_options=opts))
+        for charger in self.world.chargers.values():
+            node = await stack.enter_async_context(ChargerNode(
+                charger, self.topics, url=url, clock=self.clock, origin=self.origin, steps=False,
+                state_every_s=self.state_every_s, link_options=opts))
+            self.nodes.append(node)
+            self.world.after_step.append(node.after_step)
+        links = [self.device.link, self.balancer.link, *(n.link for n in self.nodes)]
+        ok = await asyncio.gather(*(link.wait_connected(CONNECT_TIMEOUT_S) for link in links))
+        if not all(ok):
+            err = next((link.stats.last_error for link in links if not link.is_connected), None)
+            raise PipelineError(f"cannot reach the MQTT broker at {url} within {CONNECT_TIMEOUT_S:g} s"
+                                + (f": {err}" if err else ""))
+
+    def _stale_after(self) -> float:
+        from apm.balancer_service import balancer_settings
+
+        return balancer_settings(self.config).stale_after_s
+
+    async def run(self) -> dict[str, Any]:
+        """Run the scenario (or until cancelled when ``duration_s`` is None); the report."""
+        assert self.device is not None and self.balancer is not None and self.feed is not None
+        self.clock.anchor(self.start)  # t = 0 now that everything is connected
+        wall0 = time.perf_counter()
+        tasks = [
+            asyncio.create_task(self.device.run(serial_chunks(self._fd)), name="device"),
+            asyncio.create_task(self.balancer.run(), name="balancer"),
+            asyncio.create_task(self.feed.run(self.duration_s), name="meter"),
+            *(asyncio.create_task(n.run(), name=f"charger {n.id}") for n in self.nodes),
+        ]
+        world = asyncio.create_task(self.world.run(self.clock, self.origin, self.duration_s), name="world")
+        try:
+            # The world ends the run; a part that fails ends it too, with its exception.
+            done, _ = await asyncio.wait([world, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not world and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            await world
+        finally:
+            self._wall = time.perf_counter() - wall0
+            if self.duration_s is not None:
+                self.clock.freeze()  # the scenario is over: no part should see time pass while closing
+            for t in (world, *tasks):
+                t.cancel()
+            await asyncio.gather(world, *tasks, return_exceptions=True)
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
+        """The report of sim/closed_loop.py (same keys), plus ``pipeline``."""
+        sc, w = self.sc, self.world
+        dev, bal = self.device, self.balancer
+        assert dev is not None and bal is not None
+        report: dict[str, Any] = {"scenario": sc.name, "mode": "protect", "network": sc.network,
+                                  "fuse_a": sc.fuse_a, "duration_s": float(max(w.t, 0))}
+        report.update(w.fuse.report())
+        report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in w.evs.items()}
+        report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in w.evs.values()), 3)
+        report["final_soc"] = {e: round(ev.soc, 4) for e, ev in w.evs.items()}
+        report["setpoint_changes"] = bal.balancer.changes
+        if w.oracle is not None and w.oracle_fair is not None:
+            o, f = w.oracle.energy_kwh, w.oracle_fair.energy_kwh
+            report["oracle_energy_kwh"] = round(o, 3)
+            report["oracle_ratio"] = round(report["energy_total_kwh"] / o, 4) if o else None
+            report["oracle_energy_per_ev_kwh"] = {e: round(ev.energy_kwh, 3)
+                                                  for e, ev in w.oracle.evs.items()}
+            report["oracle_fair_energy_kwh"] = round(f, 3)
+            report["oracle_fair_ratio"] = round(report["energy_total_kwh"] / f, 4) if f else None
+        report["stale_s"] = round(bal.stale_s, 1)
+        report["hourly_records"] = len(dev.hourly)
+        report["repeated_hourly_dropped"] = dev.state.repeats
+        report["readings"] = {f"list{k}": v for k, v in dev.state.counts.items()}
+        link = dev.link.stats
+        report["pipeline"] = {
+            "speed": self.speed,
+            "broker": self.broker_url,
+            "wall_s": round(self._wall, 2),
+            "max_lag_s": round(w.max_lag_s, 3),
+            "frames_sent": self.feed.frames if self.feed else 0,
+            "frames_bad": dev.reader.frames.frames_bad,
+            "headroom_messages": dev.headroom_seq,
+            "setpoints_published": bal.published,
+            "charger_states_sent": sum(n.states_sent for n in self.nodes),
+            "setpoints_received": sum(n.setpoints_received for n in self.nodes),
+            "broker_connects": link.connects,
+        }
+        report["runtime_s"] = round(self._wall, 2)
+        return report
+
+
+async def _check_reachable(url: str) -> None:
+    """Fail at once, and say why, when nothing listens at the broker's address (a simulation cannot wait)."""
+    from apm.mqtt_link import BrokerAddress, LinkError
+
+    try:
+        a = BrokerAddress.parse(url)
+    except LinkError as exc:
+        raise PipelineError(str(exc)) from None
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(a.host, a.port), CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise PipelineError(f"cannot reach the MQTT broker at {a.url}: {why}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def run_pipeline(sc: Scenario, **options: Any) -> dict[str, Any]:
+    """``Pipeline(sc, **options)`` entered, run, left: the report."""
+    async with Pipeline(sc, **options) as p:
+        return await p.run()
