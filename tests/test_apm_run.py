@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from tests.mqtt_broker import Observer, accepts, free_port
@@ -276,3 +278,31 @@ def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path
     assert "Traceback" not in err
     summary = next(line for line in err.splitlines() if "stopped after" in line)
     assert int(summary.split("stopped after")[1].split(": ")[1].split()[0]) >= 5
+
+
+def test_smart_eco_requests_are_planned_and_the_plan_is_published_and_followed() -> None:
+    """The demo plans an eco request over MQTT and publishes the plan, retained, with its cost."""
+    port = free_port()
+    proc = start("run", "--demo", "--speed", "5", "--broker-port", str(port))
+    try:
+        wait_port(port, proc)
+
+        async def main() -> Observer:
+            url = f"mqtt://127.0.0.1:{port}"
+            async with Observer(url, "apm/APMDEMO01/#", client_id="eco-test") as obs:
+                await obs.wait_until(lambda: any("/reading/" in t for t, _, _ in obs.messages), timeout=20)
+                departure = (datetime.now().astimezone() + timedelta(hours=10)).isoformat()
+                async with aiomqtt.Client("127.0.0.1", port, identifier="eco-request") as c:
+                    await c.publish("apm/APMDEMO01/eco/request", json.dumps(
+                        {"charger": "garage", "departure": departure, "energy_kwh": 5}).encode(), qos=1)
+                await obs.wait_until(lambda: bool(obs.last("apm/APMDEMO01/eco/plan")), timeout=20)
+            return obs
+
+        obs = asyncio.run(main())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+        proc.kill()
+    plan = json.loads(obs.last("apm/APMDEMO01/eco/plan"))
+    assert plan["expected_cost_nok"] > 0
+    assert [c["charger"]["id"] for c in plan["chargers"]] == ["garage"]

@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-seconds", type=positive, default=12.0, metavar="S",
                    help="--port: time per serial-settings attempt while auto-detecting (default 12)")
     p.add_argument("--cache", metavar="FILE", help="--port: where serial settings that worked are remembered")
+    p.add_argument("--prices", metavar="FILE",
+                   help="Smart eco: day-ahead prices (CSV or JSON) for planning charging requests")
+    p.add_argument("--price-api", metavar="URL",
+                   help="Smart eco: a day-ahead price service (hvakosterstrommen.no style), cached")
+    p.add_argument("--area", default="NO1", help="Smart eco: price area NO1..NO5 (default NO1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -327,7 +332,8 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
                      house_offset_s=(now - midnight).total_seconds(), serial=DEMO_SERIAL, oracles=False,
                      subscription=setup.subscription)
         await stack.enter_async_context(p)
-        return Parts(p.device, p.balancer, p.nodes, p.run())
+        return Parts(p.device, p.balancer, p.nodes,
+                     await _with_eco(stack, setup, url, args, _demo_prices, p.run()))
     if setup.source == "port":
         clock = RealClock()
     else:
@@ -342,7 +348,66 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
         work = await _sim(stack, device, clock, setup.sim, args.speed)  # type: ignore[arg-type]
     else:
         work = _serial(device, setup, args)
-    return Parts(device, balancer, [], _with(balancer.run(), work))
+    return Parts(device, balancer, [],
+                 await _with_eco(stack, setup, url, args, None, _with(balancer.run(), work)))
+
+
+def _demo_prices(now: datetime) -> Any:
+    """The bundled sample week moved by whole weeks to cover ``now`` (a demo has no price service)."""
+    from apm.eco.prices import PriceSeries, PriceSlot, sample_week
+
+    week = sample_week()
+    shift = timedelta(weeks=(now - week.start) // timedelta(weeks=1))
+    return PriceSeries(week.area, tuple(PriceSlot(s.start + shift, s.end + shift, s.nok_per_kwh)
+                                        for s in week.slots))
+
+
+async def _with_eco(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args: argparse.Namespace,
+                    fallback: Any, work: Any) -> Any:
+    """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
+    planned jointly and published on ``eco/plan``, which the balancer follows."""
+    from apm.eco.planner import Charger
+    from apm.eco_service import EcoPlanner, EcoService, request_topic
+    from apm.mqtt_link import MqttLink
+    from apm.topics import Topics
+
+    prices = _price_source(args) or fallback
+    config = setup.config
+    if prices is None or not config.chargers:
+        log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
+        return work
+    network = config.grid.network
+    chargers = {c.id: Charger(c.id, max_a=c.max_a, phases=c.phases, network=network) for c in config.chargers}
+    link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco"))
+    budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
+    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, prices, budget_a=budget))
+    log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
+    return _with(service.run(), work)
+
+
+def _price_source(args: argparse.Namespace) -> Any:
+    from apm.eco.prices import PriceError, load_file
+
+    if args.prices:
+        try:
+            series = load_file(args.prices, args.area)
+        except (OSError, PriceError) as exc:
+            raise BadInput(f"--prices {args.prices}: {exc}") from None
+        return lambda _now: series
+    if args.price_api:
+        from apm.eco.planner import PlanError
+        from apm.eco.price_api import PriceClient, PriceFeed
+
+        feed = PriceFeed(PriceClient(args.area, args.price_api, Path.home() / ".cache" / "apm" / "prices"))
+
+        def known(now: datetime) -> Any:
+            series = feed.update(now).series
+            if series is None:
+                raise PlanError(f"no prices for {args.area} from {args.price_api} yet")
+            return series
+
+        return known
+    return None
 
 
 async def _with(background: Any, work: Any) -> None:
