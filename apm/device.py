@@ -8,6 +8,8 @@
                                      -> HeadroomEstimator -> headroom   (on every reading and every
                                                                          charger/+/state message)
       subscription: SubscriptionTracker transitions -> subscription (retained, QoS 1) and the log
+      subscription/revocation (retained, from the issuer): verified with the issuer's key, stored
+                          (flash image or memory), then the subscription is re-evaluated at once
       status file beside the flash image (read by `apm info`)
 
     async with Device(config, clock=clock, url=broker_url, outbox=box) as device:
@@ -33,9 +35,10 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
@@ -47,7 +50,8 @@ from apm.meter_state import HourlyEnergy, MeterState
 from apm.mqtt_link import MqttLink
 from apm.outbox import MemoryOutbox, Outbox
 from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
-from apm.topics import CHARGER_STATE, PayloadError, Topics, iso_ts
+from apm.token import verify_revocation
+from apm.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
 from han import HanReader, Reading
 
 log = logging.getLogger(__name__)
@@ -73,22 +77,81 @@ def granted_subscription(reason: str = "simulated subscription (demo)") -> Subsc
     return lambda _now, _meter: state
 
 
-def flash_subscription(image: Path, config: DeviceConfig) -> SubscriptionSource:
+@runtime_checkable
+class RevocationStore(Protocol):
+    """A subscription source that also keeps the revocations the device receives over MQTT."""
+
+    def issuer_key(self) -> str | None:
+        """PEM of the issuer's public key, None if the device holds none."""
+        ...
+
+    def add_revocation(self, revocation: str) -> bool:
+        """Keep a verified revocation; False if it was kept already (a retained message seen again)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlashSubscription:
     """The token, issuer key and revocations stored in the flash image, re-read at every evaluation
-    (so `apm token install` takes effect while the device runs)."""
-    from apm.flash import Flash, FlashError
+    (so `apm token install` takes effect while the device runs); revocations received are stored there."""
 
-    flash = Flash(image)
+    image: Path
+    config: DeviceConfig
 
-    def source(now: datetime, meter: str | None) -> SubscriptionState:
+    def __call__(self, now: datetime, meter: str | None) -> SubscriptionState:
+        from apm.flash import Flash, FlashError
+
         try:
-            c = flash.read()
+            c = Flash(self.image).read()
         except FlashError as exc:
             return SubscriptionState(State.NONE, f"flash image unreadable: {exc}")
-        return evaluate(now, token=c.token, public_key=c.issuer_key, config=config, revocations=c.revocations,
-                        meter=meter)
+        return evaluate(now, token=c.token, public_key=c.issuer_key, config=self.config,
+                        revocations=c.revocations, meter=meter)
 
-    return source
+    def issuer_key(self) -> str | None:
+        from apm.flash import Flash, FlashError
+
+        try:
+            return Flash(self.image).read().issuer_key
+        except FlashError:
+            return None
+
+    def add_revocation(self, revocation: str) -> bool:
+        from apm.flash import Flash
+
+        flash = Flash(self.image)
+        if revocation in flash.read().revocations:
+            return False
+        flash.add_revocation(revocation)  # idempotent, so a race with `apm token install` is harmless
+        return True
+
+
+class MemorySubscription:
+    """A token and issuer key held in memory (no flash image); revocations received are kept here."""
+
+    def __init__(self, config: DeviceConfig, *, token: str | None, public_key: str | None,
+                 revocations: tuple[str, ...] = ()) -> None:
+        self.config = config
+        self.token = token
+        self.public_key = public_key
+        self.revocations = list(revocations)
+
+    def __call__(self, now: datetime, meter: str | None) -> SubscriptionState:
+        return evaluate(now, token=self.token, public_key=self.public_key, config=self.config,
+                        revocations=self.revocations, meter=meter)
+
+    def issuer_key(self) -> str | None:
+        return self.public_key
+
+    def add_revocation(self, revocation: str) -> bool:
+        if revocation in self.revocations:
+            return False
+        self.revocations.append(revocation)
+        return True
+
+
+def flash_subscription(image: Path, config: DeviceConfig) -> FlashSubscription:
+    return FlashSubscription(image, config)
 
 
 def no_subscription(config: DeviceConfig) -> SubscriptionSource:
@@ -163,6 +226,12 @@ class Device:
                                            **dict(headroom_options or {}))
         self.stale_after_s = stale_after_s
         self.subscription_source = subscription or no_subscription(config)
+        # Only a source that holds the issuer's key can check a revocation, so only it listens for them.
+        self.revocations = (self.subscription_source if isinstance(self.subscription_source, RevocationStore)
+                            else None)
+        listen = [(self.topics.all_charger_states, 0)]
+        if self.revocations is not None:
+            listen.append((self.topics.subscription_revocation, 1))
         self.tracker = SubscriptionTracker()
         self.status_file = status_file
         self.chargers: dict[str, ChargerState] = {}
@@ -177,7 +246,7 @@ class Device:
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
             birth=discovery_messages(self.topics, chargers=[c.id for c in config.chargers]),
-            subscriptions=[(self.topics.all_charger_states, 0)], **dict(link_options or {}))
+            subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
         self._status_written = 0.0
         self._meter_seen: str | None = None
@@ -281,6 +350,41 @@ class Device:
             self.link.publish(self.topics.subscription_message(status))
         return state
 
+    def on_revocation(self, payload: bytes) -> bool:
+        """A revocation from the issuer: verified, stored, and the subscription re-evaluated at once.
+        A forged or malformed one is logged with the reason and nothing is stored. True if stored."""
+        store = self.revocations
+        if store is None or not payload:
+            return False  # an empty retained message only clears the topic
+        try:
+            text = payload.decode("ascii").strip()
+        except UnicodeDecodeError:
+            log.warning("revocation refused: the payload is not a JWT (not ASCII); nothing stored")
+            return False
+        key = store.issuer_key()
+        if not key:
+            log.warning("revocation refused: no issuer key stored to verify it with; nothing stored")
+            return False
+        verdict = verify_revocation(text, key)
+        if not verdict.ok or verdict.revocation is None:
+            log.warning("revocation refused (%s): %s; nothing stored",
+                        verdict.refusal.value if verdict.refusal else "invalid", verdict.message)
+            return False
+        if verdict.revocation.serial != self.config.serial:
+            log.warning("revocation refused: it is for APM %s, not %s; nothing stored",
+                        verdict.revocation.serial, self.config.serial)
+            return False
+        try:
+            new = store.add_revocation(text)
+        except Exception as exc:  # a broken image must not stop the device
+            log.error("revocation %s not stored: %s", verdict.revocation.revocation_id, exc)
+            return False
+        if new:
+            log.info("revocation %s received (%s): %s", verdict.revocation.revocation_id,
+                     verdict.revocation.reason or "no reason given", verdict.message)
+        self.evaluate_subscription()
+        return new
+
     def han_fresh(self, now: float) -> bool:
         return self.last_reading_at is not None and now - self.last_reading_at <= self.stale_after_s
 
@@ -321,6 +425,9 @@ class Device:
     async def _listen(self) -> None:
         async for m in self.link.messages():
             ref = self.topics.parse(m.topic)
+            if ref is not None and ref.kind == SUBSCRIPTION_REVOCATION:
+                self.on_revocation(m.payload)
+                continue
             if ref is None or ref.kind != CHARGER_STATE or ref.charger is None:
                 continue
             now = self.clock.now()

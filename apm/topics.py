@@ -8,6 +8,7 @@ Everything lives under one root, ``apm/<serial>/``:
     headroom                       HeadroomPayload                       0   no      device
     energy/hourly                  Topics.energy_record(HourlyEnergy)    1   no      device (outbox)
     subscription                   SubscriptionState.to_status()         1   yes     device
+    subscription/revocation        a signed revocation JWT (text)        1   yes     cloud (issuer)
     charger/<id>/state             ChargerStatePayload                   0   no      each charger
     charger/<id>/setpoint          SetpointPayload                       1   no      balancer
     eco/plan                       Plan.to_dict()                        1   yes     device
@@ -49,6 +50,7 @@ READING: Final = "reading"
 HEADROOM: Final = "headroom"
 ENERGY_HOURLY: Final = "energy/hourly"
 SUBSCRIPTION: Final = "subscription"
+SUBSCRIPTION_REVOCATION: Final = "subscription/revocation"
 CHARGER_STATE: Final = "charger/state"
 CHARGER_SETPOINT: Final = "charger/setpoint"
 ECO_PLAN: Final = "eco/plan"
@@ -77,6 +79,8 @@ DELIVERY: Final[Mapping[str, Delivery]] = {
     HEADROOM: Delivery(0, False),
     ENERGY_HOURLY: Delivery(1, False),
     SUBSCRIPTION: Delivery(1, True),
+    # Retained: a device that was offline (or not yet started) when the payment bounced still learns it.
+    SUBSCRIPTION_REVOCATION: Delivery(1, True),
     CHARGER_STATE: Delivery(0, False),
     CHARGER_SETPOINT: Delivery(1, False),
     ECO_PLAN: Delivery(1, True),
@@ -144,6 +148,10 @@ class Topics:
     def subscription(self) -> str:
         return f"{self.root}/subscription"
 
+    @property
+    def subscription_revocation(self) -> str:
+        return f"{self.root}/subscription/revocation"
+
     def charger_state(self, charger_id: str) -> str:
         return f"{self.root}/charger/{check_level(charger_id, 'charger id')}/state"
 
@@ -188,6 +196,8 @@ class Topics:
                 return TopicRef(ENERGY_HOURLY)
             case ["subscription"]:
                 return TopicRef(SUBSCRIPTION)
+            case ["subscription", "revocation"]:
+                return TopicRef(SUBSCRIPTION_REVOCATION)
             case ["charger", cid, "state"] if cid:
                 return TopicRef(CHARGER_STATE, charger=cid)
             case ["charger", cid, "setpoint"] if cid:
@@ -229,6 +239,12 @@ class Topics:
 
     def subscription_message(self, state: Any) -> OutMessage:
         return _message(self.subscription, SUBSCRIPTION, encode_json(state))
+
+    def revocation_message(self, revocation: str) -> OutMessage:
+        """A signed revocation (`apm.token.sign_revocation`), sent as the JWT text itself."""
+        if not revocation or not revocation.isascii():
+            raise PayloadError("a revocation is a non-empty ASCII JWT")
+        return _message(self.subscription_revocation, SUBSCRIPTION_REVOCATION, revocation.encode("ascii"))
 
     def charger_state_message(self, charger_id: str, state: ChargerStatePayload) -> OutMessage:
         return _message(self.charger_state(charger_id), CHARGER_STATE, encode_json(state.to_json_dict()))

@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = action("decline", "a payment was declined: end access now and sign a revocation", run_decline)
     d.add_argument("--out", metavar="FILE", help="write the revocation to FILE instead of stdout")
+    d.add_argument("--broker", metavar="URL", help="also publish it, retained, on "
+                                                   "apm/SERIAL/subscription/revocation (mqtt://host:port)")
 
     pr = action("price", "change the monthly price from the next billing date", run_price)
     pr.add_argument("--price", type=float, required=True, help="NOK per month")
@@ -168,10 +170,20 @@ def run_cancel(args: argparse.Namespace) -> int:
 
 
 def run_decline(args: argparse.Namespace) -> int:
+    from apm.mqtt_link import BrokerAddress
+    from apm.topics import Topics
+
     def body(issuer: Issuer, now: datetime) -> int:
+        # Both checked before the payment is declined, so bad input changes nothing.
+        broker = BrokerAddress.parse(args.broker) if args.broker else None
+        topics = Topics(args.serial) if broker else None
         revocation = issuer.decline(args.serial, now)
         print(issuer.current(args.serial).describe(), file=sys.stderr)
         _emit(revocation, args.out, "revocation")
+        if broker is not None and topics is not None:
+            _publish(broker, topics.revocation_message(revocation))
+            print(f"revocation published (retained) to {broker.url} on {topics.subscription_revocation}",
+                  file=sys.stderr)
         return 0
 
     return _run("decline", args, body)
@@ -202,6 +214,28 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
 
     return _run("show", args, body)
+
+
+def _publish(broker: Any, msg: Any) -> None:
+    """One message to the broker (a `BrokerAddress`, an `OutMessage`), acknowledged before returning."""
+    import asyncio
+    import ssl
+
+    import aiomqtt
+
+    from sim.cloud import CloudError
+
+    async def send() -> None:
+        async with aiomqtt.Client(broker.host, broker.port, username=broker.username, password=broker.password,
+                                  timeout=10, tls_context=ssl.create_default_context() if broker.tls else None
+                                  ) as client:
+            await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+
+    try:
+        asyncio.run(send())
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise CloudError(f"the payment is declined and the revocation emitted, but it was not published to "
+                         f"{broker.url}: {exc}") from None
 
 
 def _emit(text: str, out: str | None, what: str) -> None:
