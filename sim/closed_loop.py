@@ -169,15 +169,19 @@ def _num(d: dict[str, Any], key: str, where: str, default: float | None = None, 
     return float(v)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A scenario file's tables, or a ScenarioError that names the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    return scenario_from_dict(data, name=path.stem, base=path.parent)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    return scenario_from_dict(read_toml(path), name=path.stem, base=path.parent)
 
 
 def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path | None = None) -> Scenario:

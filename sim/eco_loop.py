@@ -31,7 +31,6 @@ import json
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,7 +43,7 @@ from apm.eco.schedule import allowed_current, change_times
 from apm.eco.tariff import ELVIA, EnergyCharge
 from apm.headroom import Headroom
 from sim.charger import SimCharger
-from sim.closed_loop import Scenario, ScenarioError, run, scenario_from_dict
+from sim.closed_loop import Scenario, ScenarioError, read_toml, run, scenario_from_dict
 
 QUARTER_S = 900.0
 DAY_S = 86400.0
@@ -71,13 +70,7 @@ class Session:
 def load(path: str | Path) -> tuple[Scenario, tuple[Session, ...]]:
     """The scenario and its sessions; ``energy_kwh`` keys are taken out before the loop sees them."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(data, name=path.stem, base=path.parent)
+    return from_dict(read_toml(path), name=path.stem, base=path.parent)
 
 
 def from_dict(data: dict[str, Any], name: str = "scenario",
