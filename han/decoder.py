@@ -35,7 +35,7 @@ class Decoder:
         try:
             layout = identify(parse_notification(info))
         except UnsupportedList as exc:
-            if "list id" in str(exc):
+            if exc.foreign:
                 self.foreign = str(exc)
             raise
         template = Template(info, layout, self.ct_ratio)

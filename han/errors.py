@@ -28,6 +28,14 @@ class EncryptedPayload(HanError):
 
 
 class UnsupportedList(HanError):
-    """Well-formed DLMS data that is not one of the supported Norwegian lists."""
+    """Well-formed DLMS data that is not one of the supported Norwegian lists.
+
+    ``foreign`` is set when the data is another meter's whole list (an unknown list id, or
+    registers without one): the stream comes from a meter we do not support.
+    """
 
     kind = "unsupported"
+
+    def __init__(self, message: str, *, foreign: bool = False) -> None:
+        super().__init__(message)
+        self.foreign = foreign

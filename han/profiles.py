@@ -181,9 +181,9 @@ def _aidon(body: axdr.Node) -> Layout:
         # List 1 carries no list id: one register, active import power.
         if fields == {"active_import_w"} and len(body.items) == 1:
             return Layout("aidon", 1, tuple(slots), ())
-        raise UnsupportedList(f"OBIS-tagged list without a list id ({len(body.items)} registers)")
+        raise UnsupportedList(f"OBIS-tagged list without a list id ({len(body.items)} registers)", foreign=True)
     if list_id != AIDON_LIST_ID:
-        raise UnsupportedList(f"list id {list_id!r} (not {AIDON_LIST_ID})")
+        raise UnsupportedList(f"list id {list_id!r} (not {AIDON_LIST_ID})", foreign=True)
     number = 3 if "active_import_wh" in fields or "meter_time" in fields else 2
     constants = [("list_id", list_id)] + ([("meter_type", meter_type)] if meter_type is not None else [])
     return Layout("aidon", number, tuple(slots), tuple(constants), three_wire=_without_i2(fields))
@@ -192,7 +192,7 @@ def _aidon(body: axdr.Node) -> Layout:
 def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
     list_id = _text(body.items[0])
     if list_id != KAMSTRUP_LIST_ID:
-        raise UnsupportedList(f"list id {_shown(body.items[0])} (not {KAMSTRUP_LIST_ID})")
+        raise UnsupportedList(f"list id {_shown(body.items[0])} (not {KAMSTRUP_LIST_ID})", foreign=True)
     pairs = body.items[1:]
     if len(pairs) % 2:
         raise UnsupportedList(f"Kamstrup list with an odd number ({len(pairs)}) of OBIS/value elements")
@@ -239,7 +239,7 @@ def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
         return Layout("kaifa", 1, tuple(slots), ())
     list_id = _text(items[0])
     if list_id != KAIFA_LIST_ID:
-        raise UnsupportedList(f"list id {_shown(items[0])} (not {KAIFA_LIST_ID})")
+        raise UnsupportedList(f"list id {_shown(items[0])} (not {KAIFA_LIST_ID})", foreign=True)
     if len(items) not in KAIFA_LAYOUTS:
         raise UnsupportedList(f"{KAIFA_LIST_ID} list of {len(items)} elements (9, 13, 14 or 18 expected)")
     number, fields = KAIFA_LAYOUTS[len(items)]
