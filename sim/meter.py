@@ -132,7 +132,8 @@ class Meter:
     """One meter: its spec (vendor, kind, identity), its clock and counters, and what it measures."""
 
     def __init__(self, spec: MeterSpec, start: datetime, currents: CurrentSource | None = None,
-                 voltages: VoltageSource | None = None, *, power: PowerSource | None = None, seed: int = 1,
+                 voltages: VoltageSource | None = None, *, power: PowerSource | None = None,
+                 reactive: PowerSource | None = None, seed: int = 1,
                  energy_wh: tuple[float, float, float, float] | None = None) -> None:
         self.spec = spec
         self.schedule: PushSchedule = PUSH_SCHEDULES[spec.vendor]
@@ -142,6 +143,7 @@ class Meter:
         self.currents_at = currents or default_currents(spec.kind, seed, start_of_day)
         self.voltages_at = voltages or default_voltages(spec.kind, seed)
         self.power_at = power  # None: the power follows from the currents and voltages
+        self.reactive_at = reactive  # None: a little inductive, in proportion to the power
         rng = random.Random(seed)
         self._energy = list(energy_wh or (rng.uniform(5e6, 60e6), 0.0, rng.uniform(1e5, 2e6),
                                           rng.uniform(5e5, 3e6)))
@@ -217,18 +219,22 @@ class Meter:
             power = u[0] * i[0]
         else:
             power = u[0] * i[0] + u[1] * i[1] + u[2] * i[2]
-        # Heaters are resistive; motors add a little inductive, electronics a little capacitive load.
-        reactive = 0.04 * power - 120.0
+        # Without a source: heaters are resistive; motors add a little inductive, electronics a little
+        # capacitive load.
+        reactive = self.reactive_at(float(second)) if self.reactive_at is not None else 0.04 * power - 120.0
         return Sample(i, u, power, reactive, (self._energy[0], self._energy[1], self._energy[2], self._energy[3]))
 
     def energy_at(self, t: float) -> tuple[float, float, float, float]:
-        """The counters (A+, A-, R+, R- in Wh/varh) at ``t``: the second's start plus its part."""
-        second = math.floor(t)
+        """The counters (A+, A-, R+, R- in Wh/varh) at ``t``: the second's start plus its part.
+
+        ``t`` may be before the start (an hourly list pushed after it but stamped at the full hour
+        before it): the counters then run back on the first second's power."""
+        second = max(0, math.floor(t))
         s = self.sample(second)
         part = (t - second) / 3600.0
         r = s.reactive_var
-        return (s.energy_wh[0] + s.power_w * part, s.energy_wh[1],
-                s.energy_wh[2] + max(r, 0.0) * part, s.energy_wh[3] + max(-r, 0.0) * part)
+        return (max(0.0, s.energy_wh[0] + s.power_w * part), s.energy_wh[1],
+                max(0.0, s.energy_wh[2] + max(r, 0.0) * part), max(0.0, s.energy_wh[3] + max(-r, 0.0) * part))
 
     # --- pushing -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The closed loop through the real parts, on a scaled clock.
 
-    World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
+    sim.world.World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
       -> sim.meter.Meter (the vendor's frames, measuring the world's line currents)
       -> VirtualSerialPort (a real pty, paced at the clock's speed)
       -> pyserial port read by apm.device.Device (HanReader -> MeterState -> HeadroomEstimator)
@@ -11,7 +11,7 @@
 
 Every part runs in one event loop and reads one `apm.clock.ScaledClock`; nothing talks to anything
 else except through the pty and the broker. The scenario and the report are those of the in-process
-loop (sim/closed_loop.py): same keys, the same oracles (its `Oracle`), the same fuse judge; the report
+loop (sim/closed_loop.py): same keys, the same world (sim/world.py: physics, oracles, fuse judge); the report
 adds ``pipeline`` (speed, broker, message counts, how far the world fell behind the clock).
 
 The world steps once per simulated second (the scenario's ``step_s`` is for the in-process loop) and
@@ -35,19 +35,16 @@ from apm.balancer_service import BalancerService
 from apm.clock import Clock, ScaledClock
 from apm.config import BrokerConfig, DeviceConfig, GridConfig
 from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
-from apm.lines import Triple
 from apm.outbox import MemoryOutbox, Outbox
 from apm.serial_link import VENDOR_SETTINGS, open_port
 from apm.topics import Topics
-from sim.charger import SimCharger
 from sim.charger_node import ChargerNode
-from sim.closed_loop import Oracle, Scenario, Trace
+from sim.closed_loop import Scenario, Trace
 from sim.frames import MeterSpec
-from sim.fuse import FuseJudge
-from sim.grid import Grid
-from sim.household import make_household
-from sim.meter import Meter, Push, default_voltages
-from sim.serial_line import LineSettings, VirtualSerialPort
+from sim.grid import GridState
+from sim.meter import Meter, Push
+from sim.serial_line import VirtualSerialPort
+from sim.world import World
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +62,6 @@ def meter_kind(sc: Scenario) -> str:
     return "1p" if sc.supply_phases == 1 else f"3p-{sc.network.lower()}"
 
 
-def meter_start(start: datetime, vendor: str) -> datetime:
-    """``start``, or the full hour before it when it falls between the hour and the vendor's hourly push:
-    sim.meter.Meter cannot stamp an hourly list with a time before its own start (it raises)."""
-    from han.profiles import PUSH_SCHEDULES
-
-    past = start.minute * 60 + start.second + start.microsecond / 1e6
-    if 0 < past <= PUSH_SCHEDULES[vendor].hourly_at:
-        return start.replace(minute=0, second=0, microsecond=0)
-    return start
-
-
 def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
     """The installation the scenario describes, as the device's configuration."""
     # The scenario's top-level fixed current wins over a [balancer] one, as in sim/closed_loop.py.
@@ -90,119 +76,33 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
 # --- the world ---------------------------------------------------------------------------------------
 
 
-class World:
-    """The physics of sim/closed_loop.py without its meter and balancer: a step per simulated second."""
+class PacedWorld(World):
+    """`sim.world.World` stepped once per second of a clock, with hooks after every step and a way
+    to wait for a step (the meter measures only seconds the world has reached)."""
 
-    def __init__(self, sc: Scenario, *, trace: Trace | None = None, house_offset_s: float = 0.0,
-                 oracles: bool = True, duration_s: float | None = None) -> None:
-        self.sc = sc
-        self.trace = trace
-        self.house_offset_s = house_offset_s
-        span = sc.duration_s if duration_s is None else duration_s
-        self._days = 7 if not math.isfinite(span) else int(math.ceil((span + house_offset_s) / 86400.0)) + 1
-        self._house_origin = 0.0
-        self._house_seed = int(sc.household.get("seed", 1))
-        self.household = self._make_household()
-        # The scenario's supply (phase sequence, voltage unbalance) where sim/grid.py models them.
-        supply = {k: getattr(sc, k) for k in ("sequence", "unbalance") if hasattr(sc, k)}
-        self.grid = Grid(sc.network, sc.supply_phases, sc.grid_model, **supply)  # type: ignore[arg-type]
-        self._measure = getattr(self.grid, "measure", None)
-        self.chargers = {c.id: SimCharger(c, sc.network, sc.supply_phases) for c in sc.chargers}
-        self._charger_list = list(self.chargers.values())
-        self.fuse = FuseJudge(sc.fuse_a, sc.curve, lines=3)
-        self.oracle = Oracle(sc, "max") if oracles else None
-        self.oracle_fair = Oracle(sc, "fair") if oracles else None
-        self.evs = {e.id: e.make() for e in sc.evs}
-        self._schedule = sorted(sc.evs, key=lambda e: e.arrive_s)
-        self._present: dict[str, str] = {}
-        self._gone: set[str] = set()
-        self.t = -1  # the last second stepped
-        self.lines: Triple = (0.0, 0.0, 0.0)
-        self._hist: dict[int, tuple[Triple, float, Triple | None]] = {}
-        self._default_voltages = default_voltages(meter_kind(sc))
+    def __init__(self, sc: Scenario, **kwargs: Any) -> None:
+        super().__init__(sc, step_s=1.0, history_s=_HISTORY_S, **kwargs)
         self._advanced = asyncio.Event()
         self.after_step: list[Callable[[], None]] = []
         self.max_lag_s = 0.0
-        if trace is not None:
-            for cid in self.chargers:
-                trace.chargers[cid] = []
-                trace.setpoints[cid] = []
 
-    def _make_household(self) -> Any:
-        opts = dict(self.sc.household)
-        opts.pop("seed", None)
-        return make_household(self.sc.network, model=opts.pop("model", None), trace=opts.pop("trace", None),
-                              seed=self._house_seed, days=self._days, **opts)
+    @property
+    def t(self) -> int:
+        """The last second stepped."""
+        return self.k
 
-    def _house(self, t: float) -> Any:
-        ht = t + self.house_offset_s - self._house_origin
-        if "trace" not in self.sc.household and ht >= self._days * 86400.0:
-            # An endless run (the demo): a new plan, with the next seed, every few days.
-            self._house_origin += self._days * 86400.0
-            self._house_seed += 1
-            self.household = self._make_household()
-            ht -= self._days * 86400.0
-        return self.household.sample(ht)
-
-    def step(self, k: int) -> None:
-        now = float(k)
-        for spec in self._schedule:
-            if spec.id in self._gone:
-                continue
-            if self._present.get(spec.charger) == spec.id:
-                if now >= spec.depart_s:
-                    self.chargers[spec.charger].unplug(now)
-                    del self._present[spec.charger]
-                    self._gone.add(spec.id)
-            elif now >= spec.arrive_s and spec.charger not in self._present:
-                if now < spec.depart_s:
-                    self.chargers[spec.charger].plug(now, self.evs[spec.id])
-                    self._present[spec.charger] = spec.id
-                else:
-                    self._gone.add(spec.id)
-        house = self._house(now)
-        for c in self._charger_list:
-            c.step(now)
-        if self._measure is not None:  # the grid model gives the whole state (true magnitudes, voltages)
-            g = self._measure(house, self._charger_list)
-            lines, power, house_lines, volts = g.lines, g.power_w, g.house_lines, g.voltages
-        else:
-            lines = self.grid.line_currents(house, self._charger_list)
-            power, house_lines, volts = self.grid.power_w(house, self._charger_list), house.lines, None
-        self.fuse.step(now, lines)
-        self.lines = lines
-        self._hist[k] = (lines, power, volts)
-        self._hist.pop(k - _HISTORY_S, None)
-        if k > 0 and self.oracle is not None and self.oracle_fair is not None:
-            self.oracle.step(now, 1.0, house_lines)
-            self.oracle_fair.step(now, 1.0, house_lines)
-        tr = self.trace
-        if tr is not None:
-            tr.t.append(now)
-            tr.lines.append(lines)
-            for c in self._charger_list:
-                tr.chargers[c.id].append(max(c.terminals))
-                tr.setpoints[c.id].append(c.setpoint_a)
-        self.t = k
+    def step(self, k: int) -> GridState:
+        g = super().step(k)
+        self.record()
         for hook in self.after_step:
             hook()
         old, self._advanced = self._advanced, asyncio.Event()
         old.set()
-
-    # What the meter measures: the currents, power and voltages of a second already stepped.
-    def currents_at(self, t: float) -> Triple:
-        return self._hist[int(t)][0]
-
-    def power_at(self, t: float) -> float:
-        return self._hist[int(t)][1]
-
-    def voltages_at(self, t: float, currents: Triple) -> Triple:
-        volts = self._hist[int(t)][2]
-        return volts if volts is not None else self._default_voltages(t, currents)
+        return g
 
     async def reached(self, k: int) -> None:
         """Until second ``k`` has been stepped."""
-        while self.t < k:
+        while self.k < k:
             await self._advanced.wait()
 
     async def run(self, clock: Clock, origin: float, duration_s: float | None) -> None:
@@ -229,7 +129,7 @@ class MeterFeed:
 
     def __init__(self, meter: Meter, write: Callable[[bytes], Awaitable[None]], clock: Clock, origin: float,
                  *,
-                 world: World | None = None, outages: Sequence[tuple[float, float]] = (),
+                 world: PacedWorld | None = None, outages: Sequence[tuple[float, float]] = (),
                  repeat_hourly: bool = False,
                  on_written: Callable[[Push, float], None] | None = None) -> None:
         self.meter = meter
@@ -322,7 +222,7 @@ class Pipeline:
         self.broker_url = broker_url
         self.config = device_config(sc, serial)
         self.topics = Topics(serial)
-        self.world = World(sc, trace=trace, house_offset_s=house_offset_s, oracles=oracles,
+        self.world = PacedWorld(sc, trace=trace, house_offset_s=house_offset_s, oracles=oracles,
                            duration_s=self.duration_s if self.duration_s is not None else math.inf)
         self.subscription = subscription or granted_subscription(
             "simulated subscription (closed-loop simulation)")
@@ -361,12 +261,13 @@ class Pipeline:
         self.broker_url = url
         s = VENDOR_SETTINGS[sc.vendor]
         self.line = await stack.enter_async_context(
-            VirtualSerialPort(LineSettings(s.baud, s.parity, s.bytesize, s.stopbits), pace=self.speed))
+            VirtualSerialPort(s, pace=self.speed))
         port = stack.enter_context(open_port(self.line.path, s))  # the device's side: pyserial
         self._fd = port.fileno()
         spec = MeterSpec(sc.vendor, meter_kind(sc))
-        meter = Meter(spec, meter_start(self.start, sc.vendor), currents=self.world.currents_at,
-                      voltages=self.world.voltages_at, power=self.world.power_at)
+        meter = Meter(spec, self.start, currents=self.world.currents_at,
+                      voltages=self.world.voltages_at, power=self.world.power_at,
+                      reactive=self.world.reactive_at)
         self.feed = MeterFeed(meter, self.line.awrite, self.clock, self.origin, world=self.world,
                               outages=sc.outages, repeat_hourly=sc.repeat_hourly)
         opts = self.link_options
@@ -434,14 +335,8 @@ class Pipeline:
         report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in w.evs.values()), 3)
         report["final_soc"] = {e: round(ev.soc, 4) for e, ev in w.evs.items()}
         report["setpoint_changes"] = bal.balancer.changes
-        if w.oracle is not None and w.oracle_fair is not None:
-            o, f = w.oracle.energy_kwh, w.oracle_fair.energy_kwh
-            report["oracle_energy_kwh"] = round(o, 3)
-            report["oracle_ratio"] = round(report["energy_total_kwh"] / o, 4) if o else None
-            report["oracle_energy_per_ev_kwh"] = {e: round(ev.energy_kwh, 3)
-                                                  for e, ev in w.oracle.evs.items()}
-            report["oracle_fair_energy_kwh"] = round(f, 3)
-            report["oracle_fair_ratio"] = round(report["energy_total_kwh"] / f, 4) if f else None
+        if w.oracles is not None:
+            report.update(w.oracles.report(report["energy_total_kwh"]))
         report["stale_s"] = round(bal.stale_s, 1)
         report["hourly_records"] = len(dev.hourly)
         report["repeated_hourly_dropped"] = dev.state.repeats

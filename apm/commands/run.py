@@ -446,17 +446,17 @@ async def _sim(stack: contextlib.AsyncExitStack, device: Any, clock: Any, sim: t
     from apm.serial_link import VENDOR_SETTINGS, open_port
     from sim.frames import MeterSpec
     from sim.meter import Meter
-    from sim.pipeline import MeterFeed, meter_start
-    from sim.serial_line import LineSettings, VirtualSerialPort
+    from sim.pipeline import MeterFeed
+    from sim.serial_line import VirtualSerialPort
 
     vendor, kind = sim
     s = VENDOR_SETTINGS[vendor]
-    settings = LineSettings(s.baud, s.parity, s.bytesize, s.stopbits)
+    settings = s
     line = await stack.enter_async_context(VirtualSerialPort(settings, pace=speed))
     port = stack.enter_context(open_port(line.path, s))
     device.char_time_s = line.settings.bits_per_char / line.settings.baud
     start = clock.datetime().astimezone()
-    meter = Meter(MeterSpec(vendor, kind), meter_start(start, vendor))
+    meter = Meter(MeterSpec(vendor, kind), start)
     feed = MeterFeed(meter, line.awrite, clock, start.timestamp())
     log.info("simulated %s %s meter on %s (%s)", vendor, kind, line.path, line.settings)
     return _with(feed.run(None), device.run(serial_chunks(port.fileno())))
