@@ -61,6 +61,11 @@ class SerialSettings:
         if self.stopbits not in (1, 2):
             raise ValueError(f"stopbits must be 1 or 2, got {self.stopbits!r}")
 
+    @property
+    def bits_per_char(self) -> int:
+        """Start bit, data bits, parity bit, stop bits: what one byte costs on the line."""
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
     def __str__(self) -> str:
         return f"{self.baud} {self.bytesize}{self.parity}{self.stopbits}"
 

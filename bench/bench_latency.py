@@ -126,7 +126,8 @@ def _mosquitto(tmp: Path):
 
 
 async def _measure(frames: list[bytes], interval: float, broker: str | None, tmp: Path) -> Result:
-    from sim.serial_line import LineSettings, VirtualSerialPort
+    from apm.serial_link import SerialSettings
+    from sim.serial_line import VirtualSerialPort
 
     config = tmp / "apm.toml"
     config.write_text(CONFIG)
@@ -142,7 +143,7 @@ async def _measure(frames: list[bytes], interval: float, broker: str | None, tmp
         args = ["--broker", url]
     host, port_s = url.rsplit("//", 1)[1].rsplit(":", 1)
     arrivals: dict[int, float] = {}
-    with VirtualSerialPort(LineSettings(2400, "E"), pace=0) as line:
+    with VirtualSerialPort(SerialSettings(2400, "E"), pace=0) as line:
         command = [sys.executable, "-m", "apm", "run", "--port", line.path, "--config", str(config),
                    "--plain", "--probe-seconds", "3", *args]
         device = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,

@@ -1,10 +1,10 @@
 """A virtual serial line on a real pseudo-terminal: the meter's side of a HAN cable.
 
-    with VirtualSerialPort(LineSettings(2400, "E"), pace=1.0) as line:
+    with VirtualSerialPort(SerialSettings(2400, "E"), pace=1.0) as line:
         ...  # a serial program (pyserial, `apm monitor`) opens line.path
         line.write(frame)  # arrives at the receiver at 2400 baud, garbled if its settings differ
 
-The sender is a UART with ``LineSettings``. Before each chunk goes out, the line reads the receiver's
+The sender is a UART with ``SerialSettings``. Before each chunk goes out, the line reads the receiver's
 settings from the tty (what the program that opened ``path`` asked for) and runs the chunk through
 ``uart_receive``, a bit-level model of a UART receiver: start-bit hunting, sampling in the middle of
 each of its own bit periods, parity and stop-bit checks, and the Linux rules for errored characters
@@ -45,7 +45,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-PARITIES = ("N", "E", "O")
+from apm.serial_link import SerialSettings
+
 CLOSE_WAIT_S = 2.0  # longest close() waits for the receiver to read what is buffered
 NO_READER_S = 0.5  # ... or until it has read nothing for this long
 _CHUNK_SECONDS = 0.02  # line time per delivered chunk when paced
@@ -58,33 +59,6 @@ _TERMIOS2 = struct.Struct("=4IB19s2I")
 _SPEEDS = {getattr(termios, n): int(n[1:]) for n in dir(termios) if n[:1] == "B" and n[1:].isdigit()}
 _CMSPAR = getattr(termios, "CMSPAR", 0o10000000000)
 _CSIZE_BITS = {termios.CS5: 5, termios.CS6: 6, termios.CS7: 7, termios.CS8: 8}
-
-
-@dataclass(frozen=True, slots=True)
-class LineSettings:
-    """The sender's UART: baud, parity ("N" | "E" | "O"), data bits, stop bits."""
-
-    baud: int = 2400
-    parity: str = "E"
-    bytesize: int = 8
-    stopbits: int = 1
-
-    def __post_init__(self) -> None:
-        if self.baud <= 0:
-            raise ValueError(f"baud must be positive, got {self.baud}")
-        if self.parity not in PARITIES:
-            raise ValueError(f"parity must be one of N, E, O, got {self.parity!r}")
-        if self.bytesize not in (5, 6, 7, 8):
-            raise ValueError(f"bytesize must be 5..8, got {self.bytesize}")
-        if self.stopbits not in (1, 2):
-            raise ValueError(f"stopbits must be 1 or 2, got {self.stopbits}")
-
-    @property
-    def bits_per_char(self) -> int:
-        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
-
-    def __str__(self) -> str:
-        return f"{self.baud} {self.bytesize}{self.parity}{self.stopbits}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +95,12 @@ class Receiver:
             ignore_break=bool(iflag & termios.IGNBRK),
         )
 
-    def matches(self, sender: LineSettings) -> bool:
+    def matches(self, sender: SerialSettings) -> bool:
         # A receiver checks one stop bit only, so the sender's stop bits never matter.
         return (self.baud, self.parity, self.bytesize) == (sender.baud, sender.parity, sender.bytesize)
 
 
-def _char_table(s: LineSettings) -> list[bytes]:
+def _char_table(s: SerialSettings) -> list[bytes]:
     """Line levels of each byte value: start bit, data LSB first, parity, stop bits."""
     table = []
     for value in range(256):
@@ -140,11 +114,11 @@ def _char_table(s: LineSettings) -> list[bytes]:
     return table
 
 
-DEFAULT_SETTINGS = LineSettings()  # Aidon and Kaifa: 2400 8E1
-_TABLES: dict[LineSettings, list[bytes]] = {}
+DEFAULT_SETTINGS = SerialSettings()  # Aidon and Kaifa: 2400 8E1
+_TABLES: dict[SerialSettings, list[bytes]] = {}
 
 
-def uart_receive(data: bytes, sender: LineSettings, receiver: Receiver) -> bytes:
+def uart_receive(data: bytes, sender: SerialSettings, receiver: Receiver) -> bytes:
     """What ``receiver`` reads when ``sender`` transmits ``data`` back to back, the line idle around it.
 
     Deterministic. The receiver hunts for a low level in steps of 1/16 of its bit, confirms it half a
@@ -251,7 +225,7 @@ def _make_raw(fd: int) -> None:
 class VirtualSerialPort:
     """A pty whose slave side (``path``) is what a serial program opens. A context manager."""
 
-    def __init__(self, settings: LineSettings = DEFAULT_SETTINGS, *, pace: float = 1.0,
+    def __init__(self, settings: SerialSettings = DEFAULT_SETTINGS, *, pace: float = 1.0,
                  link: str | None = None, overflow_wait: float = 1.0) -> None:
         if pace < 0:
             raise ValueError(f"pace must be >= 0, got {pace}")

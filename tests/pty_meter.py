@@ -6,10 +6,10 @@ import threading
 import time
 from datetime import datetime
 
-from apm.serial_link import VENDOR_SETTINGS
+from apm.serial_link import VENDOR_SETTINGS, SerialSettings
 from sim.frames import MeterSpec
 from sim.meter import Meter, Push
-from sim.serial_line import LineSettings, VirtualSerialPort
+from sim.serial_line import VirtualSerialPort
 
 
 class MeterOnPty:
@@ -23,7 +23,7 @@ class MeterOnPty:
         self.speed = speed
         s = VENDOR_SETTINGS[vendor]
         self.settings = s
-        self.line = VirtualSerialPort(LineSettings(s.baud, s.parity), pace=speed)
+        self.line = VirtualSerialPort(SerialSettings(s.baud, s.parity), pace=speed)
         self.sent: list[Push] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -6,16 +6,17 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from sim.serial_line import DEFAULT_SETTINGS, LineSettings, VirtualSerialPort
+from apm.serial_link import SerialSettings
+from sim.serial_line import DEFAULT_SETTINGS, VirtualSerialPort
 
 
 class Sender:
-    """``with Sender(frames, LineSettings(2400, "N")) as s:`` a thread writes ``frames`` cyclically to ``s.path``.
+    """``with Sender(frames, SerialSettings(2400, "N")) as s:`` a thread writes ``frames`` cyclically to ``s.path``.
 
     ``frames`` empty: a silent line (the port exists, nothing is sent).
     """
 
-    def __init__(self, frames: Sequence[bytes], settings: LineSettings = DEFAULT_SETTINGS, *,
+    def __init__(self, frames: Sequence[bytes], settings: SerialSettings = DEFAULT_SETTINGS, *,
                  pace: float = 1.0, link: str | None = None) -> None:
         self.frames = list(frames)
         self.line = VirtualSerialPort(settings, pace=pace, link=link, overflow_wait=0.1)

@@ -248,13 +248,14 @@ def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path
     import threading
     from datetime import datetime
 
+    from apm.serial_link import SerialSettings
     from sim.frames import MeterSpec
     from sim.meter import Meter
-    from sim.serial_line import LineSettings, VirtualSerialPort
+    from sim.serial_line import VirtualSerialPort
 
     t0 = datetime.fromisoformat("2025-01-15T10:00:30+01:00")
     frames = [p.frame for p in Meter(MeterSpec("aidon", "3p-it"), t0).pushes_between(0, 600)]
-    line = VirtualSerialPort(LineSettings(2400, "E"), pace=10)
+    line = VirtualSerialPort(SerialSettings(2400, "E"), pace=10)
     unplugged = threading.Event()
 
     def meter() -> None:  # a frame every 0.25 s until the adapter is unplugged

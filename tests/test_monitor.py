@@ -19,14 +19,13 @@ import pytest
 
 from apm.serial_link import SerialSettings, SettingsCache
 from han import HanReader
-from sim.serial_line import LineSettings
 from tests.serial_sender import Sender
 from tests.vectors import SCHEMA, frame, mismatches, records
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
-E8 = LineSettings(2400, "E")
-N8 = LineSettings(2400, "N")
+E8 = SerialSettings(2400, "E")
+N8 = SerialSettings(2400, "N")
 
 
 def decode_alone(data: bytes) -> tuple[list[dict], list[str]]:
@@ -226,7 +225,7 @@ def test_garbage_only(tmp_path):
 def test_p1_text_port(tmp_path):
     p1 = [frame(r) for r in records("foreign") if r["framing"] == "dsmr_p1_ascii"][:1]
     assert p1
-    with Sender(p1, LineSettings(115200, "N")) as line:
+    with Sender(p1, SerialSettings(115200, "N")) as line:
         run = monitor("--port", line.path, "--baud", "115200", "--probe-seconds", "0.3", "--timeout", "2",
                       cache=tmp_path / "c.json")
     assert run.rc == 1

@@ -11,11 +11,11 @@ import pytest
 
 from apm.serial_link import SerialSettings, configure, open_port
 from han import HanReader
-from sim.serial_line import LineSettings, Receiver, VirtualSerialPort, uart_receive
+from sim.serial_line import Receiver, VirtualSerialPort, uart_receive
 from tests.vectors import frame, records
 
-E8 = LineSettings(2400, "E")
-N8 = LineSettings(2400, "N")
+E8 = SerialSettings(2400, "E")
+N8 = SerialSettings(2400, "N")
 
 
 def core_frames(meter: str, lst: int | None = None) -> list[bytes]:
@@ -35,7 +35,7 @@ def frames_ok(data: bytes) -> int:
 # -- the receiver model (pure) ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sender", [E8, N8, LineSettings(9600, "O", stopbits=2)], ids=str)
+@pytest.mark.parametrize("sender", [E8, N8, SerialSettings(9600, "O", stopbits=2)], ids=str)
 def test_small_clock_error_is_tolerated_like_a_uart(sender):
     """1.5 % off the sender's rate runs the full bit-level model, and still reads every byte right."""
     data = random.Random(1).randbytes(3000)
@@ -55,7 +55,7 @@ def test_large_clock_error_garbles():
     (KAIFA, E8, Receiver(9600, "E", check_parity=True)),
     (KAMSTRUP, N8, Receiver(9600, "N")),
     (KAMSTRUP, N8, Receiver(115200, "N")),
-    (KAMSTRUP, LineSettings(115200, "N"), Receiver(2400, "N")),
+    (KAMSTRUP, SerialSettings(115200, "N"), Receiver(2400, "N")),
 ], ids=["8N1-as-8E1", "8E1-as-8N1", "8E1-as-8O1", "2400-as-9600", "N-2400-as-9600", "2400-as-115200",
         "115200-as-2400"])
 def test_wrong_settings_leave_no_valid_frame(data, sender, rx):
@@ -95,10 +95,10 @@ def test_a_break_yields_one_nul_and_resync():
 
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="parity"):
-        LineSettings(2400, "X")
+        SerialSettings(2400, "X")
     with pytest.raises(ValueError, match="baud"):
-        LineSettings(0)
-    assert str(LineSettings(2400, "N")) == "2400 8N1"
+        SerialSettings(0)
+    assert str(SerialSettings(2400, "N")) == "2400 8N1"
     assert E8.bits_per_char == 11
     assert N8.bits_per_char == 10
 

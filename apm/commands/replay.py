@@ -88,8 +88,8 @@ def _progress(capture: Capture, speed: float | None, quiet: bool):
 
 @contextlib.asynccontextmanager
 async def _pty(capture: Capture, speed: float | None, delay: float):
-    from apm.serial_link import DEFAULT_SETTINGS, VENDOR_SETTINGS
-    from sim.serial_line import LineSettings, VirtualSerialPort
+    from apm.serial_link import DEFAULT_SETTINGS, VENDOR_SETTINGS, SerialSettings
+    from sim.serial_line import VirtualSerialPort
 
     meta = capture.meta
     if "baud" in meta and "parity" in meta:
@@ -97,7 +97,7 @@ async def _pty(capture: Capture, speed: float | None, delay: float):
     else:
         s = VENDOR_SETTINGS.get(capture.vendor or "", DEFAULT_SETTINGS)
         baud, parity = s.baud, s.parity
-    settings = LineSettings(baud, parity)
+    settings = SerialSettings(baud, parity)
     async with VirtualSerialPort(settings, pace=speed or 0.0) as port:
         print(port.path, flush=True)
         print(f"apm replay: {capture.path} on {port.path} ({settings})", file=sys.stderr)

@@ -145,10 +145,10 @@ async def _sink(stack: contextlib.AsyncExitStack, args: argparse.Namespace, vend
     """An async ``write(frame)`` to the chosen output."""
     if args.pty:
         from apm.serial_link import VENDOR_SETTINGS
-        from sim.serial_line import LineSettings, VirtualSerialPort
+        from sim.serial_line import VirtualSerialPort
 
         s = VENDOR_SETTINGS[vendor]
-        settings = LineSettings(s.baud, s.parity, s.bytesize, s.stopbits)
+        settings = s
         port = await stack.enter_async_context(VirtualSerialPort(settings, pace=speed or 0.0))
         print(port.path, flush=True)
         print(f"apm sim meter: {vendor} meter on {port.path} ({settings})", file=sys.stderr)
