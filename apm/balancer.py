@@ -32,6 +32,10 @@ How it decides, per update:
    fuse rating as long as the deadband is below the headroom's safety margin (the balancer does not
    know the margin: whoever configures both must keep it so; `sim.closed_loop` refuses a scenario
    that does not). 0 turns it off.
+   A decrease (or pause) that only list 1's power rise asks for (the headroom's ``rise_a``, taken
+   off every line because list 1 cannot tell which line the new load is on) is just as immediate,
+   but provisional: it starts no hold and no restart delay, so when the next per-phase list places
+   the load on other lines, the charger gets its current back at the next allowed change.
    Increases wait ``hold_s`` after that charger's last decrease and
    ``min_interval_s`` after its last change, rise by at most ``max_step_up_a``, must be worth
    ``min_increase_a``, and only use current that is free now: other chargers count with the larger
@@ -149,6 +153,7 @@ class _Charger:
     soft_cap: float | None = None  # learned: its EV limits itself to about this (kept over pauses)
     ev_phases: int | None = None  # the EV's phases this session, once seen charging (kept over pauses)
     was_wanting: bool = False
+    provisional_pause: bool = False  # paused only for list 1's unplaced power rise
 
 
 class Balancer:
@@ -252,6 +257,7 @@ class Balancer:
         targets = {cid: 0.0 for cid in self._order}
         for cid, a in shares.items():
             targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
+        provisional = self._provisional(headroom, running, dropped, hard, soft, use) if how == "protect" else {}
         new = {cid: c.setpoint for cid, c in self._c.items()}
         changed: list[str] = []
         excess = self._excess(use, avail) if how == "protect" else math.inf
@@ -271,6 +277,11 @@ class Balancer:
                 dropped.pop(cid, None)  # a pause waits too
                 continue
             new[cid] = targets[cid]
+            if provisional.get(cid, -math.inf) >= c.setpoint - _EPS:
+                # only list 1's unplaced power rise asks for it: the next per-phase list may give it
+                # back at once, so no hold (see step 4 of the module doc)
+                reasons.setdefault(cid, "decrease (provisional): " + why.get(cid, "share"))
+                continue
             c.last_decrease = now
             if cid not in reasons:
                 reasons[cid] = "decrease: " + why.get(cid, "share")
@@ -278,6 +289,7 @@ class Balancer:
             c = self._c[cid]
             if c.paused_at is None:
                 c.paused_at = now
+                c.provisional_pause = provisional.get(cid, 0.0) >= s.min_a - _EPS
             c.ok_since = None
             reasons[cid] = text
         for cid in self._order:
@@ -388,6 +400,17 @@ class Balancer:
             dropped[drop] = f"paused: {got:.1f} A < {s.min_a:g} A ({why.get(drop, 'share')})"
         return shares, why, dropped
 
+    def _provisional(self, headroom: Headroom | None, running: list[str], dropped: dict[str, str],
+                     hard: dict[str, float], soft: dict[str, float], use: dict[str, Triple]) -> dict[str, float]:
+        """The shares without list 1's power rise (which the headroom adds to every line because it
+        cannot tell which one the new load is on), when there is one; else {}."""
+        if headroom is None or headroom.rise_a <= 0.0:
+            return {}
+        rise = headroom.rise_a
+        avail = tuple(math.inf if a is None else max(0.0, a + rise) for a in headroom.available_a)
+        shares, _, _ = self._shares([*running, *dropped], hard, soft, use, avail)
+        return shares
+
     def _restart_ok(self, now: float, cid: str, running: list[str], hard: dict[str, float],
                     soft: dict[str, float], use: dict[str, Triple], avail: tuple[float, ...],
                     reasons: dict[str, str]) -> bool:
@@ -405,11 +428,14 @@ class Balancer:
             c.ok_since = now
         assert c.paused_at is not None
         wait = max(c.paused_at + s.restart_delay_s, c.ok_since + s.restart_confirm_s) - now
+        if c.provisional_pause:
+            wait = 0.0  # paused for a rise the next per-phase list placed elsewhere
         if wait > _EPS:
             reasons[cid] = f"paused: restart in {wait:.0f} s"
             return False
         c.paused_at = None
         c.ok_since = None
+        c.provisional_pause = False
         reasons.pop(cid, None)
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -98,6 +99,42 @@ def test_restart_delay_counts_from_the_pause() -> None:
     b.update(1.0, room(1.0, 3.0, 10, 10), {"a": ev("a", 10.0)})
     out = {t: b.update(float(t), room(float(t), 20, 20, 20), {"a": ev("a")})["a"] for t in range(2, 70)}
     assert out[60] == 0.0 and out[61] == 20.0
+
+
+def rise(r: Headroom, amps: float) -> Headroom:
+    """``r`` with list 1's unplaced power rise of ``amps`` taken off every line (as apm.headroom does)."""
+    avail = tuple(None if a is None else a - amps for a in r.available_a)
+    return dataclasses.replace(r, available_a=avail, rise_a=amps)  # type: ignore[arg-type]
+
+
+def test_a_decrease_only_list_1s_rise_asks_for_is_at_once_but_holds_nothing() -> None:
+    s = BalancerSettings(hold_s=10.0, min_interval_s=5.0, max_step_up_a=6.0)
+    for provisional in (True, False):
+        b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], s)
+        b.update(0.0, room(0.0, 20, 20, 20), {"a": ev("a")})
+        # list 1 says the house took 8 A more somewhere; or a per-phase list says it is on our lines
+        cut = rise(room(1.0, 20, 20, 20), 8.0) if provisional else room(1.0, 12, 12, 12)
+        assert b.update(1.0, cut, {"a": ev("a", 20.0)}) == {"a": 12.0}  # at once, either way
+        assert ("provisional" in b.last.reasons["a"]) is provisional  # type: ignore[union-attr]
+        # the next per-phase list places the load elsewhere: 20 A free again
+        out = {t: b.update(float(t), room(float(t), 20, 20, 20), {"a": ev("a", 12.0)})["a"] for t in range(2, 20)}
+        back = min(t for t, a in out.items() if a > 12.0)
+        assert back == (6 if provisional else 11)  # 5 s between changes; else the 10 s hold too
+
+
+def test_a_pause_only_list_1s_rise_asks_for_restarts_without_the_restart_delay() -> None:
+    s = BalancerSettings(restart_delay_s=60.0, restart_confirm_s=15.0, min_interval_s=5.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], s)
+    b.update(0.0, room(0.0, 10, 10, 10), {"a": ev("a")})
+    assert b.update(1.0, rise(room(1.0, 10, 10, 10), 6.0), {"a": ev("a", 10.0)}) == {"a": 0.0}
+    out = {t: b.update(float(t), room(float(t), 10, 10, 10), {"a": ev("a")})["a"] for t in range(2, 20)}
+    assert out[2] == 10.0
+    # a rise that is not the only reason (4 A left without it too) keeps the delay
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT)], s)
+    b.update(0.0, room(0.0, 10, 10, 10), {"a": ev("a")})
+    assert b.update(1.0, rise(room(1.0, 4, 10, 10), 2.0), {"a": ev("a", 10.0)}) == {"a": 0.0}
+    out = {t: b.update(float(t), room(float(t), 10, 10, 10), {"a": ev("a")})["a"] for t in range(2, 70)}
+    assert out[60] == 0.0 and out[61] == 10.0
 
 
 def test_two_chargers_share_fairly_and_one_pauses_when_both_cannot_get_six() -> None:
