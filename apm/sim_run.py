@@ -106,10 +106,12 @@ def _write(report: dict[str, Any], path: str | None) -> None:
 
 def _headline(r: dict[str, Any]) -> str:
     how = "in-process loop" if "pipeline" not in r else f"pipeline at {r['pipeline']['speed']:g}x"
-    ratio = r.get("oracle_ratio")
+    ratio, measured = r.get("oracle_ratio"), r.get("oracle_measured_ratio")
+    share = "" if ratio is None else f" ({ratio * 100:.1f} % of the oracle"
+    if share and measured is not None and measured != ratio:
+        share += f"; {measured * 100:.1f} % of one that knows the unreported I2"
     return (f"{PROG}: {r['scenario']} ({how}): {r['trips']} trip(s), "
-            f"{r['energy_total_kwh']:.2f} kWh to the EVs"
-            + (f" ({ratio * 100:.1f} % of the oracle)" if ratio is not None else "")
+            f"{r['energy_total_kwh']:.2f} kWh to the EVs" + (share + ")" if share else "")
             + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s")
 
 

@@ -19,6 +19,8 @@ from sim.closed_loop import (
     fair_allocation,
     load_scenario,
     main,
+    reports_i2,
+    rule_house,
     run,
     scenario_from_dict,
 )
@@ -185,15 +187,18 @@ def test_command_line_writes_report_and_plot(tmp_path: Path, capsys: pytest.Capt
     assert "no such file" in capsys.readouterr().err
 
 
-# Regression floors (achieved on the winter days, fair sharing): share of the fair-share oracle, share
-# of the max oracle, and a ceiling on setpoint changes (both chargers, the whole day).
+# Floors (achieved on the winter days, fair sharing): share of the issue's oracle (its target is
+# 97 %), of the oracle that also knows the unreported I2, of the max-power oracle, and a ceiling on
+# setpoint changes (both chargers, the whole day).
 WINTER_FLOORS = {
-    "winter-tn-25a": (0.98, 0.89, 1100),
-    # Aidon: no I2. Neither bound on it is tight with a balanced 3-phase charger of ours running
-    # (apm/three_wire.py): about a quarter of the energy is lost to the unknown L2 current
-    "winter-it-40a": (0.74, 0.70, 3000),
+    "winter-tn-25a": (0.98, 0.98, 0.89, 1100),
+    # Aidon: no I2. The device's bound on it (Kirchhoff, and the two-wattmeter triangle where that is
+    # tighter) beats the issue's Kirchhoff bound at times, but neither is tight with a balanced 3-phase
+    # charger of ours running (apm/three_wire.py): about a quarter of what a measured I2 would give
+    # is lost
+    "winter-it-40a": (0.99, 0.75, 0.72, 3000),
     # the same day with a meter that reports I2 (Kaifa): what the measurement is worth
-    "winter-it-40a-kaifa": (0.99, 0.94, 3000),
+    "winter-it-40a-kaifa": (1.0, 1.0, 0.95, 3000),
 }
 
 
@@ -206,11 +211,17 @@ def test_winter_day_has_no_trips(name: str) -> None:
     assert report["hourly_records"] == 24
     assert report["runtime_s"] < 30
     assert report["energy_total_kwh"] > 50
-    fair, best, changes = WINTER_FLOORS[name]
-    assert report["oracle_fair_ratio"] >= fair
-    assert report["oracle_ratio"] >= best
+    issue, measured, most, changes = WINTER_FLOORS[name]
+    assert report["oracle_ratio"] >= issue
+    assert report["oracle_measured_ratio"] >= measured
+    assert report["oracle_max_ratio"] >= most
     assert report["setpoint_changes"] <= changes
-    assert report["oracle_energy_kwh"] >= report["oracle_fair_energy_kwh"]
+    assert report["oracle_max_energy_kwh"] >= report["oracle_measured_energy_kwh"]
+    if name == "winter-it-40a":
+        # the unreported I2 costs the issue's oracle too: its bound is above the true L2 current
+        assert report["oracle_energy_kwh"] < 0.9 * report["oracle_measured_energy_kwh"]
+    else:
+        assert report["oracle_energy_kwh"] == report["oracle_measured_energy_kwh"]
     if name == "winter-it-40a":
         i2 = report["i2"]
         assert i2["lists"] > 8000 and i2["method"]["two-wattmeter"] > 0
@@ -220,6 +231,29 @@ def test_winter_day_has_no_trips(name: str) -> None:
         assert i2["max_shortfall_a"] < 1.0
     else:
         assert "i2" not in report
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("name", ["winter-tn-25a", "winter-it-40a"])
+@pytest.mark.parametrize("seed", [3, 11, 21])
+def test_winter_days_of_other_households(name: str, seed: int) -> None:
+    """The same days with other households (seeds): no trips, and near the issue's oracle (the
+    committed days are above 97 %; an Aidon evening of heaters cycling near the 6 A pause threshold
+    costs a few percent, since the device restarts a paused charger only after a delay)."""
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    report = run(dataclasses.replace(sc, household={**sc.household, "seed": seed}))
+    assert report["trips"] == 0
+    assert report["oracle_ratio"] >= 0.96
+
+
+def test_the_issues_oracle_bounds_an_unreported_i2_like_the_issue() -> None:
+    aidon = load_scenario(SCENARIOS / "winter-it-40a.toml")
+    kaifa = load_scenario(SCENARIOS / "winter-it-40a-kaifa.toml")
+    tn = load_scenario(SCENARIOS / "winter-tn-25a.toml")
+    assert not reports_i2(aidon) and reports_i2(kaifa) and reports_i2(tn)
+    assert rule_house(aidon, (5.0, 6.0, 3.0)) == (5.0, 8.0, 3.0)  # house L2 <= house L1 + house L3
+    assert rule_house(aidon, (5.0, 9.0, 3.0)) == (5.0, 9.0, 3.0)  # never below the truth
+    assert rule_house(kaifa, (5.0, 6.0, 3.0)) == (5.0, 6.0, 3.0)
 
 
 def test_the_kaifa_day_is_the_aidon_day_with_another_meter() -> None:
@@ -232,14 +266,15 @@ def test_the_kaifa_day_is_the_aidon_day_with_another_meter() -> None:
 
 def test_max_energy_sharing_on_the_tn_winter_day() -> None:
     """Giving the shared line to the EV that makes more power of it beats the fair-share rule's own
-    ceiling (its oracle) on the TN day, with no trips; fair stays the default. (Not on every slice:
-    on the night alone, filling the 3-phase car first gives less than sharing, and the max oracle is
-    below the fair one too: both oracles are rules for each second, not schedules.)"""
+    ceiling (the issue's oracle, which shares fairly) on the TN day, with no trips; fair stays the
+    default. (Not on every slice: on the night alone, filling the 3-phase car first gives less than
+    sharing, and the max oracle is below the fair one too: the oracles are rules for each second,
+    not schedules.)"""
     sc = load_scenario(SCENARIOS / "winter-tn-25a.toml")
     most = run(dataclasses.replace(sc, balancer={"sharing": "max_energy"}))
     assert most["trips"] == 0
-    assert most["oracle_fair_ratio"] >= 1.03
-    assert most["oracle_ratio"] >= 0.94
+    assert most["oracle_ratio"] >= 1.03
+    assert most["oracle_max_ratio"] >= 0.94
     assert most["setpoint_changes"] <= 1000
 
 
@@ -252,7 +287,7 @@ def test_winter_day_with_max_energy_sharing(name: str) -> None:
     sc = load_scenario(SCENARIOS / f"{name}.toml")
     report = run(dataclasses.replace(sc, balancer={"sharing": "max_energy"}))
     assert report["trips"] == 0
-    assert report["oracle_ratio"] >= MAX_ENERGY_FLOORS[name]
+    assert report["oracle_max_ratio"] >= MAX_ENERGY_FLOORS[name]
 
 
 @pytest.mark.soak
@@ -265,7 +300,7 @@ def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, A
     sc = dataclasses.replace(load_scenario(SCENARIOS / "winter-it-40a.toml"), **change)
     report = run(sc)
     assert report["trips"] == 0
-    assert report["oracle_fair_ratio"] >= 0.72
+    assert report["oracle_measured_ratio"] >= 0.72
     assert report["i2"]["max_shortfall_a"] < sc.safety_margin_a
 
 
@@ -278,7 +313,7 @@ def test_winter_it_day_with_the_power_bound_on_i2() -> None:
     report = run(dataclasses.replace(sc, grid_model="magnitude", household=house,
                                      headroom={"i2_power_factor": 1.0, "two_wattmeter": False}))
     assert report["trips"] == 0
-    assert report["oracle_fair_ratio"] >= 0.97
+    assert report["oracle_measured_ratio"] >= 0.97
 
 
 def test_single_phase_supply(tmp_path: Path) -> None:

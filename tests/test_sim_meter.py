@@ -14,11 +14,11 @@ from datetime import datetime
 import pytest
 import serial
 
-from apm.serial_link import VENDOR_SETTINGS, HanLink, open_port
+from apm.serial_link import VENDOR_SETTINGS, HanLink, SerialSettings, open_port
 from han import HanReader
 from sim.frames import MeterSpec
 from sim.meter import Meter
-from sim.serial_line import LineSettings, VirtualSerialPort
+from sim.serial_line import VirtualSerialPort
 
 VENDORS = ("aidon", "kaifa", "kamstrup")
 KINDS = ("1p", "3p-tn", "3p-it")
@@ -57,6 +57,19 @@ def test_schedule_follows_the_meter_clock_not_the_start():
     times = meter.push_times(0.0, 15.0)
     # Clock 09:59:58 (whole seconds): the next instants of its 2.5 s grid are 10:00:00, 10:00:02.5 ...
     assert times[:5] == [(2.0, 2), (4.5, 1), (7.0, 1), (9.5, 1), (12.0, 3)]  # list 3 at 10:00:10
+
+
+@pytest.mark.parametrize("vendor", ["aidon", "kaifa", "kamstrup"])
+def test_a_meter_started_just_after_the_hour_pushes_that_hours_list(vendor):
+    # started at 10:00:03: the hourly list is pushed at 10:00:05/10 but Aidon's reads 10:00:00
+    start = datetime(2025, 1, 15, 10, 0, 3, tzinfo=FULL_HOUR.tzinfo)
+    meter = Meter(MeterSpec(vendor, "3p-tn"), start, _constant(5.0), _volts(230.0), energy_wh=(1e6, 0.0, 1e5, 0.0))
+    (hourly,) = [p for p in meter.pushes_between(0.0, 60.0) if p.list == 3]
+    assert hourly.t == {"aidon": 7.0, "kaifa": 7.0, "kamstrup": 2.0}[vendor]
+    assert hourly.reading.active_import_wh == pytest.approx(1e6, abs=20.0)
+    # Aidon's is stamped 3 s before the start: the counters run back on the first second's power
+    power = meter.sample(0).power_w
+    assert meter.energy_at(-3.0)[0] == pytest.approx(1e6 - 3.0 * power / 3600.0)
 
 
 def test_splitting_the_calls_gives_the_same_bytes():
@@ -136,7 +149,7 @@ def test_emulator_on_a_pty_decodes_in_the_monitor_reader(vendor, kind):
     pushes = meter.pushes_between(0.0, 22.0)
     assert {p.list for p in pushes} == ({2, 3} if vendor == "kamstrup" else {1, 2, 3})
     s = VENDOR_SETTINGS[vendor]
-    with VirtualSerialPort(LineSettings(s.baud, s.parity), pace=40.0) as line:
+    with VirtualSerialPort(SerialSettings(s.baud, s.parity), pace=40.0) as line:
         port = open_port(line.path, s)  # before the first byte: opening a port discards its input
         try:
             link = HanLink(port, s)

@@ -17,8 +17,8 @@ SCENARIOS = ROOT / "sim" / "scenarios"
 # The report keys of sim/closed_loop.py, which both modes give (the issue's list and the oracles).
 REPORT_KEYS = {"scenario", "mode", "network", "fuse_a", "duration_s", "trips", "trip_events", "max_ratio",
                "seconds_above_in", "band", "energy_kwh", "energy_total_kwh", "final_soc", "setpoint_changes",
-               "oracle_energy_kwh", "oracle_ratio", "oracle_fair_energy_kwh", "stale_s", "hourly_records",
-               "repeated_hourly_dropped", "readings", "runtime_s"}
+               "oracle_energy_kwh", "oracle_ratio", "oracle_measured_energy_kwh", "oracle_max_energy_kwh",
+               "stale_s", "hourly_records", "repeated_hourly_dropped", "readings", "runtime_s"}
 
 TEN_MINUTES = """
 duration_s = 600
@@ -94,7 +94,10 @@ def test_fast_runs_the_in_process_loop_with_the_same_report_keys(tmp_path: Path)
     assert report["hourly_records"] == 6  # lists at 00:00 (the baseline) .. 06:00: six whole hours
     fixed = report["fixed_32a"]
     assert fixed["mode"] == "fixed" and fixed["oracle_ratio"] is not None
-    assert report["energy_total_kwh"] > 10 and 0 < report["oracle_ratio"] <= 1
+    assert report["energy_total_kwh"] > 10 and report["oracle_ratio"] > 0.95
+    # the issue's oracle bounds the unreported I2 as the issue says; the device does better at times,
+    # but never better than an oracle that knows I2
+    assert 0 < report["oracle_measured_ratio"] < 0.9
 
 
 def test_bad_input_gets_a_precise_message_and_status_2(tmp_path: Path) -> None:
