@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 _NOISY_LOGGERS = ("amqtt", "transitions")
 
 
+class _BareConnectionFilter(logging.Filter):
+    """Drops amqtt's error for a TCP connection that closes without a packet: a health check or a
+    port probe (the tests', a service manager's), which is not the device's error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No data to decode MQTT packet fixed header" not in record.getMessage()
+
+
+_BARE_CONNECTION_FILTER = _BareConnectionFilter()
+
+
 class EmbeddedBrokerError(RuntimeError):
     """The broker could not start; the message says why and what to do."""
 
@@ -44,6 +55,9 @@ class EmbeddedBroker:
                 logger = logging.getLogger(name)
                 if logger.level == logging.NOTSET:
                     logger.setLevel(logging.WARNING)
+            broker_log = logging.getLogger("amqtt.broker")
+            if _BARE_CONNECTION_FILTER not in broker_log.filters:
+                broker_log.addFilter(_BARE_CONNECTION_FILTER)
 
     @property
     def port(self) -> int:

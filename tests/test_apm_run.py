@@ -110,6 +110,7 @@ def test_demo_runs_the_whole_product_and_stops_after_its_duration() -> None:
     assert any(s["state"] in ("connected", "charging") for s in states)
     assert topics(obs, "APMDEMO01", "headroom")
     assert "stopped after" in err and "readings" in err and out == ""
+    assert " ERROR " not in err and " WARNING " not in err  # a clean start says nothing alarming
 
 
 def test_ctrl_c_ends_the_demo_cleanly_and_says_offline() -> None:

@@ -98,3 +98,21 @@ def test_port_in_use_is_explained() -> None:
                     pass
 
     run(main())
+
+
+def test_a_bare_tcp_probe_is_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A health check that connects and closes without a packet is no error of the device's; a
+    client that then connects properly is served as ever."""
+
+    async def main() -> None:
+        async with EmbeddedBroker(port=0) as broker:
+            _, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.sleep(0.2)
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="after-probe") as c:
+                await c.publish("t/x", b"1", qos=1)
+
+    with caplog.at_level("DEBUG", logger="amqtt"):
+        run(main())
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
