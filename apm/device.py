@@ -52,6 +52,7 @@ from apm.outbox import MemoryOutbox, Outbox
 from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
 from apm.token import verify_revocation
 from apm.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
+from apm.wiring import wiring_advice
 from han import HanReader, Reading
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class Device:
         self._tasks: list[asyncio.Task[None]] = []
         self._status_written = 0.0
         self._meter_seen: str | None = None
+        self.advice: tuple[str, ...] = ()  # installation advice (apm.wiring), from the per-phase lists
         self._observed_at = -math.inf
 
     # --- lifetime --------------------------------------------------------------------------------
@@ -307,6 +309,12 @@ class Device:
         if reading.meter != self._meter_seen:
             self._meter_seen = reading.meter
             self.evaluate_subscription()  # eligibility depends on the meter on the HAN port
+        if reading.list != 1:
+            advice = wiring_advice(self.config.grid.network, self.config.chargers, reading)
+            if advice != self.advice:
+                self.advice = advice
+                for line in advice:
+                    log.info("installation advice: %s", line)
         self.publish_headroom(now)
 
     def on_charger_state(self, now: float, state: ChargerState) -> None:
@@ -404,6 +412,7 @@ class Device:
             "broker": {"url": st.broker, "connected": st.connected, "last_error": st.last_error,
                        "records_pending": st.records_pending},
             "subscription": sub.state.value if sub else None,
+            "advice": list(self.advice),
             "updated_at": iso_ts(self.clock.now()),
             "pid": os.getpid(),
         }

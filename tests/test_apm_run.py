@@ -172,6 +172,9 @@ def test_replay_publishes_readings_and_setpoints_and_the_status_apm_info_reads(t
     assert info.returncode == 0, info.stderr
     doc = json.loads(info.stdout)
     assert doc["detected_meter"] == "aidon" and doc["han_state"].startswith(("fresh", "stale"))
+    # An Aidon IT meter does not report I2, and the charger would put a 1-phase EV on L1-L2: advice
+    assert "installation advice: charger garage: a 1-phase EV draws between grid L1 and L2" in err
+    assert len(status["advice"]) == 1 and doc["advice"] == status["advice"]
 
 
 def test_simulated_meter_on_a_pty() -> None:
@@ -191,6 +194,7 @@ def test_an_unreachable_broker_does_not_stop_the_device(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert f"never reached the broker at mqtt://127.0.0.1:{nobody}" in r.stderr
     assert "the device kept reading the meter" in r.stderr
+    assert "installation advice" not in r.stderr  # the Kaifa MA304H3E reports I2
     summary = next(line for line in r.stderr.splitlines() if "stopped after" in line)
     assert int(summary.split("stopped after")[1].split(": ")[1].split()[0]) > 10  # readings decoded meanwhile
 

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         info["port"] = port_status(config.port)
         info["broker"] = broker_status(config.broker.url)
         info["outbox"] = f"{len(contents.outbox)} records"
+    advice = status.get("advice")  # the running device's, from what its meter reports
+    if isinstance(advice, list) and advice:
+        info["advice"] = [str(a) for a in advice]
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
