@@ -11,6 +11,7 @@ import pytest
 
 from apm.config import ChargerConfig
 from apm.lines import terminal_currents, to_lines
+from apm.wiring import MEASURED_PAIR_ROTATION
 from sim.charger import SimCharger
 from sim.closed_loop import (
     ScenarioError,
@@ -335,3 +336,17 @@ def test_single_phase_supply(tmp_path: Path) -> None:
     assert report["trips"] == 0
     assert a[290] == pytest.approx(20.0) and a[500] == pytest.approx(8.0) and a[700] == pytest.approx(20.0)
     assert all(x[1] == 0.0 and x[2] == 0.0 for x in trace.lines)
+
+
+def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> None:
+    """apm.wiring's advice, on the Aidon IT day: the 1-phase car's charger rotated L1 L3 L2 loads only
+    measured lines, and both cars gain (the 3-phase one too: L2 is no longer shared)."""
+    sc = load_scenario(SCENARIOS / "winter-it-40a.toml")
+    a, b = sc.chargers
+    assert a.rotation == ("L1", "L2", "L3")
+    rotated = dataclasses.replace(sc, chargers=(dataclasses.replace(a, rotation=MEASURED_PAIR_ROTATION), b))
+    before, after = run(sc), run(rotated)
+    assert before["trips"] == after["trips"] == 0
+    assert after["energy_total_kwh"] >= 1.35 * before["energy_total_kwh"]
+    for ev in ("car-a-night", "car-b-night", "car-a-evening", "car-b-evening"):
+        assert after["energy_kwh"][ev] > before["energy_kwh"][ev]
