@@ -113,6 +113,7 @@ def render(device: Device, balancer: BalancerService | None, nodes: Sequence[Cha
         sent = balancer.published if balancer else 0
         chargers.caption = f"balancer: {decision.mode} · {sent} setpoints sent"
     parts: list = [head, meter, room, chargers]
+    parts.extend(Text(f"Advice: {line}", style="yellow") for line in device.advice)
     evs = [n.charger.ev for n in nodes if n.charger.ev is not None]
     if evs:
         parts.append(Text("EVs: " + ", ".join(f"{ev.id} {ev.soc * 100:.0f} % ({ev.energy_kwh:.2f} kWh)"
