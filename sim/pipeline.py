@@ -211,12 +211,8 @@ class Pipeline:
         state_every_s: float = 1.0,
         link_options: Mapping[str, Any] | None = None,
         oracles: bool = True,
-        probe_broker: bool = True,
     ) -> None:
         self.sc = sc
-        # an external broker is probed first so a wrong address fails at once; one the caller has
-        # just started needs no probe (amqtt logs an error for a connection that sends nothing)
-        self.probe_broker = probe_broker
         self.speed = speed
         self.duration_s: float | None = (sc.duration_s if duration_s == "scenario"
                                          else duration_s)  # type: ignore[assignment]
@@ -260,7 +256,7 @@ class Pipeline:
             from apm.broker import EmbeddedBroker
 
             url = (await stack.enter_async_context(EmbeddedBroker(port=0))).url
-        elif self.probe_broker:
+        else:
             await _check_reachable(url)
         self.broker_url = url
         s = VENDOR_SETTINGS[sc.vendor]

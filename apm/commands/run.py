@@ -330,7 +330,7 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
         midnight = now.replace(hour=0, minute=0, second=0)
         p = Pipeline(setup.scenario, speed=args.speed, broker_url=url, duration_s=None, start=now,
                      house_offset_s=(now - midnight).total_seconds(), serial=DEMO_SERIAL, oracles=False,
-                     subscription=setup.subscription, probe_broker=setup.url is not None)
+                     subscription=setup.subscription)
         await stack.enter_async_context(p)
         return Parts(p.device, p.balancer, p.nodes,
                      await _with_eco(stack, setup, url, args, _demo_prices, p.run()))
