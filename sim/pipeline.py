@@ -86,11 +86,6 @@ class PacedWorld(World):
         self.after_step: list[Callable[[], None]] = []
         self.max_lag_s = 0.0
 
-    @property
-    def t(self) -> int:
-        """The last second stepped."""
-        return self.k
-
     def step(self, k: int) -> GridState:
         g = super().step(k)
         self.record()
@@ -329,7 +324,7 @@ class Pipeline:
         dev, bal = self.device, self.balancer
         assert dev is not None and bal is not None
         report: dict[str, Any] = {"scenario": sc.name, "mode": "protect", "network": sc.network,
-                                  "fuse_a": sc.fuse_a, "duration_s": float(max(w.t, 0))}
+                                  "fuse_a": sc.fuse_a, "duration_s": float(max(w.k, 0))}
         report.update(w.fuse.report())
         report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in w.evs.items()}
         report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in w.evs.values()), 3)

@@ -56,8 +56,7 @@ class World:
         self._present: dict[str, str] = {}  # charger id -> EV id
         self._gone: set[str] = set()
         self.k = -1  # the last step taken
-        self.state: GridState | None = None
-        self.lines: Triple = (0.0, 0.0, 0.0)
+        self.state: GridState | None = None  # the last step's
         self.history_s = history_s
         self._hist: dict[int, GridState] = {}
         if trace is not None:
@@ -108,7 +107,6 @@ class World:
             self.oracles.step(now, self.step_s, g.house_lines)
         self.k = k
         self.state = g
-        self.lines = g.lines
         if self.history_s:
             self._hist[k] = g
             self._hist.pop(k - self.history_s, None)
@@ -116,11 +114,11 @@ class World:
 
     def record(self) -> None:
         """Add the present step to the trace (when there is one): lines, charger draws, setpoints."""
-        tr = self.trace
-        if tr is None:
+        tr, g = self.trace, self.state
+        if tr is None or g is None:
             return
         tr.t.append(self.k * self.step_s)
-        tr.lines.append(self.lines)
+        tr.lines.append(g.lines)
         for c in self.charger_list:
             tr.chargers[c.id].append(max(c.terminals))
             tr.setpoints[c.id].append(c.setpoint_a)

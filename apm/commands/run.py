@@ -450,15 +450,14 @@ async def _sim(stack: contextlib.AsyncExitStack, device: Any, clock: Any, sim: t
     from sim.serial_line import VirtualSerialPort
 
     vendor, kind = sim
-    s = VENDOR_SETTINGS[vendor]
-    settings = s
+    settings = VENDOR_SETTINGS[vendor]
     line = await stack.enter_async_context(VirtualSerialPort(settings, pace=speed))
-    port = stack.enter_context(open_port(line.path, s))
-    device.char_time_s = line.settings.bits_per_char / line.settings.baud
+    port = stack.enter_context(open_port(line.path, settings))
+    device.char_time_s = settings.bits_per_char / settings.baud
     start = clock.datetime().astimezone()
     meter = Meter(MeterSpec(vendor, kind), start)
     feed = MeterFeed(meter, line.awrite, clock, start.timestamp())
-    log.info("simulated %s %s meter on %s (%s)", vendor, kind, line.path, line.settings)
+    log.info("simulated %s %s meter on %s (%s)", vendor, kind, line.path, settings)
     return _with(feed.run(None), device.run(serial_chunks(port.fileno())))
 
 

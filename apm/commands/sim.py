@@ -147,8 +147,7 @@ async def _sink(stack: contextlib.AsyncExitStack, args: argparse.Namespace, vend
         from apm.serial_link import VENDOR_SETTINGS
         from sim.serial_line import VirtualSerialPort
 
-        s = VENDOR_SETTINGS[vendor]
-        settings = s
+        settings = VENDOR_SETTINGS[vendor]
         port = await stack.enter_async_context(VirtualSerialPort(settings, pace=speed or 0.0))
         print(port.path, flush=True)
         print(f"apm sim meter: {vendor} meter on {port.path} ({settings})", file=sys.stderr)
