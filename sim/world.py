@@ -1,7 +1,7 @@
 """The physics of a scenario, one step at a time: what both closed loops simulate around the device.
 
     EVs come and go -> household + SimChargers -> sim.grid (line currents, P, Q, voltages)
-                    -> FuseJudge, and the oracles (sim.closed_loop.Oracles)
+                    -> FuseJudge, and the oracles (sim.oracle.Oracles)
 
 Sans-IO and driven by the step number: ``step(k)`` advances to ``k * step_s`` and returns the
 `GridState` a meter there would measure. The in-process loop (sim/closed_loop.py) calls it and then
@@ -23,9 +23,10 @@ from sim.charger import SimCharger
 from sim.fuse import FuseJudge
 from sim.grid import Grid, GridState
 from sim.household import HouseSample, make_household
+from sim.oracle import Oracles
 
 if TYPE_CHECKING:
-    from sim.closed_loop import Oracles, Scenario, Trace
+    from sim.closed_loop import Scenario, Trace
 
 
 class World:
@@ -34,8 +35,6 @@ class World:
     def __init__(self, sc: Scenario, *, trace: Trace | None = None, house_offset_s: float = 0.0,
                  oracles: bool = True, duration_s: float | None = None, step_s: float | None = None,
                  history_s: int = 0) -> None:
-        from sim.closed_loop import Oracles
-
         self.sc = sc
         self.trace = trace
         self.step_s = sc.step_s if step_s is None else step_s

@@ -16,17 +16,14 @@ from sim.charger import SimCharger
 from sim.closed_loop import (
     ScenarioError,
     Trace,
-    best_allocation,
-    fair_allocation,
     load_scenario,
     main,
-    reports_i2,
-    rule_house,
     run,
     scenario_from_dict,
 )
 from sim.grid import Grid
 from sim.household import SyntheticHome
+from sim.oracle import best_allocation, fair_allocation, reports_i2, rule_house
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "sim" / "scenarios"
 
