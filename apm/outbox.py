@@ -31,9 +31,10 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from apm.flash import OutboxRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,6 @@ class OutboxLocked(OutboxError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: int
-    data: dict[str, Any]
-
-
 @runtime_checkable
 class Outbox(Protocol):
     """Records waiting for an acknowledgement. ``pending()`` items have ``.id`` and ``.data``."""
@@ -60,7 +55,7 @@ class Outbox(Protocol):
         """Store a record durably; its id."""
         ...
 
-    def pending(self) -> Sequence[Entry]:
+    def pending(self) -> Sequence[OutboxRecord]:
         """Unacknowledged records, oldest first."""
         ...
 
@@ -73,17 +68,17 @@ class MemoryOutbox:
     """The records in memory; `FileOutbox` adds the file through the two ``_store_*`` hooks."""
 
     def __init__(self) -> None:
-        self._live: dict[int, Entry] = {}
+        self._live: dict[int, OutboxRecord] = {}
         self._next = 1
 
     def add(self, record: Mapping[str, Any]) -> int:
-        entry = Entry(self._next, _plain(record))
+        entry = OutboxRecord(self._next, _plain(record))
         self._store_add(entry)  # durable first: a record is only added once it is stored
         self._live[entry.id] = entry
         self._next += 1
         return entry.id
 
-    def pending(self) -> list[Entry]:
+    def pending(self) -> list[OutboxRecord]:
         return list(self._live.values())
 
     def ack(self, id: int) -> None:
@@ -93,7 +88,7 @@ class MemoryOutbox:
     def __len__(self) -> int:
         return len(self._live)
 
-    def _store_add(self, entry: Entry) -> None:
+    def _store_add(self, entry: OutboxRecord) -> None:
         pass
 
     def _store_ack(self, id: int) -> None:
@@ -125,7 +120,7 @@ class FileOutbox(MemoryOutbox):
 
     # --- storage ---------------------------------------------------------------------------------
 
-    def _store_add(self, entry: Entry) -> None:
+    def _store_add(self, entry: OutboxRecord) -> None:
         self._append({"op": "add", "id": entry.id, "data": entry.data}, sync=True)
 
     def _store_ack(self, id: int) -> None:
@@ -235,7 +230,7 @@ class FileOutbox(MemoryOutbox):
             rid, data = obj["id"], obj["data"]
             if not isinstance(rid, int) or not isinstance(data, dict):
                 raise ValueError("bad add line")
-            self._live[rid] = Entry(rid, data)
+            self._live[rid] = OutboxRecord(rid, data)
             self._next = max(self._next, rid + 1)
         elif op == "ack":
             if self._live.pop(obj["id"], None) is not None:
@@ -259,8 +254,8 @@ class FlashOutbox:
     def add(self, record: Mapping[str, Any]) -> int:
         return int(self.flash.outbox_append(_plain(record)).id)
 
-    def pending(self) -> Sequence[Entry]:
-        return [Entry(int(r.id), dict(r.data)) for r in self.flash.outbox_list()]
+    def pending(self) -> Sequence[OutboxRecord]:
+        return [OutboxRecord(r.id, dict(r.data)) for r in self.flash.outbox_list()]
 
     def ack(self, id: int) -> None:
         self.flash.outbox_remove([id])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apm.outbox import Entry, FileOutbox, FlashOutbox, MemoryOutbox, Outbox, OutboxLocked
+from apm.flash import OutboxRecord
+from apm.outbox import FileOutbox, FlashOutbox, MemoryOutbox, Outbox, OutboxLocked
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_contents_survive_reopen_and_ids_are_never_reused(tmp_path: Path) -> Non
         box.ack(a)
         box.ack(b)
     with FileOutbox(path, compact_after=2) as box:
-        assert box.pending() == [Entry(c, rec(2))]
+        assert box.pending() == [OutboxRecord(c, rec(2))]
         box.ack(c)  # now empty: compaction must still remember the next id
         assert len(box) == 0
     with FileOutbox(path) as box:
@@ -52,7 +53,7 @@ def test_compaction_keeps_the_file_small(tmp_path: Path) -> None:
         assert len(path.read_bytes().splitlines()) < 40
         assert not (tmp_path / "o.jsonl.tmp").exists()
     with FileOutbox(path) as box:
-        assert box.pending() == [Entry(keep, rec(500))]
+        assert box.pending() == [OutboxRecord(keep, rec(500))]
 
 
 def test_a_torn_write_at_any_byte_loses_nothing_that_was_complete(tmp_path: Path) -> None:
