@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,17 @@ def parse_time(text: str) -> datetime:
 def fail(command: str, message: str, status: int = 1) -> int:
     print(f"apm {command}: {message}", file=sys.stderr)
     return status
+
+
+def run_io(command: str, main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)``; an OSError (a port, a file) becomes ``apm COMMAND: message``, status 2.
+    A broken pipe (the reader went away: ``| head``) goes on to apm's dispatcher, which ends quietly."""
+    try:
+        return asyncio.run(main)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        return fail(command, str(exc), 2)
 
 
 def read_status(image: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from apm.arguments import positive
+from apm.cli_support import run_io
 from apm.replay import Capture, CaptureError, describe, drained, json_line, open_capture, paced
 from han.reader import HanReader
 
@@ -50,13 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         print(f"apm replay: {exc}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_replay(args, capture))
-    except BrokenPipeError:
-        raise  # the reader went away (| head): apm's dispatcher ends quietly
-    except OSError as exc:
-        print(f"apm replay: {exc}", file=sys.stderr)
-        return 2
+    return run_io("replay", _replay(args, capture))
 
 
 class _Report:

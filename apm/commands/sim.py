@@ -10,7 +10,6 @@ simulation (`apm sim run`) joins the same way (see ``register``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections import Counter
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from apm.arguments import positive
+from apm.cli_support import run_io
 from apm.replay import drained, paced
 from han.profiles import METER_KINDS, SUPPORTED_METERS
 from sim.meter import Meter, Push
@@ -113,13 +113,7 @@ def run_meter(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     meter = Meter(spec, start, seed=args.seed)
-    try:
-        return asyncio.run(_push(args, meter))
-    except BrokenPipeError:
-        raise  # the reader went away (| head): apm's dispatcher ends quietly
-    except OSError as exc:
-        print(f"apm sim meter: {exc}", file=sys.stderr)
-        return 2
+    return run_io("sim meter", _push(args, meter))
 
 
 async def _push(args: argparse.Namespace, meter: Meter) -> int:
