@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import json
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +15,23 @@ if TYPE_CHECKING:
     from apm.flash import Flash, FlashContents
 
 
+USAGE = 2  # bad input: options, files, times; one line on stderr says what
+FAILURE = 1  # the input was fine but the work failed (a broker, a service, nothing decoded)
+TIME_HELP = "ISO 8601, e.g. 2030-01-31T12:00; without an offset it is Europe/Oslo local time"
+OSLO_ZONE = "Europe/Oslo"
+
+
 class UsageError(Exception):
-    """Bad input or an unusable image: one line on stderr and exit status 1 (see `command`)."""
+    """Bad input or an unusable image: one line on stderr and exit status 2 (see `command`)."""
+
+
+class Failure(Exception):
+    """A runtime failure (the input was fine): one line on stderr and exit status 1."""
 
 
 def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Decorate a sub-command's ``run``: a `UsageError` becomes ``apm NAME: message`` on stderr, status 1."""
+    """Decorate a sub-command's ``run``: a `UsageError` becomes ``apm NAME: message`` on stderr and
+    status 2, a `Failure` the same with status 1."""
 
     def wrap(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         @functools.wraps(func)
@@ -29,7 +39,9 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
             try:
                 return func(args)
             except UsageError as exc:
-                return fail(name, str(exc))
+                return fail(name, str(exc), USAGE)
+            except Failure as exc:
+                return fail(name, str(exc), FAILURE)
 
         return run
 
@@ -52,12 +64,13 @@ def load_image(args: argparse.Namespace, *, must_exist: bool = True) -> tuple[Fl
 def add_image_option(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: the option may stand before or after a nested action without one default hiding the other.
     parser.add_argument("--image", default=argparse.SUPPRESS, metavar="FILE",
-                        help="flash image (default: $APM_FLASH, else ~/.local/share/apm/flash.img)")
+                        help="flash image (default: $APM_FLASH, else $XDG_DATA_HOME/apm/flash.img, "
+                             "i.e. ~/.local/share/apm/flash.img)")
 
 
 def add_now_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--now", default=argparse.SUPPRESS, metavar="ISO",
-                        help="simulated clock, e.g. 2030-01-31T12:00:00Z (default: the real time)")
+    parser.add_argument("--now", default=argparse.SUPPRESS, metavar="TIME",
+                        help=f"simulated clock ({TIME_HELP}; default: the real time)")
 
 
 def image_arg(args: argparse.Namespace) -> str | None:
@@ -65,25 +78,34 @@ def image_arg(args: argparse.Namespace) -> str | None:
 
 
 def now_arg(args: argparse.Namespace) -> datetime:
-    """``--now`` parsed (naive times are UTC), else the real clock."""
+    """``--now`` parsed (see `parse_time`), else the real clock; in UTC either way."""
     text = getattr(args, "now", None)
     if text is None:
         return datetime.now(UTC)
     try:
-        return parse_time(text)
+        return parse_time(text).astimezone(UTC)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def parse_time(text: str) -> datetime:
+def oslo() -> tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(OSLO_ZONE)
+
+
+def parse_time(text: str, what: str = "--now") -> datetime:
+    """Every time argument of every command: ISO 8601; a time without an offset is Oslo local time
+    (where the meters and their owners are), a ``Z`` or an offset is taken as written."""
     try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        t = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"--now {text!r} is not an ISO 8601 time (e.g. 2030-01-31T12:00:00Z)") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        raise ValueError(f"{what} {text!r} is not an ISO 8601 time (e.g. 2030-01-31T12:00 or "
+                         "2030-01-31T12:00:00+01:00)") from None
+    return t.replace(tzinfo=oslo()) if t.tzinfo is None else t
 
 
-def fail(command: str, message: str, status: int = 1) -> int:
+def fail(command: str, message: str, status: int = USAGE) -> int:
     print(f"apm {command}: {message}", file=sys.stderr)
     return status
 
@@ -91,12 +113,14 @@ def fail(command: str, message: str, status: int = 1) -> int:
 def run_io(command: str, main: Coroutine[Any, Any, int]) -> int:
     """``asyncio.run(main)``; an OSError (a port, a file) becomes ``apm COMMAND: message``, status 2.
     A broken pipe (the reader went away: ``| head``) goes on to apm's dispatcher, which ends quietly."""
+    import asyncio
+
     try:
         return asyncio.run(main)
     except BrokenPipeError:
         raise
     except OSError as exc:
-        return fail(command, str(exc), 2)
+        return fail(command, str(exc), USAGE)
 
 
 def read_status(image: Path) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from apm import config as cfg
+from apm import paths
 
 SLOT_SIZE = 256 * 1024
 SLOTS = 2
@@ -99,21 +100,17 @@ class ImageReport:
 
 
 def default_image_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "apm" / "flash.img"
+    return paths.default_image()
 
 
 def resolve_image_path(arg: str | os.PathLike[str] | None = None) -> Path:
-    """``--image`` if given, else ``$APM_FLASH``, else the per-user default."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else default_image_path()
+    """``--image`` if given, else ``$APM_FLASH``, else the per-user default (see `apm.paths`)."""
+    return paths.image(arg)
 
 
 def status_path(image: str | os.PathLike[str]) -> Path:
     """Where the device loop writes its live status (detected meter, HAN state) beside the image."""
-    return Path(f"{os.fspath(image)}.status.json")
+    return paths.status_file(image)
 
 
 class Flash:

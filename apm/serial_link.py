@@ -439,15 +439,10 @@ CACHE_ENV = "APM_SERIAL_CACHE"
 
 
 def default_cache_path() -> Path:
-    """``$APM_SERIAL_CACHE``, else beside the flash image when ``$APM_FLASH`` names one, else ~/.cache/apm."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    image = os.environ.get("APM_FLASH")
-    if image:
-        return Path(f"{image}.serial.json")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "apm" / "serial.json"
+    """``$APM_SERIAL_CACHE``, else beside ``$APM_FLASH``'s image, else the state directory (`apm.paths`)."""
+    from apm import paths
+
+    return paths.serial_settings()
 
 
 class SettingsCache:

@@ -26,16 +26,17 @@ def _read(path: str, stdin: BinaryIO) -> bytes:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    prog = getattr(args, "prog", "decode")
     if not args.ct_ratio > 0:
-        print(f"decode: --ct-ratio must be positive, got {args.ct_ratio}", file=sys.stderr)
+        print(f"{prog}: --ct-ratio must be positive, got {args.ct_ratio}", file=sys.stderr)
         return 2
     try:
         dump = load(_read(args.file, sys.stdin.buffer), args.format)
     except OSError as exc:
-        print(f"decode: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{prog}: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except DumpError as exc:
-        print(f"decode: {args.file}: {exc}", file=sys.stderr)
+        print(f"{prog}: {args.file}: {exc}", file=sys.stderr)
         return 2
     reader = HanReader(ct_ratio=args.ct_ratio)
     readings = reader.feed(dump.data)
@@ -47,16 +48,16 @@ def run_decode(args: argparse.Namespace) -> int:
     problems = reader.pop_problems()
     if not args.quiet:
         for p in problems:
-            print(f"decode: {dump.where(p.offset)}: {p.kind}: {p.reason}", file=sys.stderr)
+            print(f"{prog}: {dump.where(p.offset)}: {p.kind}: {p.reason}", file=sys.stderr)
     frames = reader.frames
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(reader.errors.items())) or "no problems"
     print(
-        f"decode: {len(readings)} readings from {frames.frames_ok} good frames; {counts}; "
+        f"{prog}: {len(readings)} readings from {frames.frames_ok} good frames; {counts}; "
         f"{frames.bytes_discarded} bytes outside frames",
         file=sys.stderr,
     )
     if not readings:
-        print(f"decode: nothing could be decoded from {args.file} ({dump.fmt} input)", file=sys.stderr)
+        print(f"{prog}: nothing could be decoded from {args.file} ({dump.fmt} input)", file=sys.stderr)
         return 1
     return 0
 

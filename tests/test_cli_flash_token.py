@@ -57,9 +57,11 @@ def apm(*args: str | Path, cwd: Path, check: int | None = 0) -> subprocess.Compl
     return proc
 
 
-def refused(*args: str | Path, cwd: Path, says: str) -> subprocess.CompletedProcess[str]:
+def refused(*args: str | Path, cwd: Path, says: str, status: int = 2) -> subprocess.CompletedProcess[str]:
+    """Bad input: exit status 2 and one line ``apm CMD: what is wrong`` on stderr."""
     proc = apm(*args, cwd=cwd, check=None)
-    assert proc.returncode != 0, proc.stdout
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(f"apm {args[0]}"), proc.stderr
     assert says in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     return proc

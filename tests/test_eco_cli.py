@@ -202,7 +202,7 @@ def test_price_service_down_is_exit_1(server: PriceServer, tmp_path: Path) -> No
         ),
         (
             ["--departure", "07:30", "--energy-kwh", "5", "--now", "yesterday"],
-            "--now 'yesterday' is not an ISO time",
+            "--now 'yesterday' is not an ISO 8601 time",
         ),
         (
             ["--departure", "07:30", "--energy-kwh", "5", "--prices", "/nonexistent/p.csv", "--now", NOW],

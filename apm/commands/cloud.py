@@ -1,7 +1,8 @@
 """`apm cloud ...`: the simulated subscription issuer (sim.cloud) from the command line.
 
 Every action takes ``--state FILE`` (the issuer's JSON state; default $APM_CLOUD_STATE, else
-~/.local/share/apm/cloud.json) and ``--now ISO`` (a simulated clock; default the real time).
+$XDG_DATA_HOME/apm/cloud.json) and ``--now TIME`` (a simulated clock; default the real time).
+Exit status: 0 done; 2 bad input or a refusal of the issuer; 1 a revocation that could not be published.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apm.cli_support import UsageError, add_now_option, fail, now_arg
+from apm import paths
+from apm.cli_support import FAILURE, USAGE, Failure, UsageError, add_now_option, fail, now_arg
 
 if TYPE_CHECKING:
     from sim.cloud import Issuer
 
-ENV_VAR = "APM_CLOUD_STATE"
+ENV_VAR = paths.CLOUD_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     def action(name: str, help_text: str, func: Callable[[argparse.Namespace], int], serial: bool = True) -> argparse.ArgumentParser:
         a = actions.add_parser(name, help=help_text)
         a.add_argument("--state", metavar="FILE", help=f"issuer state (default: ${ENV_VAR}, "
-                                                        "else ~/.local/share/apm/cloud.json)")
+                                                        "else $XDG_DATA_HOME/apm/cloud.json)")
         add_now_option(a)
         if serial:
             a.add_argument("--serial", required=True, help="the APM's serial number")
@@ -74,18 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _state_path(args: argparse.Namespace) -> Path:
-    if args.state:
-        return Path(args.state)
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env)
-    from apm.flash import default_image_path
-
-    return default_image_path().with_name("cloud.json")
+    return Path(args.state) if args.state else paths.cloud_state()
 
 
 def _run(name: str, args: argparse.Namespace, body: Callable[[Any, datetime], int]) -> int:
-    """Common error handling: every refusal of the issuer is one line on stderr and exit status 1."""
+    """Common error handling: every refusal of the issuer is one line on stderr and exit status 2."""
     from sim.cloud import CloudError, Issuer
 
     try:
@@ -93,8 +88,10 @@ def _run(name: str, args: argparse.Namespace, body: Callable[[Any, datetime], in
         if name == "keygen":
             return body(None, now)
         return body(Issuer(_state_path(args)), now)
+    except Failure as exc:
+        return fail(f"cloud {name}", str(exc), FAILURE)
     except (CloudError, UsageError, ValueError, OSError) as exc:
-        return fail(f"cloud {name}", str(exc))
+        return fail(f"cloud {name}", str(exc), USAGE)
 
 
 def run_keygen(args: argparse.Namespace) -> int:
@@ -223,8 +220,6 @@ def _publish(broker: Any, msg: Any) -> None:
 
     import aiomqtt
 
-    from sim.cloud import CloudError
-
     async def send() -> None:
         async with aiomqtt.Client(broker.host, broker.port, username=broker.username, password=broker.password,
                                   timeout=10, tls_context=ssl.create_default_context() if broker.tls else None
@@ -234,7 +229,7 @@ def _publish(broker: Any, msg: Any) -> None:
     try:
         asyncio.run(send())
     except (aiomqtt.MqttError, OSError) as exc:
-        raise CloudError(f"the payment is declined and the revocation emitted, but it was not published to "
+        raise Failure(f"the payment is declined and the revocation emitted, but it was not published to "
                          f"{broker.url}: {exc}") from None
 
 

@@ -9,6 +9,8 @@ import sys
 from datetime import datetime, time, timedelta
 from pathlib import Path
 
+from apm import paths
+from apm.cli_support import TIME_HELP, parse_time
 from apm.eco.planner import (
     CapacityLimit,
     CarRequest,
@@ -24,7 +26,7 @@ from apm.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, samp
 from apm.eco.savings import commuter_week, report
 from apm.eco.tariff import ELVIA, NO_GRID_CHARGE
 
-DEFAULT_CACHE = Path.home() / ".cache" / "apm" / "prices"
+DEFAULT_CACHE = paths.price_cache()
 
 
 class InputError(ValueError):
@@ -78,7 +80,7 @@ def register(sub) -> None:
         description="Times without a UTC offset are Oslo local time. Without --prices or --api the bundled"
         " NO1 sample week (2026-01-12..18) is used; pass --now inside it.",
     )
-    pl.add_argument("--departure", help="HH:MM (next such time after now) or ISO time")
+    pl.add_argument("--departure", help=f"HH:MM (the next such time after now) or a time ({TIME_HELP})")
     need = pl.add_mutually_exclusive_group()
     need.add_argument(
         "--energy-kwh", type=_positive("energy (kWh)", allow_zero=True), help="energy the car needs"
@@ -110,7 +112,7 @@ def register(sub) -> None:
     src.add_argument("--api", metavar="URL", help="base URL of a day-ahead price API (…/api/v1/prices/…)")
     pl.add_argument("--area", choices=AREAS, default="NO1", help="price area (NO1)")
     pl.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"price cache folder ({DEFAULT_CACHE})")
-    pl.add_argument("--now", help="ISO time to plan from (default: the clock)")
+    pl.add_argument("--now", metavar="TIME", help=f"time to plan from ({TIME_HELP}; default: the clock)")
     pl.add_argument("--continuous", action="store_true", help="one continuous charging window per car")
     pl.add_argument("--spot-only", action="store_true", help="ignore the grid energy charge (as Zaptec does)")
     pl.add_argument(
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         args.eco_parser.print_help(sys.stderr)
         return 2
     except (InputError, PlanError, PriceError) as exc:
-        print(f"apm eco {args.eco_command}: error: {exc}", file=sys.stderr)
+        print(f"apm eco {args.eco_command}: {exc}", file=sys.stderr)
         return 2
     except PriceApiError as exc:
         print(f"apm eco {args.eco_command}: price service: {exc}", file=sys.stderr)
@@ -164,10 +166,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _time(text: str, what: str) -> datetime:
     try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputError(f"{what} {text!r} is not an ISO time (e.g. 2026-01-12T17:00+01:00)") from None
-    return t if t.tzinfo else t.replace(tzinfo=OSLO)
+        return parse_time(text, what)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _departure(text: str | None, now: datetime, who: str) -> datetime:

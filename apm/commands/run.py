@@ -262,8 +262,6 @@ def _setup(args: argparse.Namespace) -> Setup:
 
 
 async def _main(args: argparse.Namespace, setup: Setup) -> int:
-    from apm.broker import EmbeddedBroker, EmbeddedBrokerError
-
     live = sys.stdout.isatty() and not args.plain
     console, handler = _logging(args.verbose, live)
     stop = asyncio.Event()
@@ -276,6 +274,8 @@ async def _main(args: argparse.Namespace, setup: Setup) -> int:
         async with contextlib.AsyncExitStack() as stack:
             url = setup.url
             if url is None:
+                from apm.broker import EmbeddedBroker, EmbeddedBrokerError  # amqtt: only when embedded
+
                 broker = EmbeddedBroker(port=setup.broker_port)
                 try:
                     await broker.start()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from apm.arguments import positive
-from apm.cli_support import run_io
+from apm.cli_support import TIME_HELP, oslo, parse_time, run_io
 from apm.replay import drained, paced
 from han.profiles import METER_KINDS, SUPPORTED_METERS
 from sim.meter import Meter, Push
@@ -67,8 +67,8 @@ def register_meter(sim_sub) -> None:
     pacing = p.add_mutually_exclusive_group()
     pacing.add_argument("--speed", type=positive, default=1.0, metavar="N", help="N times real time (default 1)")
     pacing.add_argument("--fast", action="store_true", help="no pacing (needs --duration)")
-    p.add_argument("--start", metavar="ISO",
-                   help="meter clock at the start, e.g. 2025-01-15T09:59:00+01:00 (default: now, local time)")
+    p.add_argument("--start", metavar="TIME",
+                   help=f"meter clock at the start ({TIME_HELP}; default: now)")
     p.add_argument("--duration", type=positive, metavar="S", help="seconds of meter time (default: run until stopped)")
     p.add_argument("--seed", type=int, default=1, help="household and counters (default 1)")
     p.set_defaults(func=run_meter)
@@ -76,11 +76,8 @@ def register_meter(sim_sub) -> None:
 
 def _start(text: str | None) -> datetime:
     if text is None:
-        return datetime.now().astimezone().replace(microsecond=0)
-    try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"--start {text!r} is not an ISO 8601 time (e.g. 2025-01-15T09:59:00+01:00)") from None
+        return datetime.now(oslo()).replace(microsecond=0)
+    return parse_time(text, "--start")
 
 
 def pushes_for(meter: Meter, duration: float | None) -> Iterator[tuple[float, Push]]:
