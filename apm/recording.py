@@ -21,14 +21,16 @@ The header JSON holds ``started`` (UTC, ISO 8601), ``clock`` ("monotonic"), and 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 MAGIC = b"APM-HAN-RECORDING 1\n"
 MAX_DATA = 65536  # a longer read is split into several records
@@ -129,49 +131,84 @@ class RecordingWriter:
 
 def read_recording(raw: bytes) -> Recording:
     """Every intact record of a recording; damage and a torn end are reported in ``problems``."""
-    if not raw.startswith(MAGIC):
-        if is_recording(raw):
+    meta, items = stream_recording(io.BytesIO(raw))
+    out = Recording(meta)
+    for item in items:
+        if isinstance(item, Record):
+            out.records.append(item)
+        else:
+            out.problems.append(item)
+            out.torn = out.torn or item.reason.startswith("torn")
+    return out
+
+
+_READ = 256 * 1024  # bytes read from the file at once
+_WINDOW = _HEAD.size + MAX_DATA + _CRC.size  # enough to judge any record at the front of the buffer
+
+
+def stream_recording(f: BinaryIO) -> tuple[dict[str, Any], Iterator[Record | RecordProblem]]:
+    """The header of the recording open in ``f``, and its records and problems as they are read:
+    memory stays at about one read whatever the file's size. Raises RecordingError for the header."""
+    head = f.read(len(MAGIC) + _MAX_HEADER + 1)
+    if not head.startswith(MAGIC):
+        if is_recording(head):
             raise RecordingError("the recording ends inside its magic line (the writer stopped at once)")
         raise RecordingError("not a recording (no APM-HAN-RECORDING magic line)")
-    end_of_meta = raw.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
+    end_of_meta = head.find(b"\n", len(MAGIC), len(MAGIC) + _MAX_HEADER)
     if end_of_meta < 0:
         raise RecordingError("the recording's header line is torn or longer than 64 KiB")
     try:
-        meta = json.loads(raw[len(MAGIC) : end_of_meta])
+        meta = json.loads(head[len(MAGIC) : end_of_meta])
     except ValueError as exc:
         raise RecordingError(f"the recording's header is not JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise RecordingError("the recording's header is not a JSON object")
-    out = Recording(meta)
-    pos = end_of_meta + 1
-    n = len(raw)
+    return meta, _records(f, bytearray(head), end_of_meta + 1)
+
+
+def _records(f: BinaryIO, buf: bytearray, pos: int) -> Iterator[Record | RecordProblem]:
+    base = 0  # file offset of buf[0]
+    eof = False
+    damaged_from: int | None = None  # file offset where the damage being skipped began
     head_size, crc_size = _HEAD.size, _CRC.size
-    while pos < n:
-        record = _record_at(raw, pos)
+    while True:
+        if not eof and len(buf) - pos < _WINDOW:
+            del buf[:pos]
+            base, pos = base + pos, 0
+            more = f.read(_READ)
+            eof = not more
+            buf += more
+            continue
+        n = len(buf)
+        if pos >= n:
+            break
+        record = _record_at(buf, pos)
         if record is not None:
-            out.records.append(record)
+            if damaged_from is not None:
+                yield RecordProblem(damaged_from, f"damaged record (bad length or CRC): "
+                                                  f"{base + pos - damaged_from} bytes skipped")
+                damaged_from = None
+            yield Record(record.t, record.data, base + pos)
             pos += head_size + len(record.data) + crc_size
             continue
-        if n - pos < head_size:
-            out.torn = True
-            out.problems.append(RecordProblem(pos, f"torn last record ({n - pos} bytes of its header): ignored"))
-            break
-        length = _HEAD.unpack_from(raw, pos)[0]
-        if 0 < length <= MAX_DATA and pos + head_size + length + crc_size > n:
-            out.torn = True
-            out.problems.append(RecordProblem(
-                pos, f"torn last record ({n - pos} of {head_size + length + crc_size} bytes): ignored"))
-            break
-        following = _resync(raw, pos + 1)
-        skipped = (following if following is not None else n) - pos
-        out.problems.append(RecordProblem(pos, f"damaged record (bad length or CRC): {skipped} bytes skipped"))
-        if following is None:
-            break
-        pos = following
-    return out
+        if damaged_from is None:
+            # Only at the end of the file can a record be short (the buffer holds a whole one otherwise).
+            if n - pos < head_size:
+                yield RecordProblem(base + pos, f"torn last record ({n - pos} bytes of its header): ignored")
+                return
+            length = _HEAD.unpack_from(buf, pos)[0]
+            if 0 < length <= MAX_DATA and pos + head_size + length + crc_size > n:
+                yield RecordProblem(base + pos, f"torn last record ({n - pos} of {head_size + length + crc_size} "
+                                                "bytes): ignored")
+                return
+            damaged_from = base + pos
+        pos += 1
+    if damaged_from is not None:
+        yield RecordProblem(damaged_from, f"damaged record (bad length or CRC): "
+                                          f"{base + len(buf) - damaged_from} bytes skipped")
 
 
-def _record_at(raw: bytes, pos: int) -> Record | None:
+def _record_at(raw: bytes | bytearray, pos: int) -> Record | None:
     """The record at ``pos`` if it is whole and its CRC checks."""
     if len(raw) - pos < _HEAD.size + _CRC.size:
         return None
@@ -186,13 +223,3 @@ def _record_at(raw: bytes, pos: int) -> Record | None:
     if crc != _CRC.unpack_from(raw, end)[0]:
         return None
     return Record(t, bytes(raw[start:end]), pos)
-
-
-def _resync(raw: bytes, pos: int) -> int | None:
-    """The offset of the next intact record at or after ``pos``; None if there is none."""
-    n = len(raw)
-    while pos + _HEAD.size + _CRC.size <= n:
-        if _record_at(raw, pos) is not None:
-            return pos
-        pos += 1
-    return None

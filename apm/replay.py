@@ -16,23 +16,33 @@ of a hex dump that is not hex, and (by the decoder) every damaged frame, with wh
 from __future__ import annotations
 
 import asyncio
-import bisect
-import json
+import os
 import string
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from apm.recording import Recording, RecordingError, is_recording, read_recording
+from apm.recording import RecordingError, RecordProblem, is_recording, stream_recording
 from han.decoder import Decoder
-from han.dump import Dump, DumpError, looks_like_hex, parse_hex
+from han.dump import (
+    BATCH_BYTES,
+    SNIFF_BYTES,
+    BadLine,
+    LineIndex,
+    bin_stream,
+    hex_stream,
+    looks_like_hex,
+    numbered_lines,
+)
 from han.errors import HanError
 from han.hdlc import FrameReader
+from han.jsonl import json_line as encode_line
 from han.profiles import PUSH_SCHEDULES
 from han.reading import Reading
 
-FAST_CHUNK = 16 * 1024  # bytes per chunk when not paced (the decoder's problem lists stay short)
+FAST_CHUNK = BATCH_BYTES  # bytes per chunk when not paced (the decoder's problem lists stay short)
 _PRESCAN_BYTES = 1 << 20  # how far to look for the first decodable frame (the vendor)
 _HEXISH = frozenset(string.hexdigits.encode() + string.whitespace.encode())
 
@@ -51,85 +61,145 @@ class Damage:
 
 @dataclass(slots=True)
 class Capture:
-    """A loaded capture: the byte stream as the port delivered it, and when its chunks came."""
+    """A capture on disk, read a piece at a time: the byte stream as the port delivered it, and when.
+
+    Nothing but the recent pieces' positions is kept, so a dump of any size replays in flat memory.
+    ``damage`` grows while ``chunks`` reads (a torn record, a line that is not hex); ``position`` is
+    how far into the file reading has come.
+    """
 
     path: str
     fmt: str  # "recording" | "hex" | "bin"
-    data: bytes
-    times: list[float] | None = None  # recording: receive time of each chunk
-    starts: list[int] | None = None  # recording: stream offset of each chunk
-    file_offsets: list[int] | None = None  # recording: file offset of each chunk's data
-    dump: Dump | None = None  # hex: line numbers for ``where``
-    damage: list[Damage] = field(default_factory=list)
+    size: int  # bytes of the file
     meta: dict = field(default_factory=dict)  # recording header (serial settings, start time)
+    damage: list[Damage] = field(default_factory=list)
+    position: int = 0
+    _index: LineIndex = field(default_factory=LineIndex)
     _vendor: str | None = None
     _scanned: bool = False
 
     @property
     def timed(self) -> bool:
-        return self.times is not None
+        return self.fmt == "recording"
 
     def where(self, offset: int) -> str:
         """A human pointer to a stream offset: a line of a hex dump, a file byte of a recording."""
-        if self.dump is not None:
-            return self.dump.where(offset)
-        if self.starts:
-            i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
-            assert self.file_offsets is not None
-            return f"file byte {self.file_offsets[i] + offset - self.starts[i]} (record {i + 1})"
-        return f"byte {offset}"
+        found = self._index.find(offset)
+        if found is None:
+            return f"byte {offset}"
+        start, value = found
+        if self.fmt == "hex":
+            return f"line {value} (byte {offset})"
+        number, file_offset = value
+        return f"file byte {file_offset + offset - start} (record {number})"
 
     @property
     def vendor(self) -> str | None:
         """The meter of the first frame that decodes (looked for in the first MiB)."""
         if not self._scanned:
             self._scanned = True
-            for _, _, meter in _frames(self.data[:_PRESCAN_BYTES]):
-                if meter is not None:
-                    self._vendor = meter
+            head = bytearray()
+            for _, data in self._pieces(report=False):
+                head += data
+                if len(head) >= _PRESCAN_BYTES:
                     break
+            self._vendor = next((m for _, _, m in _frames(bytes(head)) if m is not None), None)
         return self._vendor
 
     def chunks(self, *, fast: bool = False) -> Iterator[tuple[float, bytes]]:
         """(t, bytes) in order; ``fast`` gives big chunks (all at t = 0 when the timing is unused)."""
         if fast:
-            for start in range(0, len(self.data), FAST_CHUNK):
-                yield 0.0, self.data[start : start + FAST_CHUNK]
-        elif self.times is not None:
-            assert self.starts is not None
-            ends = self.starts[1:] + [len(self.data)]
-            for t, start, end in zip(self.times, self.starts, ends, strict=True):
-                yield t, self.data[start:end]
+            for _, data in self._pieces():
+                yield 0.0, data
+        elif self.fmt == "recording":
+            yield from self._pieces()
         else:
             yield from self._scheduled()
 
-    def duration(self) -> float:
-        """Seconds the capture lasts when paced (0 for a single chunk)."""
-        if self.times:
-            return self.times[-1] - self.times[0]
-        last = 0.0
-        for t, _ in self._scheduled():
-            last = t
-        return last
+    def _pieces(self, report: bool = True) -> Iterator[tuple[float, bytes]]:
+        """(receive time or 0, stream bytes) straight from the file, noting damage and positions."""
+        index = LineIndex()
+        if report:  # a new pass: what the last one found is stale
+            self.damage.clear()
+            self._index = index
+        note = self.damage.append if report else (lambda d: None)
+        with open(self.path, "rb") as f:
+            if self.fmt == "recording":
+                yield from self._records(f, note, index)
+            elif self.fmt == "hex":
+                yield from self._hex(f, note, index)
+            else:
+                offset = 0
+                for data in bin_stream(f, FAST_CHUNK):
+                    offset += len(data)
+                    self.position = offset
+                    yield 0.0, data
+
+    def _records(self, f: BinaryIO, note: Callable[[Damage], None],
+                 index: LineIndex) -> Iterator[tuple[float, bytes]]:
+        _, items = stream_recording(f)
+        stream = number = 0
+        has_damage = False
+        for item in items:
+            if isinstance(item, RecordProblem):
+                has_damage = True
+                note(Damage(f"file byte {item.offset}", item.reason))
+                continue
+            number += 1
+            index.add(stream, (number, item.offset + 12))  # after the record's length and time
+            stream += len(item.data)
+            self.position = item.offset + len(item.data) + 16
+            yield item.t, item.data
+        if not number and not has_damage:
+            note(Damage("end of header", "the recording holds no data (nothing was received)"))
+
+    def _hex(self, f: BinaryIO, note: Callable[[Damage], None], index: LineIndex) -> Iterator[tuple[float, bytes]]:
+        for piece in hex_stream(numbered_lines(f), index, FAST_CHUNK):
+            self.position = f.tell()
+            if isinstance(piece, BadLine):
+                note(Damage(f"line {piece.number}", f"not hex ({piece.reason}): line skipped"))
+            else:
+                yield 0.0, piece
 
     def _scheduled(self) -> Iterator[tuple[float, bytes]]:
-        """A dump without times: one chunk per frame (damage rides with the frame before it)."""
-        frames = list(_frames(self.data))
-        if not frames:
-            if self.data:
-                yield 0.0, self.data
-            return
-        vendor = next((m for _, _, m in frames if m is not None), None)
-        schedule = PUSH_SCHEDULES.get(vendor or "aidon", PUSH_SCHEDULES["aidon"])
+        """A dump without times: one chunk per frame (damage rides with the frame before it), each
+        due one schedule gap after the one before."""
+        schedule = PUSH_SCHEDULES.get(self.vendor or "aidon", PUSH_SCHEDULES["aidon"])
+        pending = bytearray()  # stream bytes from the start of the current chunk on
+        start = 0  # stream offset of pending[0]
         t = 0.0
-        previous: int | None = None
-        for k, (offset, list_, _) in enumerate(frames):
-            start = 0 if k == 0 else offset
-            end = frames[k + 1][0] if k + 1 < len(frames) else len(self.data)
-            if k:
-                t += schedule.gap_before(list_, previous) if list_ else schedule.base_period
-            previous = list_
-            yield t, self.data[start:end]
+        current: int | None = None  # list of the frame the current chunk holds (None: none decoded)
+        first = True
+        frames = _FrameCutter()
+        for _, data in self._pieces():
+            pending += data
+            for offset, list_ in frames.feed(data):
+                if first:  # bytes before the first frame ride with it
+                    first, current = False, list_
+                    continue
+                yield t, bytes(pending[: offset - start])
+                del pending[: offset - start]
+                start = offset
+                t += schedule.gap_before(list_, current) if list_ else schedule.base_period
+                current = list_
+        if pending:
+            yield t, bytes(pending)
+
+
+class _FrameCutter:
+    """(stream offset, list) of each frame that passes its checks, fed piece by piece (list None if it
+    does not decode)."""
+
+    def __init__(self) -> None:
+        self.reader = FrameReader()
+        self.decoder = Decoder()
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int | None]]:
+        for frame in self.reader.feed(data):
+            try:
+                yield frame.offset, self.decoder.decode(frame.info).list
+            except HanError:
+                yield frame.offset, None
 
 
 def _frames(data: bytes) -> Iterator[tuple[int, int | None, str | None]]:
@@ -145,80 +215,48 @@ def _frames(data: bytes) -> Iterator[tuple[int, int | None, str | None]]:
             yield frame.offset, reading.list, reading.meter
 
 
-# --- loading -----------------------------------------------------------------------------------
+# --- opening -----------------------------------------------------------------------------------
 
 
 def open_capture(path: str | Path) -> Capture:
-    """Load a capture, detecting its format. Raises ``CaptureError`` with a precise message."""
+    """Open a capture, detecting its format from its start. Raises ``CaptureError`` with a precise message."""
     name = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+            size = os.fstat(f.fileno()).st_size
+            meta = _recording_meta(name, f, head)
     except IsADirectoryError:
         raise CaptureError(f"{name} is a directory, not a dump") from None
     except OSError as exc:
         raise CaptureError(f"cannot read {name}: {exc.strerror or exc}") from None
-    if not raw:
+    if not head:
         raise CaptureError(f"{name} is empty")
-    if is_recording(raw):
-        try:
-            return _from_recording(name, read_recording(raw))
-        except RecordingError as exc:
-            raise CaptureError(f"{name}: {exc}") from None
-    if looks_like_hex(raw):
-        try:
-            dump = parse_hex(raw)
-        except DumpError:
-            return _tolerant_hex(name, raw)
-        return Capture(name, "hex", dump.data, dump=dump)
-    if _mostly_hex(raw):
-        return _tolerant_hex(name, raw)
-    return Capture(name, "bin", raw)
+    if meta is not None:
+        return Capture(name, "recording", size, meta=meta)
+    if looks_like_hex(head) or _mostly_hex(head):
+        capture = Capture(name, "hex", size)
+        if not any(True for _ in capture._pieces(report=False)):
+            raise CaptureError(f"{name}: no line of it is hex, and it is not a recording or a binary capture")
+        return capture
+    return Capture(name, "bin", size)
 
 
-def _from_recording(name: str, rec: Recording) -> Capture:
-    times, starts, offsets = [], [], []
-    pos = 0
-    for r in rec.records:
-        times.append(r.t)
-        starts.append(pos)
-        offsets.append(r.offset + 12)  # after the record's length and time
-        pos += len(r.data)
-    data = b"".join(r.data for r in rec.records)
-    damage = [Damage(f"file byte {p.offset}", p.reason) for p in rec.problems]
-    if not rec.records and not damage:
-        damage.append(Damage("end of header", "the recording holds no data (nothing was received)"))
-    return Capture(name, "recording", data, times=times, starts=starts, file_offsets=offsets, damage=damage,
-                   meta=rec.meta)
+def _recording_meta(name: str, f: BinaryIO, head: bytes) -> dict | None:
+    if not is_recording(head):
+        return None
+    f.seek(0)
+    try:
+        meta, _ = stream_recording(f)
+    except RecordingError as exc:
+        raise CaptureError(f"{name}: {exc}") from None
+    return meta
 
 
 def _mostly_hex(raw: bytes) -> bool:
     """Hex text with some damaged lines (a binary capture is nowhere near 98 % hex digits)."""
-    sample = raw[:65536]
-    lines = sample.count(b"\n")
-    return lines >= 2 and sum(b in _HEXISH for b in sample) >= 0.98 * len(sample)
-
-
-def _tolerant_hex(name: str, raw: bytes) -> Capture:
-    """Hex text line by line, skipping (and reporting) the lines that are not hex."""
-    data = bytearray()
-    starts: list[int] = []
-    numbers: list[int] = []
-    damage: list[Damage] = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            part = parse_hex(line)
-        except DumpError as exc:
-            reason = str(exc).split(": ", 1)[-1]
-            damage.append(Damage(f"line {number}", f"not hex ({reason}): line skipped"))
-            continue
-        if part.data:
-            starts.append(len(data))
-            numbers.append(number)
-            data += part.data
-    if not data:
-        raise CaptureError(f"{name}: no line of it is hex, and it is not a recording or a binary capture")
-    dump = Dump(bytes(data), "hex", tuple(starts), tuple(numbers))
-    return Capture(name, "hex", dump.data, dump=dump, damage=damage)
+    lines = raw.count(b"\n")
+    return lines >= 2 and sum(b in _HEXISH for b in raw) >= 0.98 * len(raw)
 
 
 # --- pacing ------------------------------------------------------------------------------------
@@ -269,15 +307,9 @@ async def drained(path: str, timeout: float = 2.0) -> bool:
 
 # --- output ------------------------------------------------------------------------------------
 
-_FIELDS = tuple(Reading.__dataclass_fields__)
-_dumps = json.JSONEncoder(separators=(", ", ": ")).encode
-
-
 def json_line(reading: Reading) -> str:
-    """``json.dumps(reading.to_json_dict())`` without ``asdict``'s deep copy (the replay hot path)."""
-    d = {name: getattr(reading, name) for name in _FIELDS}
-    d["estimated"] = list(reading.estimated)
-    return _dumps(d)
+    """The reading's JSON form (reading.schema.json), one line (see `han.jsonl`)."""
+    return encode_line(reading).decode()
 
 
 def describe(reading: Reading) -> str:

@@ -105,5 +105,30 @@ def test_odd_hex_is_a_precise_error(tmp_path):
     path = tmp_path / "odd.hex"
     path.write_text("7ea0\n7ea\n")
     proc = run(str(path))
-    assert proc.returncode == 2
-    assert b"line 2: odd number of hex digits" in proc.stderr
+    assert proc.returncode == 1  # nothing in it decodes
+    assert b"line 2: not hex (odd number of hex digits (3)): line skipped" in proc.stderr
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7])
+def test_a_hex_dump_whose_last_line_is_cut_decodes_what_is_intact(hex_file, cut):
+    lines = hex_file.read_text().splitlines()
+    lines[-1] = lines[-1].split("#")[0].rstrip()[:-cut]  # the logger stopped mid-line, without a newline
+    hex_file.write_text("\n".join(lines))
+    proc = run(str(hex_file))
+    assert proc.returncode == 0, proc.stderr
+    got = _readings(proc)
+    assert len(got) == len(CORE) - 1
+    assert got == _readings(run(str(hex_file), "-q"))
+    err = proc.stderr.decode()
+    last = len(CORE) + 1  # the comment line, then one line per frame
+    assert f"line {last}" in err, err
+
+
+def test_a_continuous_hex_dump_on_one_long_line_streams(tmp_path):
+    stream = b"".join(frame(r) for r in CORE)
+    text = stream.hex()
+    path = tmp_path / "one-line.hex"
+    path.write_text(text[:1001] + "  " + text[1001:] + "  # all frames on one line\n")
+    proc = run(str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert len(_readings(proc)) == len(CORE)

@@ -59,8 +59,9 @@ def test_cache_remembers_per_port_and_survives_a_broken_file(tmp_path):
 def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.delenv("APM_SERIAL_CACHE", raising=False)
     monkeypatch.delenv("APM_FLASH", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_cache_path() == tmp_path / "apm" / "serial.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_cache_path() == tmp_path / "apm" / "serial.json"  # state, not cache (apm.paths)
     monkeypatch.setenv("APM_FLASH", str(tmp_path / "flash.img"))
     assert default_cache_path() == tmp_path / "flash.img.serial.json"
     monkeypatch.setenv("APM_SERIAL_CACHE", str(tmp_path / "x.json"))

@@ -19,11 +19,12 @@ from typing import Any
 
 from apm.arguments import positive
 from apm.cli_support import run_io
-from apm.replay import Capture, CaptureError, describe, drained, json_line, open_capture, paced
+from apm.replay import Capture, CaptureError, describe, drained, open_capture, paced
+from han.jsonl import json_lines
 from han.reader import HanReader
+from han.reading import Reading
 
-_PROGRESS_BYTES = 1 << 20  # a progress bar for files from this size on (or long paced replays)
-_PROGRESS_SECONDS = 30.0
+_PROGRESS_BYTES = 1 << 20  # a progress bar for files from this size on (or paced replays)
 
 
 def register(sub) -> None:
@@ -54,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     return run_io("replay", _replay(args, capture))
 
 
+def _text_lines(readings: list[Reading]) -> bytes:
+    return "".join([describe(r) + "\n" for r in readings]).encode()
+
+
 class _Report:
     """Problem lines on stderr, through the progress bar's console while it is shown."""
 
@@ -71,8 +76,8 @@ class _Report:
 
 
 def _progress(capture: Capture, speed: float | None, quiet: bool):
-    long_run = speed is not None and capture.duration() / speed >= _PROGRESS_SECONDS
-    if quiet or not sys.stderr.isatty() or not (len(capture.data) >= _PROGRESS_BYTES or long_run):
+    # A paced replay of a recording lasts as long as it was recorded: a bar for anything but a short file.
+    if quiet or not sys.stderr.isatty() or not (capture.size >= _PROGRESS_BYTES or speed is not None):
         return None
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -104,21 +109,25 @@ async def _pty(capture: Capture, speed: float | None, delay: float):
 
 async def _replay(args: argparse.Namespace, capture: Capture) -> int:
     report = _Report(args.quiet)
-    for d in capture.damage:
-        report.problem(f"apm replay: {d.where}: {d.reason}")
+    damage_said = 0
     speed = None if args.fast else args.speed
     reader = HanReader(ct_ratio=args.ct_ratio)
-    emit = None if args.pty else (json_line if args.json else describe)
-    out = sys.stdout
+    emit = None if args.pty else (json_lines if args.json else _text_lines)
+    out = sys.stdout.buffer
     lists: Counter[int] = Counter()
     started = time.monotonic()
 
     def take(data: bytes) -> None:
+        nonlocal damage_said
+        while damage_said < len(capture.damage):  # found while reading the file, said in order
+            d = capture.damage[damage_said]
+            damage_said += 1
+            report.problem(f"apm replay: {d.where}: {d.reason}")
         readings = reader.feed(data)
         if readings:
             lists.update(r.list for r in readings)
             if emit is not None:
-                out.write("".join([emit(r) + "\n" for r in readings]))
+                out.write(emit(readings))
                 if speed is not None:
                     out.flush()
         if reader.problems:
@@ -132,13 +141,13 @@ async def _replay(args: argparse.Namespace, capture: Capture) -> int:
         if progress is not None:
             stack.enter_context(progress)
             report.progress = progress
-            task = progress.add_task("replay", total=len(capture.data))
+            task = progress.add_task("replay", total=capture.size)
         async for _, data in paced(capture.chunks(fast=args.fast), speed):
             if port is not None:
                 await port.awrite(data)
             take(data)
             if task is not None:
-                progress.advance(task, len(data))
+                progress.update(task, completed=capture.position)
         reader.close()
         take(b"")
     out.flush()
@@ -161,7 +170,7 @@ def _summary(capture: Capture, reader: HanReader, lists: Counter[int], seconds: 
     if total:
         return 0
     if not frames.frames_ok:
-        print(f"apm replay: no valid HAN frame in {capture.path} (read as {capture.fmt}, {len(capture.data)} "
+        print(f"apm replay: no valid HAN frame in {capture.path} (read as {capture.fmt}, {capture.size} "
               "bytes): not a HAN dump, or every frame in it is damaged", file=sys.stderr)
     else:
         kind = reader.errors.most_common(1)[0][0] if reader.errors else "unknown"
