@@ -82,3 +82,15 @@ def test_runner_discovers_benchmark_modules(capsys):
     assert "decode" in capsys.readouterr().out.split()
     assert bench_run.main(["no-such-benchmark"]) == 2
     assert "no benchmark named no-such-benchmark" in capsys.readouterr().err
+
+
+def test_process_benchmark_measures_decode_and_peak_memory_of_children():
+    from bench import bench_process
+
+    report = bench_process.measure(frames=300, big_frames=300, with_amshan=False)
+    assert report.decode.status == 0 and report.decode.cpu_s > 0 and report.apm_us > 0
+    assert [c.argv[3] for c in report.big] == ["decode", "replay"]
+    assert all(c.status == 0 and c.max_rss_mb > 0 for c in report.small + report.big)
+    out = io.StringIO()
+    bench_process.render(report, out)
+    assert "amshan      not measured" in out.getvalue() and "Peak RSS" in out.getvalue()
