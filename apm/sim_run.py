@@ -51,7 +51,46 @@ def register_run(sim_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# What matplotlib's savefig writes; checked before a run, not after it.
+PLOT_FORMATS = ("avif", "eps", "gif", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg", "svgz",
+                "tif", "tiff", "webp")
+
+
+def _check_files(args: argparse.Namespace) -> str | None:
+    """What is wrong with the scenario or the output paths, found before the run (which may be long)."""
+    scenario = Path(args.scenario)
+    if scenario.is_dir():
+        return f"{scenario} is a directory, not a scenario file (SCENARIO.toml)"
+    if scenario.is_file():
+        try:
+            scenario.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{scenario} is not UTF-8 text (byte {exc.start}): not a scenario file"
+        except OSError as exc:
+            return f"cannot read {scenario}: {exc.strerror or exc}"
+    for option, value in (("--report", args.report), ("--plot", args.plot)):
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            return f"{option} {value} is a directory; name a file"
+        if not path.parent.is_dir():
+            return f"{option} {value}: no such directory {path.parent}"
+    if args.plot:
+        suffix = Path(args.plot).suffix.lower().lstrip(".")
+        if suffix not in PLOT_FORMATS:
+            return f"--plot {args.plot}: {suffix or 'no'} suffix; use one of .{', .'.join(PLOT_FORMATS)}"
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            return "--plot needs matplotlib (pip install -e '.[plot]')"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _check_files(args)
+    if problem:
+        return _fail(problem)
     from sim.closed_loop import ScenarioError, Trace, compare, load_scenario, plot
     from sim.closed_loop import run as run_fast
 
@@ -59,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         sc = load_scenario(args.scenario)
     except ScenarioError as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {args.scenario}: {exc.strerror or exc}")
     if args.duration:
         sc = replace(sc, duration_s=args.duration, evs=tuple(
             e if e.depart_s <= args.duration else replace(e, depart_s=args.duration) for e in sc.evs))
@@ -69,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
             BrokerAddress.parse(args.broker)
         except LinkError as exc:
             return _fail(str(exc))
-    if args.plot and not Path(args.plot).parent.is_dir():
-        return _fail(f"--plot {args.plot}: no such directory")
     trace = Trace() if args.plot else None
     if args.fast:
         report = run_fast(sc, trace=trace) if args.no_compare else compare(sc, trace=trace)

@@ -1,5 +1,8 @@
 """Regenerate the bundled example dumps: ``python -m sim.examples [DIR]`` (default examples/dumps).
 
+The content depends on nothing but the code (a fixed start, duration and seed): two runs write the
+same bytes, and a file that would not change is left alone.
+
 One hex dump per vendor and meter kind, two minutes of a simulated meter around a full hour, so every
 list appears, the hourly one included. One frame per line with a comment saying when and which list:
 
@@ -54,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, spec in specs():
         path = out / f"{name}.hex"
-        path.write_text(dump_text(name, spec))
-        print(f"{path}", file=sys.stderr)
+        text = dump_text(name, spec)  # a function of the name, START, DURATION and SEED only
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            print(f"{path}: unchanged", file=sys.stderr)
+            continue
+        path.write_text(text, encoding="utf-8", newline="\n")
+        print(f"{path}: written", file=sys.stderr)
     return 0
 
 

@@ -115,3 +115,24 @@ def test_bad_input_gets_a_precise_message_and_status_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "cannot reach the MQTT broker at mqtt://127.0.0.1:1" in r.stderr
     r = apm("sim", "run", str(good), "--fast", "--speed", "5")
     assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+@pytest.mark.parametrize(("setup", "extra", "says"), [
+    (lambda d: (d / "scenarios").mkdir(), [], "is a directory, not a scenario file"),
+    (lambda d: (d / "scenarios").write_bytes(b"duration_s = 60\n# \xff\xfe\n"), [], "is not UTF-8 text (byte 18)"),
+    (None, ["--report", "nodir/day.json"], "--report nodir/day.json: no such directory nodir"),
+    (None, ["--plot", "day.txt"], "--plot day.txt: txt suffix; use one of"),
+    (None, ["--plot", "nodir/day.png"], "--plot nodir/day.png: no such directory"),
+])
+def test_unusable_files_are_refused_before_the_run(tmp_path: Path, setup, extra, says) -> None:
+    scenario = tmp_path / "scenarios"
+    if setup is None:
+        scenario.write_text(TEN_MINUTES, encoding="utf-8")
+    else:
+        setup(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "apm", "sim", "run", str(scenario), "--fast", *extra],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env=os.environ | {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""  # refused at once, nothing ran
