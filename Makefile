@@ -49,9 +49,11 @@ sim-days: setup
 	  $(BIN)/apm sim run sim/scenarios/$$s.toml --fast --report out/$$s.json --plot out/$$s.png || exit 1; done
 
 eco-week: setup
+	mkdir -p out
 	$(BIN)/python -m sim.eco_loop sim/scenarios/eco-week-tn.toml --report out/eco-week.json
 
 lifecycle: setup
+	mkdir -p out
 	$(BIN)/python -m sim.subscription_loop --report out/lifecycle.json
 
 clean:
