@@ -166,3 +166,19 @@ def test_apm_record_stops_after_its_duration(tmp_path):
     rec = read_recording(out.read_bytes())
     assert rec.meta["parity"] == "N" and rec.records and rec.records[-1].t < 1.6
     assert "frames passed their checks" in proc.stderr
+
+
+def test_a_large_recording_streams_with_damage_far_beyond_the_first_read():
+    # Several reads' worth of records: the reader's buffer moves on, its offsets must not.
+    chunks = [(k * 0.1, bytes([k % 251]) * 2000) for k in range(700)]
+    raw = bytearray(_file(chunks))
+    head = raw.index(b"\n", len(MAGIC)) + 1
+    size = 16 + 2000
+    bad = head + 400 * size
+    raw[bad + 20] ^= 0xFF  # a byte of record 400's data
+    raw += encode_record(99.0, b"\x7e" * 100)[:50]  # and a torn last record
+    rec = read_recording(bytes(raw))
+    assert len(rec.records) == 699
+    assert [p.offset for p in rec.problems] == [bad, len(raw) - 50]
+    assert rec.problems[0].reason == f"damaged record (bad length or CRC): {size} bytes skipped"
+    assert rec.torn and rec.records[400].offset == bad + size and rec.records[400].t == pytest.approx(40.1)
