@@ -13,7 +13,6 @@ all end the run the same way: 0 if readings were seen, else 1 with the diagnosis
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import ExitStack
@@ -39,6 +38,7 @@ from apm.serial_link import (
     open_port,
 )
 from han import Reading
+from han.jsonl import json_line
 
 PROG = "apm monitor"
 REFRESH_S = 0.25  # live table refresh when no reading arrives
@@ -235,7 +235,7 @@ class Session:
             return
         self.seen += 1
         if self.args.json:
-            sys.stdout.write(json.dumps(reading.to_json_dict()) + "\n")
+            sys.stdout.buffer.write(json_line(reading) + b"\n")
             sys.stdout.flush()
         else:
             self.board.update(reading)
