@@ -223,8 +223,8 @@ class Device:
         self.reader = reader or HanReader(ct_ratio=config.grid.ct_ratio)
         self.state = MeterState()
         # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
-        self.estimator = HeadroomEstimator(config.grid, config.chargers, stale_after_s=stale_after_s,
-                                           **dict(headroom_options or {}))
+        self.estimator = HeadroomEstimator(config.grid, config.chargers, config.headroom,
+                                           stale_after_s=stale_after_s, **dict(headroom_options or {}))
         self.stale_after_s = stale_after_s
         self.subscription_source = subscription or no_subscription(config)
         # Only a source that holds the issuer's key can check a revocation, so only it listens for them.
