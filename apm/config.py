@@ -105,14 +105,21 @@ class ChargerConfig(Struct, frozen=True, forbid_unknown_fields=True):
             raise ConfigError("rotation", f"{list(self.rotation)!r} is not a permutation of L1, L2, L3")
 
 
+# Declared once, used by GridConfig and by the simulator's scenarios (sim.closed_loop).
+NetworkKey = Annotated[Network, _doc("IT (3x230 V, no neutral) or TN (400 V with neutral)")]
+# 6 A..400 A: the main fuses of a dwelling, from a small cabin to a block of flats.
+FuseAmps = Annotated[float, _doc("main fuse rating", ge=6.0, le=400.0)]
+MarginAmps = Annotated[float, _doc("kept free below the fuse rating on every line", ge=0.0, le=50.0)]
+FixedAmps = Annotated[float, _doc("current the chargers share on each line when there is no valid "
+                                  "subscription or no fresh meter data", ge=0.0, le=400.0)]
+
+
 class GridConfig(Struct, frozen=True, forbid_unknown_fields=True):
-    network: Annotated[Network, _doc("IT (3x230 V, no neutral) or TN (400 V with neutral)")] = "TN"
-    # 6 A..400 A: the main fuses of a dwelling, from a small cabin to a block of flats.
-    fuse_a: Annotated[float, _doc("main fuse rating", ge=6.0, le=400.0)] = 25.0
+    network: NetworkKey = "TN"
+    fuse_a: FuseAmps = 25.0
     ct_ratio: Annotated[float, _doc("current transformer ratio the meter's values are scaled by",
                                     ge=0.01, le=10000.0)] = 1.0
-    safety_margin_a: Annotated[float, _doc("kept free below the fuse rating on every line",
-                                           ge=0.0, le=50.0)] = 2.0
+    safety_margin_a: MarginAmps = 2.0
 
     def __post_init__(self) -> None:
         if self.safety_margin_a >= self.fuse_a:
@@ -227,22 +234,33 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     grid: GridConfig = field(default_factory=GridConfig)
     chargers: Annotated[tuple[ChargerConfig, ...], Meta(max_length=MAX_CHARGERS)] = ()
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    fixed_current_a: Annotated[float, _doc("current the chargers share on each line when there is no valid "
-                                           "subscription or no fresh meter data", ge=0.0, le=400.0)] = 32.0
+    fixed_current_a: FixedAmps = 32.0
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     headroom: HeadroomSettings = field(default_factory=HeadroomSettings)
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, c in enumerate(self.chargers):
-            if c.id in seen:
-                raise ConfigError(f"chargers[{i}].id", f"duplicate charger id {c.id!r}")
-            seen.add(c.id)
+        check_charger_ids(self.chargers, "chargers")
         check_balancer(self.balancer, self.grid, self.chargers, "chargers")
         # One fixed current: the balancer's is the top-level one (the subscription gate's too).
         if self.balancer.fixed_current_a != self.fixed_current_a:
             synced = msgspec.structs.replace(self.balancer, fixed_current_a=self.fixed_current_a)
             msgspec.structs.force_setattr(self, "balancer", synced)
+
+
+def check_charger_ids(chargers: tuple[ChargerConfig, ...], key: str) -> None:
+    seen: set[str] = set()
+    for i, c in enumerate(chargers):
+        if c.id in seen:
+            raise ConfigError(f"{key}[{i}].id", f"duplicate charger id {c.id!r}")
+        seen.add(c.id)
+
+
+def check_balancer_table(data: Mapping[str, Any]) -> None:
+    """A document's ``[balancer]`` may not set ``fixed_current_a``: the top-level key is the one."""
+    balancer = data.get("balancer")
+    if isinstance(balancer, Mapping) and "fixed_current_a" in balancer:
+        raise ConfigError("balancer.fixed_current_a", "set it at the top level (fixed_current_a), "
+                                                      "which the subscription gate uses too")
 
 
 def check_balancer(settings: BalancerSettings, grid: GridConfig, chargers: tuple[ChargerConfig, ...],
@@ -299,10 +317,7 @@ def from_dict(data: Mapping[str, Any]) -> DeviceConfig:
     grid = data.get("grid")
     if isinstance(grid, Mapping) and isinstance(grid.get("network"), str):
         data["grid"] = {**grid, "network": grid["network"].strip().upper()}
-    balancer = data.get("balancer")
-    if isinstance(balancer, Mapping) and "fixed_current_a" in balancer:
-        raise ConfigError("balancer.fixed_current_a", "set it at the top level (fixed_current_a), "
-                                                      "which the subscription gate uses too")
+    check_balancer_table(data)
     return convert(data, DeviceConfig)
 
 
