@@ -449,9 +449,12 @@ def _unit(name: str) -> str:
 
 
 def _range(t: mi.FloatType | mi.IntType, unit: str) -> str:
-    lo = _fmt(t.ge) if t.ge is not None else (f">{_fmt(t.gt)}" if t.gt is not None else "")
-    hi = _fmt(t.le) if t.le is not None else (f"<{_fmt(t.lt)}" if t.lt is not None else "")
-    return f"{lo}..{hi}{' ' + unit if unit else ''}"
+    """"6..400 A"; a bound that excludes its value or a missing one reads "> 0", "<= 1"."""
+    u = f" {unit}" if unit else ""
+    if t.ge is not None and t.le is not None:
+        return f"{_fmt(t.ge)}..{_fmt(t.le)}{u}"
+    parts = [f"{op} {_fmt(v)}" for op, v in ((">=", t.ge), (">", t.gt), ("<=", t.le), ("<", t.lt)) if v is not None]
+    return ", ".join(parts) + u
 
 
 def _fmt(x: Any) -> str:

@@ -165,6 +165,15 @@ class Scenario:
     def limit_a(self) -> float:
         return self.fuse_a - self.safety_margin_a
 
+    @property
+    def balancer_settings(self) -> BalancerSettings:
+        """The balancer's settings: ``balancer`` (the overrides) with the top-level fixed current."""
+        return BalancerSettings.from_dict({**self.balancer, "fixed_current_a": self.fixed_current_a})
+
+    @property
+    def headroom_settings(self) -> HeadroomSettings:
+        return HeadroomSettings.from_dict(self.headroom)
+
 
 # --- loading ---------------------------------------------------------------------------------------
 #
@@ -172,7 +181,8 @@ class Scenario:
 # declarations (GridConfig's fields, ChargerConfig, BalancerSettings, HeadroomSettings, with their
 # bounds and cross-field checks); the simulated world's keys have their own Structs below.
 
-Seconds = Annotated[float, Meta(ge=0.0)]
+YEAR_S = 366 * 86400.0
+Seconds = Annotated[float, Meta(ge=0.0, le=YEAR_S)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 # A star voltage's relative deviation in the phasor model: +-10 % is beyond any supply standard.
 Unbalance = Annotated[float, Meta(ge=-0.1, le=0.1)]
@@ -217,7 +227,7 @@ class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_de
 
     model: Literal["winter", "norwegian-winter"] | None = None
     trace: Annotated[str, Meta(min_length=1)] | None = None  # a CSV, relative to the scenario
-    seed: Annotated[int, Meta(ge=0)] = 1
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 1
     outdoor_c: Annotated[float, Meta(ge=-50.0, le=40.0)] = -8.0
     heaters: Annotated[int, Meta(ge=0, le=50)] = 6
     scale: Annotated[float, Meta(ge=0.0, le=20.0)] = 1.0
@@ -231,8 +241,8 @@ class ScenarioEV(Struct, frozen=True, forbid_unknown_fields=True):
 
     charger: str
     id: str | None = None
-    arrive_s: Seconds = 0.0
-    depart_s: Seconds | None = None  # None: the end of the scenario
+    arrive_s: Annotated[float, Meta(ge=0.0, lt=YEAR_S)] = 0.0
+    depart_s: Annotated[float, Meta(gt=0.0, le=YEAR_S)] | None = None  # None: the end of the scenario
     phases: Literal[1, 3] | UnsetType = UNSET
     max_a: Annotated[float, Meta(ge=6.0, le=80.0)] | UnsetType = UNSET
     battery_kwh: Annotated[float, Meta(ge=1.0, le=500.0)] | UnsetType = UNSET
@@ -252,7 +262,7 @@ class ScenarioEV(Struct, frozen=True, forbid_unknown_fields=True):
 class ScenarioFile(Struct, frozen=True, forbid_unknown_fields=True):
     """A scenario file as written; `scenario_from_dict` makes the `Scenario` the loop runs."""
 
-    duration_s: Annotated[float, Meta(ge=1.0, le=366 * 86400.0)]
+    duration_s: Annotated[float, Meta(ge=1.0, le=YEAR_S)]
     grid: ScenarioGrid
     start: datetime = datetime.fromisoformat("2025-01-15T00:00:00+01:00")
     fixed_current_a: FixedAmps = 32.0
