@@ -26,9 +26,14 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
     [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
             depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
             ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
-    [balancer] any apm.balancer.BalancerSettings field
-    [headroom] refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter (apm.headroom;
-            two_wattmeter defaults to off with the magnitude model on IT, which is not a physical world)
+    [balancer] any apm.config.BalancerSettings field but fixed_current_a (the top-level one)
+    [headroom] any apm.config.HeadroomSettings field (two_wattmeter defaults to off with the magnitude
+            model on IT, which is not a physical world)
+
+The file is declared as msgspec Structs (`ScenarioFile` and the tables below it) with the bounds of
+each key: the installation's keys are apm.config's own declarations (the grid's fuse and margin,
+``ChargerConfig``, ``BalancerSettings``, ``HeadroomSettings``), so a scenario is refused for what
+``apm flash write`` would refuse, and a `ScenarioError` names the key (``meter.outages[0]: ...``).
 
 Report keys: ``trips`` (count) and ``trip_events``; per line ``max_ratio`` (I / In), ``seconds_above_in``
 and ``band``; ``energy_kwh`` per EV, ``energy_total_kwh``, ``final_soc``; ``setpoint_changes``; ``stale_s``
