@@ -40,7 +40,6 @@ A Struct's constructor does not check types or bounds (only the cross-field chec
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import tomllib
@@ -382,6 +381,8 @@ def _sentence(msg: str, value: Any, info: Any, name: str | int) -> str:
 
 
 def _hint(name: str, info: Any) -> str:
+    import difflib  # only for a message
+
     known = [f.name for f in getattr(_unwrap(info), "fields", ())]
     close = difflib.get_close_matches(name, known, n=1)
     if close:
