@@ -498,7 +498,9 @@ class Key(Struct, frozen=True):
 
 def schema_keys(type_: Any = DeviceConfig) -> list[Key]:
     """Every leaf key of a configuration Struct, in declaration order."""
-    return list(_walk(mi.type_info(type_), ""))
+    info = mi.type_info(type_)
+    assert isinstance(info, mi.StructType), type_
+    return list(_walk(info, ""))
 
 
 def _walk(info: mi.StructType, prefix: str) -> Iterator[Key]:
@@ -542,8 +544,10 @@ def _limits(k: Key) -> str:
     if isinstance(k.type, mi.LiteralType):
         return "one of " + ", ".join(_toml(v) for v in k.type.values)
     if isinstance(k.type, mi.TupleType) and isinstance(k.type.item_types[0], mi.LiteralType):
-        return "a permutation of " + ", ".join(k.type.item_types[0].values)
-    return {mi.BoolType: "true or false", mi.StrType: "text"}.get(type(k.type), "")
+        return "a permutation of " + ", ".join(str(v) for v in k.type.item_types[0].values)
+    if isinstance(k.type, mi.BoolType):
+        return "true or false"
+    return "text" if isinstance(k.type, mi.StrType) else ""
 
 
 def describe() -> str:
