@@ -49,84 +49,17 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from apm.charger_state import ChargerState
-from apm.config import ChargerConfig
-from apm.headroom import STALE_AFTER_S, Headroom
+from apm.config import BalancerSettings, ChargerConfig, Sharing  # noqa: F401 (declared with the config)
+from apm.headroom import Headroom
 from apm.lines import LINES, Network, Triple, charging_power_w, usage
 
 Mode = Literal["fixed", "protect"]
-Sharing = Literal["fair", "max_energy"]
 SHARING: tuple[str, ...] = ("fair", "max_energy")
 _EPS = 1e-9
-
-
-@dataclass(frozen=True, slots=True)
-class BalancerSettings:
-    """Thresholds of the balancer; every one can be overridden in the device's ``[balancer]`` table."""
-
-    # Lowest current an EV can charge at (IEC 61851-1; some cars need 7 A).
-    min_a: float = 6.0
-    # After a decrease, wait this long before that charger may increase again (avoids see-saw on a
-    # cycling load; Volttime waits 10 s).
-    hold_s: float = 10.0
-    # Largest single increase (SmartEVSE rises by a quarter of the gap per 2 s cycle).
-    max_step_up_a: float = 6.0
-    # Least time between two changes of one charger's setpoint, except decreases (IEC 61851 PWM changes
-    # at most every 5 s; EVerest IEC_PWM_MAX_UPDATE_INTERVAL).
-    min_interval_s: float = 5.0
-    # An increase smaller than this is not worth a setpoint change (unless it reaches the charger's cap).
-    min_increase_a: float = 1.0
-    # Setpoints are rounded down to this step (Zaptec takes 0.1 A; 0.5 A means ~15 % fewer changes
-    # but gives away 0.25 A per charger on average: ~2 % of the energy on a winter evening).
-    resolution_a: float = 0.1
-    # A paused charger stays paused at least this long ...
-    restart_delay_s: float = 60.0
-    # ... and restarts only when it could get min_a + this much, continuously for restart_confirm_s.
-    restart_hysteresis_a: float = 1.0
-    restart_confirm_s: float = 15.0
-    # Per-phase meter data older than this counts as stale: fall back to fixed_current_a.
-    stale_after_s: float = STALE_AFTER_S
-    # Current all chargers share on each line without meter data or without a subscription
-    # (Zaptec's default offline current is 32 A).
-    fixed_current_a: float = 32.0
-    # An EV drawing ev_slack_a less than offered, ev_settle_s after the last change, limits itself:
-    # it is offered what it draws + ev_slack_a / 2 when others need the rest.
-    ev_settle_s: float = 15.0
-    ev_slack_a: float = 2.0
-    # Small decreases wait (see step 4 of the module doc): the most a line may run above its limit for
-    # at most decrease_grace_s. Must stay below the headroom's safety margin (2 A by default); 0: off.
-    decrease_deadband_a: float = 0.5
-    decrease_grace_s: float = 30.0
-    # "fair" (max-min fairness, the default) or "max_energy" (the most power, see the module doc) ...
-    sharing: Sharing = "fair"
-    # ... which must beat the fair shares by this fraction of their power to be used.
-    max_energy_margin: float = 0.02
-
-    @classmethod
-    def from_dict(cls, overrides: Mapping[str, Any]) -> BalancerSettings:
-        """Settings with ``overrides`` (the device config's ``[balancer]`` table); checks the names."""
-        known = {f.name for f in fields(cls)}
-        out: dict[str, Any] = {}
-        for k, v in overrides.items():
-            if k not in known:
-                raise ValueError(f"balancer.{k}: unknown setting (known: {', '.join(sorted(known))})")
-            if k == "sharing":
-                if v not in SHARING:
-                    raise ValueError(f"balancer.sharing: {v!r} is not one of {', '.join(SHARING)}")
-                out[k] = v
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"balancer.{k}: {v!r} is not a number >= 0")
-            out[k] = float(v)
-        s = cls(**out)
-        if s.min_a <= 0:
-            raise ValueError("balancer.min_a: must be greater than 0")
-        if s.resolution_a <= 0:
-            raise ValueError("balancer.resolution_a: must be greater than 0")
-        return s
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,9 +52,8 @@ REFRESH_S = 10.0
 
 
 def balancer_settings(config: DeviceConfig) -> BalancerSettings:
-    """The device's thresholds: ``[balancer]`` overrides; the top-level ``fixed_current_a`` unless that
-    table sets its own."""
-    return BalancerSettings.from_dict({"fixed_current_a": config.fixed_current_a, **config.balancer})
+    """The device's thresholds: its ``[balancer]`` table, which carries the top-level ``fixed_current_a``."""
+    return config.balancer
 
 
 class BalancerService(MqttNode):

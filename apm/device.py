@@ -44,7 +44,7 @@ from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
 from apm.config import DeviceConfig
 from apm.discovery import discovery_messages
-from apm.headroom import STALE_AFTER_S, Headroom, HeadroomEstimator
+from apm.headroom import Headroom, HeadroomEstimator
 from apm.messages import headroom_message, read_charger_state
 from apm.meter_state import HourlyEnergy, MeterState
 from apm.mqtt_link import MqttLink
@@ -210,7 +210,7 @@ class Device:
         status_file: Path | None = None,
         reader: HanReader | None = None,
         headroom_options: Mapping[str, Any] | None = None,
-        stale_after_s: float = STALE_AFTER_S,
+        stale_after_s: float | None = None,
         char_time_s: float = 0.0,
         link_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -223,8 +223,10 @@ class Device:
         self.reader = reader or HanReader(ct_ratio=config.grid.ct_ratio)
         self.state = MeterState()
         # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
-        self.estimator = HeadroomEstimator(config.grid, config.chargers, stale_after_s=stale_after_s,
-                                           **dict(headroom_options or {}))
+        # None: the configuration's [balancer] stale_after_s, so the headroom and the balancer agree.
+        stale_after_s = config.balancer.stale_after_s if stale_after_s is None else stale_after_s
+        self.estimator = HeadroomEstimator(config.grid, config.chargers, config.headroom,
+                                           stale_after_s=stale_after_s, **dict(headroom_options or {}))
         self.stale_after_s = stale_after_s
         self.subscription_source = subscription or no_subscription(config)
         # Only a source that holds the issuer's key can check a revocation, so only it listens for them.

@@ -45,18 +45,19 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import msgspec
 
 from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
+from apm.config import STALE_AFTER_S, ChargerConfig, GridConfig, HeadroomSettings
 from apm.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
 from apm.meter_state import MeterState
 from apm.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
 from han.reading import Reading
 
 NOMINAL_V = 230.0
-# Default for a stale per-phase list: two missed 10 s lists plus slack (SmartEVSE gives up after 11 s
-# of a 2 s meter; OpenEVSE after 120 s).
-STALE_AFTER_S = 25.0
+__all__ = ["STALE_AFTER_S", "Headroom", "HeadroomEstimator", "HeadroomSettings", "NOMINAL_V"]
 
 OptTriple = tuple[float | None, float | None, float | None]
 
@@ -112,19 +113,23 @@ class HeadroomEstimator:
         self,
         grid: GridConfig,
         chargers: Sequence[ChargerConfig],
+        settings: HeadroomSettings | None = None,
         *,
         ct_ratio: float = 1.0,
         stale_after_s: float = STALE_AFTER_S,
-        refine_i2: bool = True,
-        early_rise: bool = True,
-        rise_threshold_w: float = 150.0,
         history_s: float = 60.0,
-        i2_power_factor: float | None = None,
-        two_wattmeter: bool = True,
         accuracy: Accuracy = DEFAULT_ACCURACY,
+        **options: Any,
     ) -> None:
+        """``settings`` (the config's ``[headroom]``); ``options`` override single settings by name
+        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter) and are checked
+        against the same schema."""
         if ct_ratio <= 0:
             raise ValueError("ct_ratio must be greater than 0")
+        s = settings or HeadroomSettings()
+        if options:
+            s = HeadroomSettings.from_dict({**msgspec.structs.asdict(s), **options})
+        self.settings = s
         self.grid = grid
         self.network: Network = grid.network
         self.limit_a = grid.fuse_a - grid.safety_margin_a
@@ -132,14 +137,12 @@ class HeadroomEstimator:
         self._rot = {c.id: rotation_index(c.rotation) for c in chargers}
         self.ct_ratio = ct_ratio
         self.stale_after_s = stale_after_s
-        self.refine_i2 = refine_i2
-        self.early_rise = early_rise
-        self.rise_threshold_w = rise_threshold_w
+        self.refine_i2 = s.refine_i2
+        self.early_rise = s.early_rise
+        self.rise_threshold_w = s.rise_threshold_w
         self.history_s = history_s
-        if i2_power_factor is not None and not 0.0 < i2_power_factor <= 1.0:
-            raise ValueError("i2_power_factor must be within (0, 1]")
-        self.i2_power_factor = i2_power_factor
-        self.two_wattmeter = two_wattmeter
+        self.i2_power_factor = s.i2_power_factor
+        self.two_wattmeter = s.two_wattmeter
         self.accuracy = accuracy
         self._own: deque[_Own] = deque()
         self._supply_phases = 3

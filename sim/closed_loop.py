@@ -26,9 +26,14 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
     [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
             depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
             ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
-    [balancer] any apm.balancer.BalancerSettings field
-    [headroom] refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter (apm.headroom;
-            two_wattmeter defaults to off with the magnitude model on IT, which is not a physical world)
+    [balancer] any apm.config.BalancerSettings field but fixed_current_a (the top-level one)
+    [headroom] any apm.config.HeadroomSettings field (two_wattmeter defaults to off with the magnitude
+            model on IT, which is not a physical world)
+
+The file is declared as msgspec Structs (`ScenarioFile` and the tables below it) with the bounds of
+each key: the installation's keys are apm.config's own declarations (the grid's fuse and margin,
+``ChargerConfig``, ``BalancerSettings``, ``HeadroomSettings``), so a scenario is refused for what
+``apm flash write`` would refuse, and a `ScenarioError` names the key (``meter.outages[0]: ...``).
 
 Report keys: ``trips`` (count) and ``trip_events``; per line ``max_ratio`` (I / In), ``seconds_above_in``
 and ``band``; ``energy_kwh`` per EV, ``energy_total_kwh``, ``final_soc``; ``setpoint_changes``; ``stale_s``
@@ -78,24 +83,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from apm.balancer import Balancer, BalancerSettings
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from apm.balancer import Balancer
 from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
+from apm.config import (
+    MAX_CHARGERS,
+    BalancerSettings,
+    ChargerConfig,
+    ConfigError,
+    FixedAmps,
+    FuseAmps,
+    GridConfig,
+    HeadroomSettings,
+    MarginAmps,
+    NetworkKey,
+    check_balancer,
+    check_balancer_table,
+    check_charger_ids,
+    convert,
+)
 from apm.headroom import Headroom, HeadroomEstimator
 from apm.lines import LINES, Network, Triple
 from apm.meter_state import MeterState
 from sim.charger import SimCharger
 from sim.ev import EV
-from sim.fuse import CURVES
 from sim.grid import DEFAULT_UNBALANCE
-from sim.loop_meter import VENDORS, LoopMeter, Measurement
+from sim.loop_meter import LoopMeter, Measurement
 from sim.world import World
 
 
 class ScenarioError(ValueError):
-    pass
+    """A scenario that does not load; ``path`` names the key (e.g. "grid.fuse_a"), "" for the file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # [[ev]] keys besides id, charger, arrive_s, depart_s: the EV's own parameters (sim.ev.EV)
@@ -144,36 +170,164 @@ class Scenario:
     def limit_a(self) -> float:
         return self.fuse_a - self.safety_margin_a
 
+    @property
+    def balancer_settings(self) -> BalancerSettings:
+        """The balancer's settings: ``balancer`` (the overrides) with the top-level fixed current."""
+        return BalancerSettings.from_dict({**self.balancer, "fixed_current_a": self.fixed_current_a})
+
+    @property
+    def headroom_settings(self) -> HeadroomSettings:
+        return HeadroomSettings.from_dict(self.headroom)
+
 
 # --- loading ---------------------------------------------------------------------------------------
+#
+# The scenario file is declared as msgspec Structs: the installation's keys reuse apm.config's
+# declarations (GridConfig's fields, ChargerConfig, BalancerSettings, HeadroomSettings, with their
+# bounds and cross-field checks); the simulated world's keys have their own Structs below.
 
-_TOP = {"duration_s", "start", "fixed_current_a", "step_s", "name", "grid", "meter", "household", "charger",
-        "ev", "balancer", "headroom"}
-_HEADROOM = {"refine_i2", "early_rise", "rise_threshold_w", "i2_power_factor", "two_wattmeter"}
-_GRID = {"network", "fuse_a", "safety_margin_a", "curve", "model", "phases", "sequence", "unbalance"}
-_METER = {"vendor", "kind", "outages", "repeat_hourly", "skew_s"}
+YEAR_S = 366 * 86400.0
+Seconds = Annotated[float, Meta(ge=0.0, le=YEAR_S)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+# A star voltage's relative deviation in the phasor model: +-10 % is beyond any supply standard.
+Unbalance = Annotated[float, Meta(ge=-0.1, le=0.1)]
 _SEQUENCES = {"L1-L2-L3": 1, "L1-L3-L2": -1}
-_HOUSE = {"model", "trace", "seed", "outdoor_c", "heaters", "scale", "reactive", "thermostat_step_s"}
-_CHARGER = {"id", "max_a", "phases", "rotation"}
-_EV = {"id", "charger", "arrive_s", "depart_s", *EV_PARAMS}
 
 
-def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise ScenarioError(f"{where}: must be a table")
-    for k in d:
-        if k not in allowed:
-            raise ScenarioError(f"{where + '.' if where else ''}{k}: unknown key (known: {', '.join(sorted(allowed))})")
-    return d
+class ScenarioGrid(Struct, frozen=True, forbid_unknown_fields=True):
+    """``[grid]``: the device's GridConfig keys (ct_ratio aside) and the simulated grid's."""
+
+    network: NetworkKey
+    fuse_a: FuseAmps
+    safety_margin_a: MarginAmps = 2.0
+    curve: Literal["C", "B", "gG"] = "C"  # sim.fuse.CURVES
+    model: Literal["magnitude", "phasor"] | None = None  # None: phasor on IT with the synthetic household
+    phases: Literal[1, 3] | None = None  # None: 1 with a 1p meter, else 3
+    sequence: Literal["L1-L2-L3", "L1-L3-L2"] = "L1-L2-L3"
+    unbalance: tuple[Unbalance, Unbalance, Unbalance] = DEFAULT_UNBALANCE
+
+    def __post_init__(self) -> None:
+        self.config  # noqa: B018 (GridConfig's own checks: the margin must leave some of the fuse)
+
+    @property
+    def config(self) -> GridConfig:
+        return GridConfig(network=self.network, fuse_a=self.fuse_a, safety_margin_a=self.safety_margin_a)
 
 
-def _num(d: dict[str, Any], key: str, where: str, default: float | None = None, lo: float = -math.inf) -> float:
-    v = d.get(key, default)
-    if v is None:
-        raise ScenarioError(f"{where}.{key}: missing")
-    if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < lo:
-        raise ScenarioError(f"{where}.{key}: {v!r} is not a number >= {lo:g}")
-    return float(v)
+class ScenarioMeter(Struct, frozen=True, forbid_unknown_fields=True):
+    vendor: Literal["aidon", "kaifa", "kamstrup"] = "aidon"  # han.profiles.SUPPORTED_METERS
+    kind: Literal["1p", "3p-tn", "3p-it"] | None = None  # None: the network's 3-phase kind
+    outages: tuple[tuple[Seconds, Seconds], ...] = ()  # [start_s, end_s] without lists
+    repeat_hourly: bool = False
+    skew_s: Annotated[float, Meta(ge=0.0, le=60.0)] = 0.0  # powers measured that long before the currents
+
+    def __post_init__(self) -> None:
+        for i, (start, end) in enumerate(self.outages):
+            if end <= start:
+                raise ConfigError(f"outages[{i}]", f"ends ({end:g} s) before it starts ({start:g} s)")
+
+
+class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``[household]``: sim.household.make_household's options (its defaults)."""
+
+    model: Literal["winter", "norwegian-winter"] | None = None
+    trace: Annotated[str, Meta(min_length=1)] | None = None  # a CSV, relative to the scenario
+    seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 1
+    outdoor_c: Annotated[float, Meta(ge=-50.0, le=40.0)] = -8.0
+    heaters: Annotated[int, Meta(ge=0, le=50)] = 6
+    scale: Annotated[float, Meta(ge=0.0, le=20.0)] = 1.0
+    reactive: bool = True
+    thermostat_step_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 1.0
+
+
+class ScenarioEV(Struct, frozen=True, forbid_unknown_fields=True):
+    """``[[ev]]``: when it is on which charger, and the EV's own parameters (sim.ev.EV: unset ones
+    keep EV's defaults)."""
+
+    charger: str
+    id: str | None = None
+    arrive_s: Annotated[float, Meta(ge=0.0, lt=YEAR_S)] = 0.0
+    depart_s: Annotated[float, Meta(gt=0.0, le=YEAR_S)] | None = None  # None: the end of the scenario
+    phases: Literal[1, 3] | UnsetType = UNSET
+    max_a: Annotated[float, Meta(ge=6.0, le=80.0)] | UnsetType = UNSET
+    battery_kwh: Annotated[float, Meta(ge=1.0, le=500.0)] | UnsetType = UNSET
+    soc: Fraction | UnsetType = UNSET
+    target_soc: Fraction | UnsetType = UNSET
+    efficiency: Annotated[float, Meta(ge=0.1, le=1.0)] | UnsetType = UNSET
+    response_s: Annotated[float, Meta(ge=0.0, le=600.0)] | UnsetType = UNSET
+    start_delay_s: Annotated[float, Meta(ge=0.0, le=600.0)] | UnsetType = UNSET
+    ramp_a_per_s: Annotated[float, Meta(ge=0.01, le=100.0)] | UnsetType = UNSET
+    taper_soc: Fraction | UnsetType = UNSET
+    min_a: Annotated[float, Meta(ge=1.0, le=32.0)] | UnsetType = UNSET
+
+    def params(self) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted((k, getattr(self, k)) for k in EV_PARAMS if getattr(self, k) is not UNSET))
+
+
+class ScenarioFile(Struct, frozen=True, forbid_unknown_fields=True):
+    """A scenario file as written; `scenario_from_dict` makes the `Scenario` the loop runs."""
+
+    duration_s: Annotated[float, Meta(ge=1.0, le=YEAR_S)]
+    grid: ScenarioGrid
+    start: datetime = datetime.fromisoformat("2025-01-15T00:00:00+01:00")
+    fixed_current_a: FixedAmps = 32.0
+    step_s: Annotated[float, Meta(ge=0.01, le=60.0)] = 1.0
+    name: str | None = None
+    meter: ScenarioMeter = msgspec.field(default_factory=ScenarioMeter)
+    household: ScenarioHousehold = msgspec.field(default_factory=ScenarioHousehold)
+    charger: Annotated[tuple[ChargerConfig, ...], Meta(max_length=MAX_CHARGERS)] = ()
+    ev: tuple[ScenarioEV, ...] = ()
+    balancer: BalancerSettings = msgspec.field(default_factory=BalancerSettings)
+    headroom: HeadroomSettings = msgspec.field(default_factory=HeadroomSettings)
+
+    def __post_init__(self) -> None:
+        check_charger_ids(self.charger, "charger")
+        check_balancer(self.balancer, self.grid.config, self.charger, "charger")
+        self._check_meter()
+        self._check_evs()
+
+    @property
+    def kind(self) -> str:
+        return self.meter.kind or f"3p-{self.grid.network.lower()}"
+
+    @property
+    def model(self) -> str:
+        if self.grid.model is not None:
+            return self.grid.model
+        return "phasor" if self.grid.network == "IT" and self.household.trace is None else "magnitude"
+
+    def _check_meter(self) -> None:
+        if self.kind != "1p" and self.kind != f"3p-{self.grid.network.lower()}":
+            raise ConfigError("meter.kind", f"a {self.kind} meter on an {self.grid.network} network")
+        if self.model == "phasor" and self.household.trace is not None:
+            raise ConfigError("grid.model", "the phasor model needs the synthetic household, not a trace")
+        for i, (_, end) in enumerate(self.meter.outages):
+            if end > self.duration_s:
+                raise ConfigError(f"meter.outages[{i}]", f"ends ({end:g} s) after the scenario "
+                                                        f"(duration_s = {self.duration_s:g})")
+
+    def _check_evs(self) -> None:
+        ids = {c.id for c in self.charger}
+        seen: list[EVSpec] = []
+        for i, e in enumerate(self.ev):
+            if e.charger not in ids:
+                raise ConfigError(f"ev[{i}].charger", f"{e.charger!r} is not a charger id")
+            spec = self.ev_spec(i)
+            if spec.depart_s <= spec.arrive_s:
+                raise ConfigError(f"ev[{i}].depart_s", f"{spec.depart_s:g} s is not after arrive_s")
+            try:
+                spec.make()
+            except ValueError as exc:  # EV's own checks, between its parameters
+                raise ConfigError(f"ev[{i}]", str(exc)) from None
+            for other in seen:
+                if other.charger == spec.charger and other.arrive_s < spec.depart_s and spec.arrive_s < other.depart_s:
+                    raise ConfigError(f"ev[{i}]", f"overlaps {other.id} on charger {spec.charger}")
+            seen.append(spec)
+
+    def ev_spec(self, i: int) -> EVSpec:
+        e = self.ev[i]
+        depart = self.duration_s if e.depart_s is None else e.depart_s
+        return EVSpec(e.id or f"{e.charger}-ev{i + 1}", e.charger, e.arrive_s, depart, e.params())
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -192,123 +346,28 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path | None = None) -> Scenario:
-    _keys(data, _TOP, "")
-    duration = _num(data, "duration_s", "scenario", lo=1.0)
-    grid = _keys(data.get("grid", {}), _GRID, "grid")
-    network = str(grid.get("network", "")).upper()
-    if network not in ("IT", "TN"):
-        raise ScenarioError(f"grid.network: {grid.get('network')!r} is not IT or TN")
-    fuse = _num(grid, "fuse_a", "grid", lo=1.0)
-    margin = _num(grid, "safety_margin_a", "grid", 2.0, lo=0.0)
-    curve = str(grid.get("curve", "C"))
-    if curve not in CURVES:
-        raise ScenarioError(f"grid.curve: {curve!r} is not one of {', '.join(CURVES)}")
-    house = dict(_keys(data.get("household", {}), _HOUSE, "household"))
-    default_model = "phasor" if network == "IT" and "trace" not in house else "magnitude"
-    model = str(grid.get("model", default_model))
-    if model not in ("magnitude", "phasor"):
-        raise ScenarioError(f"grid.model: {model!r} is not magnitude or phasor")
-    if model == "phasor" and "trace" in house:
-        raise ScenarioError("grid.model: the phasor model needs the synthetic household, not a trace")
-    seq_name = str(grid.get("sequence", "L1-L2-L3")).upper()
-    if seq_name not in _SEQUENCES:
-        raise ScenarioError(f"grid.sequence: {grid.get('sequence')!r} is not one of {', '.join(_SEQUENCES)}")
-    unbalance = grid.get("unbalance", list(DEFAULT_UNBALANCE))
-    if (not isinstance(unbalance, list) or len(unbalance) != 3
-            or not all(isinstance(u, int | float) and not isinstance(u, bool) and abs(u) <= 0.1
-                       for u in unbalance)):
-        raise ScenarioError(f"grid.unbalance: {unbalance!r} is not three numbers within +-0.1")
-    meter = _keys(data.get("meter", {}), _METER, "meter")
-    vendor = str(meter.get("vendor", "aidon")).lower()
-    if vendor not in VENDORS:
-        raise ScenarioError(f"meter.vendor: {vendor!r} is not one of {', '.join(VENDORS)}")
-    kind = str(meter.get("kind", "3p-it" if network == "IT" else "3p-tn")).lower()
-    if kind not in ("1p", "3p-tn", "3p-it"):
-        raise ScenarioError(f"meter.kind: {kind!r} is not one of 1p, 3p-tn, 3p-it")
-    if kind != "1p" and kind != f"3p-{network.lower()}":
-        raise ScenarioError(f"meter.kind: a {kind} meter on an {network} network")
-    phases = int(grid.get("phases", 1 if kind == "1p" else 3))
-    outages = tuple((float(a), float(b)) for a, b in meter.get("outages", []))
-    skew = _num(meter, "skew_s", "meter", 0.0, 0.0)
+    """The `Scenario` of a scenario file's tables; a `ScenarioError` names the key (``grid.fuse_a: ...``)."""
+    try:
+        check_balancer_table(data)
+        f = convert(data, ScenarioFile)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc), exc.path) from None
+    house = msgspec.to_builtins(f.household)
     if "trace" in house and base is not None:
         house["trace"] = str((base / house["trace"]).resolve())
-    chargers = []
-    for i, c in enumerate(data.get("charger", [])):
-        c = _keys(c, _CHARGER, f"charger[{i}]")
-        if "id" not in c:
-            raise ScenarioError(f"charger[{i}].id: missing")
-        rot = tuple(c.get("rotation", LINES))
-        if sorted(rot) != list(LINES):
-            raise ScenarioError(f"charger[{i}].rotation: {list(rot)!r} is not a permutation of L1, L2, L3")
-        ph = int(c.get("phases", 3))
-        if ph not in (1, 3):
-            raise ScenarioError(f"charger[{i}].phases: {ph!r} is not 1 or 3")
-        chargers.append(ChargerConfig(id=str(c["id"]), max_a=_num(c, "max_a", f"charger[{i}]", 32.0, 6.0),
-                                      phases=ph, rotation=rot))  # type: ignore[arg-type]
-    if len(chargers) > 3:
-        raise ScenarioError("charger: at most 3 chargers")
-    ids = {c.id for c in chargers}
-    evs = []
-    for i, e in enumerate(data.get("ev", [])):
-        e = dict(_keys(e, _EV, f"ev[{i}]"))
-        if e.get("charger") not in ids:
-            raise ScenarioError(f"ev[{i}].charger: {e.get('charger')!r} is not a charger id")
-        where = f"ev[{i}]"
-        times = {k: _num(e, k, where, d, 0.0) for k, d in (("arrive_s", 0.0), ("depart_s", duration))}
-        params = {k: e[k] for k in EV_PARAMS if k in e}
-        for k, v in params.items():
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ScenarioError(f"{where}.{k}: {v!r} is not a number")
-        spec = EVSpec(str(e.get("id", f"{e['charger']}-ev{i + 1}")), str(e["charger"]), times["arrive_s"],
-                      times["depart_s"], tuple(sorted(params.items())))
-        try:
-            spec.make()
-        except ValueError as exc:
-            raise ScenarioError(f"{where}: {exc}") from None
-        for other in evs:
-            if other.charger == spec.charger and other.arrive_s < spec.depart_s and spec.arrive_s < other.depart_s:
-                raise ScenarioError(f"ev[{i}]: overlaps {other.id} on charger {spec.charger}")
-        evs.append(spec)
-    balancer = dict(data.get("balancer", {}))
-    try:
-        settings = BalancerSettings.from_dict(balancer)
-    except ValueError as exc:
-        raise ScenarioError(str(exc)) from None
-    if settings.decrease_deadband_a > 0 and settings.decrease_deadband_a >= margin:
-        raise ScenarioError(f"balancer.decrease_deadband_a: {settings.decrease_deadband_a:g} A must stay "
-                            f"below grid.safety_margin_a ({margin:g} A), or the fuse could see more than "
-                            "its rating")
-    headroom = dict(_keys(data.get("headroom", {}), _HEADROOM, "headroom"))
-    if network == "IT" and model == "magnitude":
-        headroom.setdefault("two_wattmeter", False)  # the magnitude model's P and I1, I3 do not fit
-    start = data.get("start", "2025-01-15T00:00:00+01:00")
-    try:
-        start_dt = start if isinstance(start, datetime) else datetime.fromisoformat(str(start))
-    except ValueError:
-        raise ScenarioError(f"start: {start!r} is not an ISO 8601 time") from None
+    headroom = msgspec.to_builtins(f.headroom)
+    if f.grid.network == "IT" and f.model == "magnitude":
+        # the magnitude model's P and I1, I3 do not fit the two-wattmeter bound
+        headroom.setdefault("two_wattmeter", False)
+    g = f.grid
     return Scenario(
-        name=str(data.get("name", name)),
-        duration_s=duration,
-        network=network,  # type: ignore[arg-type]
-        fuse_a=fuse,
-        safety_margin_a=margin,
-        curve=curve,
-        grid_model=model,
-        supply_phases=phases,
-        sequence=_SEQUENCES[seq_name],
-        unbalance=(float(unbalance[0]), float(unbalance[1]), float(unbalance[2])),
-        vendor=vendor,
-        outages=outages,
-        repeat_hourly=bool(meter.get("repeat_hourly", False)),
-        skew_s=skew,
-        household=house,
-        chargers=tuple(chargers),
-        evs=tuple(evs),
-        balancer=balancer,
-        headroom=headroom,
-        fixed_current_a=_num(data, "fixed_current_a", "scenario", 32.0, 0.0),
-        start=start_dt,
-        step_s=_num(data, "step_s", "scenario", 1.0, 0.01),
+        name=f.name or name, duration_s=f.duration_s, network=g.network, fuse_a=g.fuse_a,
+        safety_margin_a=g.safety_margin_a, curve=g.curve, grid_model=f.model,
+        supply_phases=g.phases or (1 if f.kind == "1p" else 3), sequence=_SEQUENCES[g.sequence],
+        unbalance=g.unbalance, vendor=f.meter.vendor, outages=f.meter.outages,
+        repeat_hourly=f.meter.repeat_hourly, skew_s=f.meter.skew_s, household=house, chargers=f.charger,
+        evs=tuple(f.ev_spec(i) for i in range(len(f.ev))), balancer=msgspec.to_builtins(f.balancer),
+        headroom=headroom, fixed_current_a=f.fixed_current_a, start=f.start, step_s=f.step_s,
     )
 
 

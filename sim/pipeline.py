@@ -33,7 +33,7 @@ from typing import Any
 
 from apm.balancer_service import BalancerService
 from apm.clock import Clock, ScaledClock
-from apm.config import BrokerConfig, DeviceConfig, GridConfig
+from apm.config import BalancerSettings, BrokerConfig, DeviceConfig, GridConfig
 from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
 from apm.outbox import MemoryOutbox, Outbox
 from apm.serial_link import VENDOR_SETTINGS, open_port
@@ -70,7 +70,7 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
                                         safety_margin_a=sc.safety_margin_a),
                         chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
-                        balancer=balancer)
+                        balancer=BalancerSettings.from_dict(balancer))
 
 
 # --- the world ---------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ phases = 1
 max_a = 16
 
 [balancer]
-ramp_up_s = 90
+hold_s = 20
 """
 
 
@@ -94,7 +94,7 @@ def issue(box: Path, *extra: str, now: datetime = NOW, serial: str = "APM042") -
 def test_flash_write_and_read_round_trip(box):
     out = apm("flash", "read", "--image", "flash.img", cwd=box).stdout
     assert cfg.loads(out) == cfg.loads(GOOD)
-    assert tomllib.loads(out)["balancer"] == {"ramp_up_s": 90}
+    assert tomllib.loads(out)["balancer"] == {"hold_s": 20}
     # --image before the action, and $APM_FLASH, work too.
     assert apm("flash", "--image", "flash.img", "read", cwd=box).stdout == out
 
@@ -115,24 +115,43 @@ def test_flash_uses_the_per_user_default_image(tmp_path):
     ("text", "says"),
     [
         ('serial = "x\n[grid', "not valid TOML"),
-        ('serial = "APM1"\nfuse_a = 25\n', "fuse_a: unknown key"),
-        ('[grid]\nfuse = 25\n', "grid.fuse: unknown key"),
-        ('[grid]\nfuse_a = 500\n', "grid.fuse_a: 500 A is out of range (6..400 A)"),
+        ('serial = "APM1"\nfuse_a = 25\n', "apm flash write: fuse_a: unknown setting"),
+        ('[grid]\nfuse = 25\n', "apm flash write: grid.fuse: unknown setting (did you mean fuse_a?)"),
+        ('[grid]\nfuse_a = 500\n', "apm flash write: grid.fuse_a: 500 A is out of range (6..400 A)"),
         ('[grid]\nfuse_a = 3\n', "grid.fuse_a: 3 A is out of range"),
-        ('[grid]\nnetwork = "TT"\n', "grid.network: 'TT' is not a network type (IT or TN)"),
-        ('[grid]\nct_ratio = -1\n', "grid.ct_ratio: -1 must be greater than 0"),
-        ('[[chargers]]\nid = "a"\nphases = 2\n', "chargers[0].phases: 2 is not 1 or 3"),
+        ('[grid]\nnetwork = "TT"\n', "grid.network: 'TT' is not one of IT, TN"),
+        ('[grid]\nct_ratio = -1\n', "grid.ct_ratio: -1 is out of range (0.01..10000)"),
+        ('[[chargers]]\nid = "a"\nphases = 2\n', "chargers[0].phases: 2 is not one of 1, 3"),
         ('[[chargers]]\nid = "a"\nrotation = ["L1", "L2", "L2"]\n', "chargers[0].rotation"),
         ('[[chargers]]\nid = "a"\nmax_a = 5\n', "chargers[0].max_a: 5 A is out of range (6..80 A)"),
-        ("".join(f'[[chargers]]\nid = "c{i}"\n' for i in range(4)), "chargers: 4 chargers"),
+        ("".join(f'[[chargers]]\nid = "c{i}"\n' for i in range(4)), "chargers: 4 entries; at most 3"),
+        # what `apm run` used to die on after `apm flash write` had stored it
+        ("[balancer]\nhold_sec = 5\n", "apm flash write: balancer.hold_sec: unknown setting"),
+        ("[balancer]\nramp_up_s = 90\n", "apm flash write: balancer.ramp_up_s: unknown setting"),
+        ("[balancer]\nmin_a = -3\n", "apm flash write: balancer.min_a: -3 A is out of range (6..32 A)"),
+        ("[balancer]\ndecrease_deadband_a = 50\n", "apm flash write: balancer.decrease_deadband_a: 50 A is out of "
+                                                  "range (0..10 A)"),
+        ("[balancer]\ndecrease_deadband_a = 3\n", "apm flash write: balancer.decrease_deadband_a: 3 A must stay "
+                                                 "below grid.safety_margin_a (2 A)"),
+        ("[headroom]\nrise_threshold = 100\n", "apm flash write: headroom.rise_threshold: unknown setting"),
+        ("[headroom]\ni2_power_factor = 0\n", "apm flash write: headroom.i2_power_factor: 0 is out of range"),
     ],
 )
 def test_flash_write_refuses_bad_config_and_keeps_the_image(box, text, says):
     before = (box / "flash.img").read_bytes()
     (box / "bad.toml").write_text(text)
     proc = refused("flash", "write", "bad.toml", "--image", "flash.img", cwd=box, says=says)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("apm flash write: ")
     assert "bad.toml" in proc.stderr
     assert (box / "flash.img").read_bytes() == before
+
+
+def test_flash_write_help_lists_every_key_from_the_schema(tmp_path):
+    out = apm("flash", "write", "--help", cwd=tmp_path).stdout
+    for k in cfg.schema_keys():
+        assert f"  {k.path} " in out, k.path
+    assert "balancer.hold_s " in out and "0..600 s" in out
 
 
 def test_flash_write_missing_file(box):

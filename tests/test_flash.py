@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from apm import config as cfg
@@ -25,7 +26,7 @@ CONFIG_A = cfg.DeviceConfig(serial="APMA", installation_id="inst-a", port="/dev/
 CONFIG_B = cfg.DeviceConfig(serial="APMB", installation_id="inst-b", fixed_current_a=16.0,
                             grid=cfg.GridConfig(fuse_a=63.0, ct_ratio=2.0),
                             chargers=(cfg.ChargerConfig("one", phases=1), cfg.ChargerConfig("two", max_a=16.0)),
-                            balancer={"ramp_up_s": 120})
+                            balancer=cfg.BalancerSettings(hold_s=120.0))
 
 
 def env() -> dict[str, str]:
@@ -112,7 +113,7 @@ def test_torn_write_at_any_byte_leaves_the_old_version(tmp_path):
     image = _image_with(tmp_path, CONFIG_B, CONFIG_A)  # slot 0: B (v1), slot 1: A (v2, current)
     base = image.path.read_bytes()
     # A third configuration: the bytes of the slot being overwritten must differ from the new ones.
-    payload = fl._encode(FlashContents(config=replace(CONFIG_A, serial="APMC")))
+    payload = fl._encode(FlashContents(config=msgspec.structs.replace(CONFIG_A, serial="APMC")))
     blob = fl._slot_bytes(3, payload)
     cuts = sorted({*range(0, fl.HEADER.size + 2), *range(0, len(blob), 7), len(blob) - 1})
     for cut in cuts:
@@ -123,7 +124,7 @@ def test_torn_write_at_any_byte_leaves_the_old_version(tmp_path):
     torn = bytearray(base)
     torn[0:len(blob)] = blob
     image.path.write_bytes(bytes(torn))
-    assert image.read().config == replace(CONFIG_A, serial="APMC")
+    assert image.read().config == msgspec.structs.replace(CONFIG_A, serial="APMC")
     assert image.inspect().active.sequence == 3
 
 

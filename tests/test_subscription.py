@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from apm import eligibility, token
@@ -162,7 +163,7 @@ def test_token_of_another_apm_means_no_subscription(issuer):
 def test_ineligible_device_gets_no_features(issuer, config_changes, meter, why):
     issuer.subscribe(HOME, T0)
     tok = issuer.issue("APM7", T0)
-    config = dataclasses.replace(CONFIG, **config_changes)
+    config = msgspec.structs.replace(CONFIG, **config_changes)
     s = evaluate(T0, token=tok, public_key=issuer.public_key_pem, config=config, meter=meter)
     assert s.state is State.INELIGIBLE and why in s.reason
     assert features(s, True) == frozenset()

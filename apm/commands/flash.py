@@ -10,10 +10,21 @@ from apm.cli_support import (
     add_image_option,
     add_now_option,
     command,
+    fail,
     image_arg,
     load_image,
     now_arg,
 )
+
+
+class _ConfigKeysHelp(argparse.RawDescriptionHelpFormatter):
+    """``apm flash write --help`` ends with the configuration's keys, generated from the schema only
+    when the help is shown (the schema is not imported to parse a command line)."""
+
+    def format_help(self) -> str:
+        from apm.config import describe
+
+        return super().format_help() + "\n" + describe() + "\n"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_image_option(p)
     actions = p.add_subparsers(dest="flash_action", metavar="ACTION", required=True)
 
-    w = actions.add_parser("write", help="validate CONFIG.toml and store it as the device configuration")
+    w = actions.add_parser("write", help="validate CONFIG.toml and store it as the device configuration",
+                           description="Validate CONFIG.toml and store it as the device configuration.\n"
+                                       "Anything `apm run` would refuse is refused here (exit status 2),\n"
+                                       "naming the key, and the image is left as it was.",
+                           formatter_class=_ConfigKeysHelp)
     w.add_argument("config", metavar="CONFIG.toml")
     add_image_option(w)
     w.set_defaults(func=run_write)
@@ -48,7 +63,7 @@ def run_write(args: argparse.Namespace) -> int:
     try:
         config = cfg.load(args.config)
     except cfg.ConfigError as exc:
-        raise UsageError(f"{args.config}: {exc}" if exc.path else str(exc)) from None
+        return fail("flash write", str(exc), 2)  # bad input; nothing is written
     image = Flash(resolve_image_path(image_arg(args)))
     try:
         image.write_config(config)

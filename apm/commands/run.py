@@ -186,7 +186,7 @@ def _setup(args: argparse.Namespace) -> Setup:
         except LinkError as exc:
             raise BadInput(str(exc)) from None
     if url is not None or args.username or args.password or args.tls:
-        from dataclasses import replace
+        from msgspec.structs import replace
 
         b = config.broker
         config = replace(config, broker=replace(b, url=url, username=args.username or b.username,
