@@ -154,7 +154,3 @@ def discovery_messages(topics: Topics, device: DeviceInfo | None = None, *, char
         for s in sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
     ]
 
-
-def removal_messages(topics: Topics, object_ids: Sequence[str], prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
-    """Empty retained configs: Home Assistant deletes those sensors (e.g. of a charger taken away)."""
-    return [OutMessage(config_topic(topics.serial, o, prefix), b"", qos=1, retain=True) for o in object_ids]

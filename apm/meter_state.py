@@ -26,8 +26,6 @@ from han.reading import QUANTITIES, Reading
 # Cumulative counters (Wh, varh) come with list 3 only; everything else is an instantaneous value.
 COUNTERS = tuple(q for q in QUANTITIES if q.endswith(("_wh", "_varh")))
 INSTANT = tuple(q for q in QUANTITIES if q not in COUNTERS)
-CURRENTS = ("current_l1_a", "current_l2_a", "current_l3_a")
-VOLTAGES = ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
 
 # Without a meter clock a repeat can only be told by its counters; a real next hour comes ~3600 s later.
 _REPEAT_WINDOW_S = 1800.0
