@@ -5,6 +5,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -195,3 +196,32 @@ def test_optional_fields() -> None:
     assert json.loads(T.charger_state_message("c", c).payload)["phases"] is None  # always sent, null
     assert tp.ChargerStatePayload.decode(T.charger_state_message("c", c).payload) == c
     assert tp.ts_seconds(tp.iso_ts(1_700_000_000.5)) == 1_700_000_000.5
+
+
+# --- the published schema ---------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_committed_schema_and_table_are_what_the_code_declares() -> None:
+    committed = (DOCS / "mqtt-payloads.schema.json").read_text(encoding="utf-8")
+    assert committed == tp.schema_text(), "run: python -m apm.topics --schema > docs/mqtt-payloads.schema.json"
+    assert tp.markdown_table() in (DOCS / "mqtt.md").read_text(encoding="utf-8"), \
+        "paste `python -m apm.topics --table` into docs/mqtt.md"
+
+
+def test_what_the_device_sends_validates_against_the_published_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads((DOCS / "mqtt-payloads.schema.json").read_text(encoding="utf-8"))
+
+    def check(name: str, payload: bytes) -> None:
+        jsonschema.validate(json.loads(payload), {"$ref": f"#/$defs/{name}", "$defs": doc["$defs"]})
+
+    check("Reading", T.reading_message(Reading(meter="aidon", list=3, active_import_wh=5.0)).payload)
+    check("HeadroomPayload", T.headroom_message(tp.HeadroomPayload.make(1, None, 2.5, ts=0, seq=3)).payload)
+    check("SetpointPayload", T.setpoint_message("c", tp.SetpointPayload.make(6, "min", ts=0)).payload)
+    check("ChargerStatePayload", T.charger_state_message(
+        "c", tp.ChargerStatePayload.make("charging", (6, 6, 6), max_a=16, phases=3, ts=0)).payload)
+    with pytest.raises(jsonschema.ValidationError):
+        check("SetpointPayload", b'{"current_a": -1, "reason": "x", "ts": "2024-01-01T00:00:00Z"}')
+    assert [t["topic"] for t in doc["x-topics"]] == [s.pattern for s in tp.TABLE]
