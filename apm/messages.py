@@ -79,7 +79,7 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The payload as plain JSON values, with the keys the wire form has."""
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(self)
 
 
 # --- the balancer's conversation -------------------------------------------------------------------
