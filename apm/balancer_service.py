@@ -36,14 +36,21 @@ from apm.balancer import Balancer, BalancerSettings
 from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
 from apm.config import DeviceConfig
-from apm.eco.planner import Plan
 from apm.eco.schedule import EcoSchedule
 from apm.headroom import Headroom
-from apm.messages import HeadroomNote, headroom_value, read_charger_state, read_headroom, setpoint_message
+from apm.messages import (
+    HeadroomNote,
+    headroom_value,
+    read_charger_state,
+    read_eco_plan,
+    read_headroom,
+    read_subscription,
+    setpoint_message,
+)
 from apm.mqtt_link import MqttLink
 from apm.mqtt_node import MqttNode
 from apm.subscription import FEATURES, Gate, State, SubscriptionState, gate
-from apm.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics, decode_json
+from apm.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +130,21 @@ class BalancerService(MqttNode):
                 log.warning("%s: ignored a bad message: %s", m.topic, exc)
 
     def _on_subscription(self, payload: bytes) -> None:
-        d = decode_json(payload)
-        state = SubscriptionState(State(d.get("state")), str(d.get("reason", "")))
-        granted = d.get("granted", FEATURES)
+        p = read_subscription(payload)
+        state = SubscriptionState(State(p.state), p.reason)
         self.subscription = state
-        names = granted if isinstance(granted, list | tuple) else ()
-        self.granted = frozenset(f for f in names if isinstance(f, str))
+        self.granted = frozenset(FEATURES if p.granted is None else p.granted)
         log.info("balancer: subscription %s (%s)", state.state.value, state.reason)
 
     def _on_plan(self, payload: bytes) -> None:
-        if not payload.strip():
+        p = read_eco_plan(payload)
+        if p is None:
             self.eco = EcoSchedule()
             log.info("balancer: eco plan cleared")
             return
-        d = decode_json(payload)
-        schedule = EcoSchedule(Plan.from_dict(d))
-        for cid in d.get("charge_now", ()):
-            schedule.charge_now(str(cid))
+        schedule = EcoSchedule(p.plan())
+        for cid in p.charge_now:
+            schedule.charge_now(cid)
         self.eco = schedule
         log.info("balancer: eco plan for %s", ", ".join(schedule.plan.charger_ids if schedule.plan else ()))
 

@@ -46,7 +46,7 @@ from apm.config import DeviceConfig
 from apm.discovery import discovery_messages
 from apm.headroom import Headroom, HeadroomEstimator
 from apm.messages import headroom_message, read_charger_state
-from apm.meter_state import HourlyEnergy, MeterState
+from apm.meter_state import BaselineStore, HourlyEnergy, MeterState
 from apm.mqtt_link import MqttLink
 from apm.outbox import MemoryOutbox, Outbox
 from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
@@ -213,6 +213,7 @@ class Device:
         stale_after_s: float | None = None,
         char_time_s: float = 0.0,
         link_options: Mapping[str, Any] | None = None,
+        baseline_store: BaselineStore | None = None,
     ) -> None:
         self.config = config
         # Clock seconds one character takes on the HAN line (0: a source without line timing, a replay).
@@ -222,6 +223,10 @@ class Device:
         self.topics = Topics(config.serial)
         self.reader = reader or HanReader(ct_ratio=config.grid.ct_ratio)
         self.state = MeterState()
+        # The hourly baseline survives a restart, so the hour open at the restart is recorded.
+        self.baseline_store = baseline_store
+        if baseline_store is not None:
+            self._restore_baseline(baseline_store)
         # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
         # None: the configuration's [balancer] stale_after_s, so the headroom and the balancer agree.
         stale_after_s = config.balancer.stale_after_s if stale_after_s is None else stale_after_s
@@ -308,6 +313,8 @@ class Device:
         self.link.publish(self.topics.reading_message(reading))
         if record is not None:
             self._hourly(record)
+        if self.baseline_store is not None and self.state.baseline is not self._baseline_kept:
+            self._keep_baseline(self.baseline_store)
         if reading.meter != self._meter_seen:
             self._meter_seen = reading.meter
             self.evaluate_subscription()  # eligibility depends on the meter on the HAN port
@@ -347,6 +354,26 @@ class Device:
             return
         log.info("hourly energy %s -> %s: %.0f Wh imported, %.0f Wh exported", record.hour_start,
                  record.hour_end, record.import_wh, record.export_wh)
+
+    def _restore_baseline(self, store: BaselineStore) -> None:
+        try:
+            baseline = store.load()
+        except Exception as exc:  # a broken store costs the open hour, not the device
+            log.error("hourly baseline not restored: %s", exc)
+            baseline = None
+        if baseline is not None:
+            self.state.restore_baseline(baseline, self.clock.now())
+            log.info("hourly energy continues from %s (%.0f Wh imported)", baseline.meter_time, baseline.import_wh)
+        self._baseline_kept = self.state.baseline
+
+    def _keep_baseline(self, store: BaselineStore) -> None:
+        baseline = self._baseline_kept = self.state.baseline
+        if baseline is None:
+            return
+        try:
+            store.save(baseline)
+        except Exception as exc:  # as with the outbox: the meter goes on being read
+            log.error("hourly baseline %s not stored: %s", baseline.meter_time, exc)
 
     # --- subscription and status -------------------------------------------------------------------
 

@@ -19,11 +19,10 @@ import importlib.metadata
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from apm.topics import OFFLINE, ONLINE, OutMessage, Topics, encode_json
+from apm.messages import OFFLINE, ONLINE, DiscoveryConfig, DiscoveryDevice, DiscoveryOrigin
+from apm.topics import DISCOVERY, DISCOVERY_PREFIX, SPECS, OutMessage, Topics, payload_bytes
 
-DISCOVERY_PREFIX = "homeassistant"
 MANUFACTURER = "apm-emulator project"
 MODEL = "APM emulator"
 # A value that is not refreshed within this long is shown as unavailable (HAN cable out, meter mute).
@@ -47,15 +46,10 @@ class DeviceInfo:
     manufacturer: str = MANUFACTURER
     sw_version: str | None = None  # None: this package's version
 
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "identifiers": [node_id(self.serial)],
-            "name": self.name or f"APM {self.serial}",
-            "manufacturer": self.manufacturer,
-            "model": self.model,
-            "serial_number": self.serial,
-            "sw_version": self.sw_version or package_version(),
-        }
+    def payload(self) -> DiscoveryDevice:
+        return DiscoveryDevice(identifiers=[node_id(self.serial)], name=self.name or f"APM {self.serial}",
+                               manufacturer=self.manufacturer, model=self.model, serial_number=self.serial,
+                               sw_version=self.sw_version or package_version())
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,41 +114,35 @@ def sensors(topics: Topics, *, chargers: Sequence[str] = (), lines: Sequence[int
     return out
 
 
-def config_payload(sensor: Sensor, topics: Topics, device: DeviceInfo) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "name": sensor.name,
-        "unique_id": f"{node_id(topics.serial)}_{sensor.object_id}",
-        "state_topic": sensor.state_topic,
+def config_payload(sensor: Sensor, topics: Topics, device: DeviceInfo) -> DiscoveryConfig:
+    return DiscoveryConfig(
+        name=sensor.name,
+        unique_id=f"{node_id(topics.serial)}_{sensor.object_id}",
+        state_topic=sensor.state_topic,
         # A JSON null renders as "None", which Home Assistant shows as unknown.
-        "value_template": f"{{{{ value_json.{sensor.field} }}}}",
-        "unit_of_measurement": sensor.unit,
-        "device_class": sensor.device_class,
-        "state_class": sensor.state_class,
-        "availability_topic": topics.status,
-        "payload_available": ONLINE,
-        "payload_not_available": OFFLINE,
-        "device": device.to_json_dict(),
-        "origin": {"name": "apm-emulator", "sw_version": device.sw_version or package_version()},
-    }
-    if sensor.expire_after_s is not None:
-        cfg["expire_after"] = sensor.expire_after_s
-    if sensor.precision is not None:
-        cfg["suggested_display_precision"] = sensor.precision
-    return cfg
+        value_template=f"{{{{ value_json.{sensor.field} }}}}",
+        unit_of_measurement=sensor.unit,
+        device_class=sensor.device_class,
+        state_class=sensor.state_class,
+        availability_topic=topics.status,
+        payload_available=ONLINE,
+        payload_not_available=OFFLINE,
+        device=device.payload(),
+        origin=DiscoveryOrigin(name="apm-emulator", sw_version=device.sw_version or package_version()),
+        expire_after=sensor.expire_after_s,
+        suggested_display_precision=sensor.precision,
+    )
 
 
 def discovery_messages(topics: Topics, device: DeviceInfo | None = None, *, chargers: Sequence[str] = (),
                        lines: Sequence[int] = (1, 2, 3), power_list: int = 2,
                        prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
-    """Retained QoS 1 config messages for every sensor of `sensors`."""
+    """The retained config message of every sensor of `sensors`."""
     device = device or DeviceInfo(topics.serial)
+    spec = SPECS[DISCOVERY]
     return [
-        OutMessage(config_topic(topics.serial, s.object_id, prefix), encode_json(config_payload(s, topics, device)),
-                   qos=1, retain=True)
+        OutMessage(config_topic(topics.serial, s.object_id, prefix),
+                   payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
         for s in sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
     ]
 
-
-def removal_messages(topics: Topics, object_ids: Sequence[str], prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
-    """Empty retained configs: Home Assistant deletes those sensors (e.g. of a charger taken away)."""
-    return [OutMessage(config_topic(topics.serial, o, prefix), b"", qos=1, retain=True) for o in object_ids]

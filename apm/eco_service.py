@@ -1,25 +1,22 @@
 """The device's Smart eco service over MQTT: takes departure requests, plans all chargers together,
 publishes the plan (retained) for the balancer service.
 
-    eco/request (JSON, QoS 1) --> EcoPlanner (sans-IO) --> eco/plan (retained; Plan.to_dict() +
-                                                            "charge_now" + "expected_cost_nok")
+    eco/request (EcoRequest, QoS 1) --> EcoPlanner (sans-IO) --> eco/plan (EcoPlanPayload, retained)
 
-A request: ``{"charger": id, "departure": ISO time, "energy_kwh": x | "hours": h, "charge_now": bool}``;
-``{"charger": id, "clear": true}`` drops that charger's request. A request for a charger replaces its
+A request (`apm.messages.EcoRequest`): ``{"charger": id, "departure": ISO time, "energy_kwh": x |
+"hours": h, "charge_now": bool}``; ``{"charger": id, "clear": true}`` drops that charger's request. A request for a charger replaces its
 earlier one. ``charge_now`` puts the charger on the plan's ``charge_now`` list, which the balancer service
 (apm.balancer_service) reads as a manual override until the car leaves. When no request is left the
 plan is cleared with an empty retained payload (the balancer service's "plan cleared").
 
-The payload is ``Plan.to_dict()`` (what ``apm.balancer_service`` parses with ``Plan.from_dict``) plus
-``charge_now`` (charger ids) and ``expected_cost_nok`` (the plan's cost, spot + grid energy charge).
+The plan's payload (`apm.messages.EcoPlanPayload`) is ``Plan.to_dict()`` plus ``charge_now`` (charger
+ids) and ``expected_cost_nok`` (the plan's cost, spot + grid energy charge).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,19 +25,18 @@ from typing import Any
 from apm.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan
 from apm.eco.prices import OSLO, PriceSeries
 from apm.eco.tariff import ELVIA, EnergyCharge
+from apm.messages import EcoPlanPayload, EcoRequest, PayloadError, convert, decode, read_eco_plan
 from apm.mqtt_link import MqttLink
-from apm.topics import OutMessage, PayloadError, Topics, decode_json
+from apm.topics import OutMessage, Topics
 
 log = logging.getLogger(__name__)
 
-ECO_REQUEST = "eco/request"
-
 
 def request_topic(topics: Topics) -> str:
-    return f"{topics.root}/{ECO_REQUEST}"
+    return topics.eco_request
 
 
-class RequestError(ValueError):
+class RequestError(PayloadError):
     """A request the service cannot take (the message names the field)."""
 
 
@@ -53,39 +49,32 @@ class Request:
     charge_now: bool = False
 
 
-def parse_request(d: Mapping[str, Any], chargers: Mapping[str, Charger]) -> Request | str:
+def parse_request(d: EcoRequest | Mapping[str, Any], chargers: Mapping[str, Charger]) -> Request | str:
     """A `Request`, or the charger id for ``{"charger": id, "clear": true}``; `RequestError` if bad."""
-    cid = d.get("charger")
-    if not isinstance(cid, str) or cid not in chargers:
-        raise RequestError(f"charger: {cid!r} is not one of {', '.join(sorted(chargers))}")
-    if d.get("clear") is True:
-        return cid
-    dep = d.get("departure")
     try:
-        departure = datetime.fromisoformat(dep) if isinstance(dep, str) else None
+        r = d if isinstance(d, EcoRequest) else convert(d, EcoRequest)
+    except PayloadError as exc:
+        raise RequestError(str(exc)) from None
+    if r.charger not in chargers:
+        raise RequestError(f"charger: {r.charger!r} is not one of {', '.join(sorted(chargers))}")
+    if r.clear:
+        return r.charger
+    try:
+        departure = datetime.fromisoformat(r.departure) if r.departure is not None else None
     except ValueError:
         departure = None
     if departure is None:
-        raise RequestError(f"departure: {dep!r} is not an ISO time")
+        raise RequestError(f"departure: {r.departure!r} is not an ISO time")
     if departure.tzinfo is None:
         departure = departure.replace(tzinfo=OSLO)
-    energy, hours = d.get("energy_kwh"), d.get("hours")
-    if (energy is None) == (hours is None):
+    if (r.energy_kwh is None) == (r.hours is None):
         raise RequestError("give exactly one of energy_kwh and hours")
-    for name, v in (("energy_kwh", energy), ("hours", hours)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
-                              or not math.isfinite(v) or v < 0):
-            raise RequestError(f"{name}: {v!r} is not a number >= 0")
-    charge_now = d.get("charge_now", False)
-    if not isinstance(charge_now, bool):
-        raise RequestError(f"charge_now: {charge_now!r} is not true or false")
-    return Request(cid, departure, None if energy is None else float(energy),
-                   None if hours is None else float(hours), charge_now)
+    return Request(r.charger, departure, r.energy_kwh, r.hours, r.charge_now)
 
 
 class EcoPlanner:
     """Sans-IO: the open requests and the plan over them. ``handle`` and ``replan`` return the payload
-    to publish on ``eco/plan`` (a dict, or None to clear it)."""
+    to publish on ``eco/plan`` (None: clear it)."""
 
     def __init__(self, chargers: Mapping[str, Charger], prices: Callable[[datetime], PriceSeries],
                  grid: EnergyCharge = ELVIA.energy, budget_a: float | None = None) -> None:
@@ -96,7 +85,7 @@ class EcoPlanner:
         self.requests: dict[str, Request] = {}
         self.plan: Plan | None = None
 
-    def handle(self, d: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+    def handle(self, d: EcoRequest | Mapping[str, Any], now: datetime) -> EcoPlanPayload | None:
         req = parse_request(d, self.chargers)
         if isinstance(req, str):
             self.requests.pop(req, None)
@@ -106,7 +95,7 @@ class EcoPlanner:
             self.requests[req.charger] = req
         return self.replan(now)
 
-    def replan(self, now: datetime) -> dict[str, Any] | None:
+    def replan(self, now: datetime) -> EcoPlanPayload | None:
         """The plan over the requests whose departure is still ahead (older ones are dropped)."""
         self.requests = {c: r for c, r in self.requests.items() if r.departure > now}
         if not self.requests:
@@ -118,18 +107,12 @@ class EcoPlanner:
             cars.append(CarRequest.for_hours(ch, r.departure, r.hours) if r.hours is not None
                         else CarRequest(ch, r.departure, r.energy_kwh or 0.0))
         self.plan = plan(cars, self.prices(now), now, PlanOptions(grid=self.grid, budget_a=self.budget_a))
-        payload = self.plan.to_dict()
-        payload["charge_now"] = sorted(c for c, r in self.requests.items() if r.charge_now)
-        payload["expected_cost_nok"] = round(self.plan.cost_nok, 4)
-        return payload
+        return EcoPlanPayload.of(self.plan, [c for c, r in self.requests.items() if r.charge_now])
 
 
-def plan_message(topics: Topics, payload: dict[str, Any] | None) -> OutMessage:
-    """The retained ``eco/plan`` message; an empty payload clears the plan."""
-    msg = topics.eco_plan_message(payload if payload is not None else {})
-    if payload is None:
-        return OutMessage(msg.topic, b"", msg.qos, msg.retain, msg.ttl_s)
-    return msg
+def plan_message(topics: Topics, payload: EcoPlanPayload | None) -> OutMessage:
+    """The retained ``eco/plan`` message; None clears the plan (an empty payload)."""
+    return topics.eco_plan_message(payload)
 
 
 class EcoService:
@@ -172,7 +155,7 @@ class EcoService:
             if m.topic != request_topic(self.topics):
                 continue
             try:
-                payload = self.planner.handle(decode_json(m.payload), self.clock())
+                payload = self.planner.handle(decode(m.payload, EcoRequest), self.clock())
             except (PayloadError, RequestError, PlanError) as exc:
                 self.errors.append(str(exc))
                 log.warning("%s: ignored a bad request: %s", m.topic, exc)
@@ -186,8 +169,14 @@ async def fetch_plan(url: str, serial: str, timeout_s: float = 5.0) -> dict[str,
     async with MqttLink(url, client_id=f"apm-eco-show-{serial}", subscriptions=[(topics.eco_plan, 1)]) as link:
         async def first() -> dict[str, Any] | None:
             async for m in link.messages():
-                if m.topic == topics.eco_plan:
-                    return json.loads(m.payload) if m.payload.strip() else None
+                if m.topic != topics.eco_plan:
+                    continue
+                try:
+                    plan = read_eco_plan(m.payload)
+                except PayloadError as exc:
+                    log.warning("%s: not a plan: %s", m.topic, exc)
+                    continue
+                return plan.to_json_dict() if plan is not None else None
             return None
 
         try:

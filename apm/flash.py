@@ -1,7 +1,9 @@
 """The emulated flash: one image file holding everything the device keeps across power loss.
 
 Contents: the configuration, the subscription token, the issuer's public key, the revocations
-received, and the outbox of hourly-energy records not yet acknowledged by the cloud.
+received, the outbox of hourly-energy records not yet acknowledged by the cloud, and the hourly
+baseline (the counters of the last hourly list, `apm.meter_state.Baseline`), so that the first hour
+after a restart is recorded too. An image written before the baseline was kept reads as one without.
 
 Layout: two slots of SLOT_SIZE bytes. A slot is a header (magic, sequence number, length, CRC32 of
 header and payload) followed by a JSON payload. A write goes to the slot that does NOT hold the
@@ -27,6 +29,7 @@ from typing import Any
 
 from apm import config as cfg
 from apm import paths
+from apm.meter_state import Baseline
 
 SLOT_SIZE = 256 * 1024
 SLOTS = 2
@@ -66,6 +69,7 @@ class FlashContents:
     revocations: tuple[str, ...] = ()  # signed revocation tokens, as received
     outbox: tuple[OutboxRecord, ...] = ()
     next_record_id: int = 1
+    baseline: Baseline | None = None  # the hourly energy baseline, kept across a restart
 
     @property
     def blank(self) -> bool:
@@ -169,6 +173,9 @@ class Flash:
 
     def write_issuer_key(self, pem: str) -> FlashContents:
         return self.update(lambda c: replace(c, issuer_key=pem))
+
+    def write_baseline(self, baseline: Baseline | None) -> FlashContents:
+        return self.update(lambda c: replace(c, baseline=baseline))
 
     def add_revocation(self, revocation: str) -> FlashContents:
         return self.update(
@@ -297,6 +304,7 @@ def _encode(c: FlashContents) -> bytes:
         "revocations": list(c.revocations),
         "outbox": [{"id": r.id, "data": r.data} for r in c.outbox],
         "next_record_id": c.next_record_id,
+        "baseline": c.baseline.to_dict() if c.baseline is not None else None,
     }
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
@@ -316,4 +324,21 @@ def _decode(payload: bytes) -> FlashContents:
         revocations=tuple(doc["revocations"]),
         outbox=tuple(OutboxRecord(int(r["id"]), dict(r["data"])) for r in doc["outbox"]),
         next_record_id=int(doc["next_record_id"]),
+        baseline=Baseline.from_dict(doc["baseline"]) if doc.get("baseline") is not None else None,
     )
+
+
+class FlashBaseline:
+    """The hourly baseline kept in the flash image (a `apm.meter_state.BaselineStore`).
+
+    Saved once an hour, when an hourly list moves it on: one more flash write beside the outbox's.
+    """
+
+    def __init__(self, flash: Flash) -> None:
+        self.flash = flash
+
+    def load(self) -> Baseline | None:
+        return self.flash.read().baseline
+
+    def save(self, baseline: Baseline) -> None:
+        self.flash.write_baseline(baseline)

@@ -18,16 +18,16 @@ Cost: `update` is O(number of quantities) and allocates one small object per cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any, Protocol
 
 from han.reading import QUANTITIES, Reading
 
 # Cumulative counters (Wh, varh) come with list 3 only; everything else is an instantaneous value.
 COUNTERS = tuple(q for q in QUANTITIES if q.endswith(("_wh", "_varh")))
 INSTANT = tuple(q for q in QUANTITIES if q not in COUNTERS)
-CURRENTS = ("current_l1_a", "current_l2_a", "current_l3_a")
-VOLTAGES = ("voltage_l1_v", "voltage_l2_v", "voltage_l3_v")
 
 # Without a meter clock a repeat can only be told by its counters; a real next hour comes ~3600 s later.
 _REPEAT_WINDOW_S = 1800.0
@@ -62,12 +62,41 @@ class HourlyEnergy:
 
 
 @dataclass(frozen=True, slots=True)
-class _Hourly:
+class Baseline:
+    """The counters of the last hourly list: where the next hour's energy starts.
+
+    The device keeps it in the flash image (`apm.flash`) so that the first hourly list after a restart
+    closes the hour that was open. ``at`` is the clock time it arrived (not kept: after a restart it is
+    the restart), used to tell a repeated list from the next one when the meter sends no clock.
+    """
+
     meter_time: str | None
-    clock: datetime | None
     import_wh: float
     export_wh: float | None
-    at: float
+    meter_id: str | None = None
+    at: float = field(default=0.0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meter_time": self.meter_time, "import_wh": self.import_wh, "export_wh": self.export_wh,
+                "meter_id": self.meter_id}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], at: float = 0.0) -> Baseline:
+        """The stored form back; ValueError/TypeError/KeyError for anything else."""
+        meter_time, meter_id = d["meter_time"], d.get("meter_id")
+        import_wh, export_wh = d["import_wh"], d.get("export_wh")
+        if not all(isinstance(v, str | None) for v in (meter_time, meter_id)) or isinstance(import_wh, bool) \
+                or not isinstance(import_wh, int | float) or not isinstance(export_wh, int | float | None):
+            raise TypeError(f"not a baseline: {dict(d)!r}")
+        return cls(meter_time, float(import_wh), None if export_wh is None else float(export_wh), meter_id, at)
+
+
+class BaselineStore(Protocol):
+    """Where the baseline is kept across a restart (the flash image; `apm.flash.FlashBaseline`)."""
+
+    def load(self) -> Baseline | None: ...
+
+    def save(self, baseline: Baseline) -> None: ...
 
 
 class MeterState:
@@ -86,7 +115,9 @@ class MeterState:
         self.phase_at: float | None = None
         self.counts = {1: 0, 2: 0, 3: 0}
         self.repeats = 0  # repeated hourly lists dropped
-        self._hourly: _Hourly | None = None
+        # The last hourly list's counters; a new value (never changed in place) whenever it moves on,
+        # so whoever keeps it across a restart sees a change by identity.
+        self.baseline: Baseline | None = None
 
     # --- input -----------------------------------------------------------------------------------
 
@@ -98,7 +129,7 @@ class MeterState:
             return None
         if reading.meter_id is not None and self.meter_id is not None and reading.meter_id != self.meter_id:
             # Another meter (replaced, or a wrong cable): its counters do not continue ours.
-            self._hourly = None
+            self.baseline = None
             self.values.clear()
             self.phase_reading = None
             self.phase_at = None
@@ -131,10 +162,9 @@ class MeterState:
                 values[name] = Stamped(v, now)
         return self._close_hour(now, reading)
 
-    def restore_baseline(self, meter_time: str, import_wh: float, export_wh: float | None = None,
-                         now: float = 0.0) -> None:
-        """Continue hourly records from counters kept across a restart (e.g. in flash)."""
-        self._hourly = _Hourly(meter_time, _parse_time(meter_time), import_wh, export_wh, now)
+    def restore_baseline(self, baseline: Baseline, now: float = 0.0) -> None:
+        """Continue hourly records from the baseline kept across a restart (`BaselineStore`)."""
+        self.baseline = replace(baseline, at=now)
 
     # --- output ----------------------------------------------------------------------------------
 
@@ -151,16 +181,10 @@ class MeterState:
         """Every known value with its age: ``{name: {"value": v, "age_s": a}}`` (for status/MQTT)."""
         return {k: {"value": s.value, "age_s": now - s.at} for k, s in self.values.items()}
 
-    @property
-    def baseline(self) -> tuple[str | None, float, float | None] | None:
-        """(meter_time, import_wh, export_wh) of the last hourly list, to keep across a restart."""
-        h = self._hourly
-        return None if h is None else (h.meter_time, h.import_wh, h.export_wh)
-
     # --- hourly lists ----------------------------------------------------------------------------
 
     def _is_repeat(self, now: float, r: Reading) -> bool:
-        h = self._hourly
+        h = self.baseline
         if h is None or r.active_import_wh != h.import_wh or r.active_export_wh != h.export_wh:
             return False
         if r.meter_time is not None and h.meter_time is not None:
@@ -168,14 +192,17 @@ class MeterState:
         return now - h.at < _REPEAT_WINDOW_S
 
     def _close_hour(self, now: float, r: Reading) -> HourlyEnergy | None:
-        prev = self._hourly
+        prev = self.baseline
         if r.active_import_wh is None:
             return None
+        self.baseline = Baseline(r.meter_time, r.active_import_wh, r.active_export_wh, self.meter_id, now)
+        if prev is None or (prev.meter_id is not None and prev.meter_id != self.meter_id):
+            return None  # first hourly list, or another meter's counters: this one is the baseline
+        prev_clock = _parse_time(prev.meter_time) if prev.meter_time is not None else None
         clock = _parse_time(r.meter_time) if r.meter_time is not None else None
-        self._hourly = _Hourly(r.meter_time, clock, r.active_import_wh, r.active_export_wh, now)
-        if prev is None or prev.clock is None or clock is None:
-            return None  # first hourly list, or no clock to date the hour: this one is the baseline
-        start, end = _floor_hour(prev.clock), _floor_hour(clock)
+        if prev_clock is None or clock is None:
+            return None  # no clock to date the hour
+        start, end = _floor_hour(prev_clock), _floor_hour(clock)
         if start.tzinfo is None or end.tzinfo is None:
             start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
         hours = round((end - start).total_seconds() / 3600.0)

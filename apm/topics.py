@@ -1,48 +1,59 @@
-"""The device's MQTT topic tree and the JSON payload on each topic.
+"""The device's MQTT topics, in one table: topic -> payload type -> QoS -> retain -> who publishes.
 
-Everything lives under one root, ``apm/<serial>/``:
-
-    topic                          payload                               qos retain  who publishes
-    status                         "online" | "offline" (also the will)  1   yes     device
-    reading/list1|list2|list3      Reading.to_json_dict()                0   yes     device
-    headroom                       HeadroomPayload                       0   no      device
-    energy/hourly                  Topics.energy_record(HourlyEnergy)    1   no      device (outbox)
-    subscription                   SubscriptionState.to_status()         1   yes     device
-    subscription/revocation        a signed revocation JWT (text)        1   yes     cloud (issuer)
-    charger/<id>/state             ChargerStatePayload                   0   no      each charger
-    charger/<id>/setpoint          SetpointPayload                       1   no      balancer
-    eco/plan                       Plan.to_dict()                        1   yes     device
+Everything of one device lives under ``apm/<serial>/``; Home Assistant's discovery configs under
+``homeassistant/``. `TABLE` is the one place a topic is declared; `Topics` builds and parses the
+topics of one device from it, and its ``*_message`` methods return `OutMessage` values (topic, bytes,
+QoS, retain) that `apm.mqtt_link.MqttLink.publish` sends as they are. The payloads themselves are
+declared in `apm.messages`; ``python -m apm.topics --schema`` writes their JSON Schema
+(docs/mqtt-payloads.schema.json) and ``--table`` the table of docs/mqtt.md.
 
 Why these flags: a reading is state (Home Assistant shows the last one at once) and carries the meter's
 clock, so it may be retained; headroom, charger state and setpoints are commands or inputs to commands,
 so they are never retained: a value that outlives its publisher must not steer a charger. Hourly
 energy is QoS 1 and leaves the device through the persistent outbox (apm.outbox): none may be lost,
-so it is delivered at least once and consumers drop duplicates by ``id``.
-
-Payloads are JSON objects whose numeric field names carry their unit (``current_l1_a``, ``import_wh``);
-the one exception is ``ts``, an ISO 8601 UTC time (`iso_ts`). Builders return `OutMessage` values
-(topic, bytes, qos, retain) that `apm.mqtt_link.MqttLink.publish` sends as they are.
+so it is delivered at least once and consumers drop duplicates by ``id``. A revocation and the eco plan
+are retained so that a device that was offline when they were sent still learns them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
-import math
 import re
-from collections.abc import Mapping
-from datetime import UTC, date, datetime
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import msgspec
+
+from apm.messages import (
+    OFFLINE,
+    ONLINE,
+    ChargerStatePayload,
+    DiscoveryConfig,
+    EcoPlanPayload,
+    EcoRequest,
+    EnergyRecord,
+    HeadroomPayload,
+    PayloadError,
+    Revocation,
+    SetpointPayload,
+    Status,
+    SubscriptionPayload,
+    convert,
+    encode,
+    energy_record_id,
+    iso_ts,
+    parse_ts,
+    ts_seconds,
+)
+from apm.meter_state import HourlyEnergy
 from han.reading import Reading
 
+__all__ = ["OFFLINE", "ONLINE", "PayloadError", "energy_record_id", "iso_ts", "parse_ts", "ts_seconds"]
+
 ROOT: Final = "apm"
-ONLINE: Final = "online"
-OFFLINE: Final = "offline"
 READING_LISTS: Final = (1, 2, 3)
-LINE_FIELDS: Final = ("l1_a", "l2_a", "l3_a")
-CHARGER_CURRENT_FIELDS: Final = ("current_l1_a", "current_l2_a", "current_l3_a")
 
 # Topic kinds, as `Topics.parse` names them.
 STATUS: Final = "status"
@@ -54,6 +65,10 @@ SUBSCRIPTION_REVOCATION: Final = "subscription/revocation"
 CHARGER_STATE: Final = "charger/state"
 CHARGER_SETPOINT: Final = "charger/setpoint"
 ECO_PLAN: Final = "eco/plan"
+ECO_REQUEST: Final = "eco/request"
+DISCOVERY: Final = "discovery"
+
+DISCOVERY_PREFIX: Final = "homeassistant"
 
 # A topic level may not hold MQTT's separators or wildcards; NUL is forbidden in any MQTT string.
 _BAD_LEVEL = re.compile(r"[/+#\x00]")
@@ -63,28 +78,44 @@ class TopicError(ValueError):
     """A serial or charger id that cannot be a topic level, or a topic outside the tree."""
 
 
-class PayloadError(ValueError):
-    """A payload that is not the JSON this topic carries; the message names what is wrong."""
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
-class Delivery:
+class TopicSpec:
+    """One topic: its pattern (``{serial}``, ``{list}``, ``{charger}`` ... are levels), the type its
+    payload decodes to, how it is delivered, and who publishes it. ``text``: the payload is plain
+    text, not JSON."""
+
+    kind: str
+    pattern: str
+    payload: Any
     qos: int
     retain: bool
+    publisher: str
+    text: bool = False
+
+    @property
+    def payload_name(self) -> str:
+        return _payload_name(self.payload)
 
 
-DELIVERY: Final[Mapping[str, Delivery]] = {
-    STATUS: Delivery(1, True),
-    READING: Delivery(0, True),
-    HEADROOM: Delivery(0, False),
-    ENERGY_HOURLY: Delivery(1, False),
-    SUBSCRIPTION: Delivery(1, True),
-    # Retained: a device that was offline (or not yet started) when the payment bounced still learns it.
-    SUBSCRIPTION_REVOCATION: Delivery(1, True),
-    CHARGER_STATE: Delivery(0, False),
-    CHARGER_SETPOINT: Delivery(1, False),
-    ECO_PLAN: Delivery(1, True),
-}
+TABLE: Final[tuple[TopicSpec, ...]] = (
+    TopicSpec(STATUS, "apm/{serial}/status", Status, 1, True, "device (and its last will)", text=True),
+    TopicSpec(READING, "apm/{serial}/reading/list{list}", Reading, 0, True, "device"),
+    TopicSpec(HEADROOM, "apm/{serial}/headroom", HeadroomPayload, 0, False, "device"),
+    TopicSpec(ENERGY_HOURLY, "apm/{serial}/energy/hourly", EnergyRecord, 1, False, "device, from its outbox"),
+    TopicSpec(SUBSCRIPTION, "apm/{serial}/subscription", SubscriptionPayload, 1, True, "device"),
+    TopicSpec(SUBSCRIPTION_REVOCATION, "apm/{serial}/subscription/revocation", Revocation, 1, True,
+              "cloud (the token issuer)", text=True),
+    TopicSpec(CHARGER_STATE, "apm/{serial}/charger/{charger}/state", ChargerStatePayload, 0, False, "each charger"),
+    TopicSpec(CHARGER_SETPOINT, "apm/{serial}/charger/{charger}/setpoint", SetpointPayload, 1, False, "balancer"),
+    TopicSpec(ECO_PLAN, "apm/{serial}/eco/plan", EcoPlanPayload, 1, True, "eco service (empty: no plan)"),
+    TopicSpec(ECO_REQUEST, "apm/{serial}/eco/request", EcoRequest, 1, False, "the user (an app, Home Assistant)"),
+    TopicSpec(DISCOVERY, "homeassistant/sensor/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
+)
+SPECS: Final[Mapping[str, TopicSpec]] = {s.kind: s for s in TABLE}
+
+# What a variable level may hold when a topic is parsed.
+_LEVELS = {"list": "(?P<list>[123])", "charger": "(?P<charger>[^/+#\x00]+)", "node": "[^/+#\x00]+",
+           "object": "[^/+#\x00]+"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,14 +145,40 @@ def check_level(value: str, what: str) -> str:
     return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Topics:
-    """The topic tree of one device, ``apm/<serial>/...``."""
+    """The topic tree of one device, ``apm/<serial>/...``, built from `TABLE`."""
 
-    serial: str
+    __slots__ = ("_parsers", "serial")
 
-    def __post_init__(self) -> None:
-        check_level(self.serial, "serial")
+    def __init__(self, serial: str) -> None:
+        self.serial = check_level(serial, "serial")
+        root = f"{ROOT}/{{serial}}/"
+        self._parsers = tuple(
+            (re.compile(_regex(s.pattern.replace("{serial}", "\x01"), self.serial)), s.kind)
+            for s in TABLE if s.pattern.startswith(root))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Topics) and other.serial == self.serial
+
+    def __hash__(self) -> int:
+        return hash(self.serial)
+
+    def __repr__(self) -> str:
+        return f"Topics({self.serial!r})"
+
+    def topic(self, kind: str, *, charger: str | None = None, list_no: int | None = None) -> str:
+        """The topic of ``kind`` (a charger's topics need ``charger``, a reading ``list_no``)."""
+        levels: dict[str, object] = {"serial": self.serial}
+        if charger is not None:
+            levels["charger"] = check_level(charger, "charger id")
+        if list_no is not None:
+            if list_no not in READING_LISTS:
+                raise TopicError(f"list {list_no!r} is not 1, 2 or 3")
+            levels["list"] = list_no
+        try:
+            return SPECS[kind].pattern.format(**levels)
+        except KeyError as exc:
+            raise TopicError(f"topic {kind!r} needs {exc.args[0]!r}") from None
 
     @property
     def root(self) -> str:
@@ -129,44 +186,42 @@ class Topics:
 
     @property
     def status(self) -> str:
-        return f"{self.root}/status"
+        return self.topic(STATUS)
 
     def reading(self, list_no: int) -> str:
-        if list_no not in READING_LISTS:
-            raise TopicError(f"list {list_no!r} is not 1, 2 or 3")
-        return f"{self.root}/reading/list{list_no}"
+        return self.topic(READING, list_no=list_no)
 
     @property
     def headroom(self) -> str:
-        return f"{self.root}/headroom"
+        return self.topic(HEADROOM)
 
     @property
     def energy_hourly(self) -> str:
-        return f"{self.root}/energy/hourly"
+        return self.topic(ENERGY_HOURLY)
 
     @property
     def subscription(self) -> str:
-        return f"{self.root}/subscription"
+        return self.topic(SUBSCRIPTION)
 
     @property
     def subscription_revocation(self) -> str:
-        return f"{self.root}/subscription/revocation"
+        return self.topic(SUBSCRIPTION_REVOCATION)
 
     def charger_state(self, charger_id: str) -> str:
-        return f"{self.root}/charger/{check_level(charger_id, 'charger id')}/state"
+        return self.topic(CHARGER_STATE, charger=charger_id)
 
     def charger_setpoint(self, charger_id: str) -> str:
-        return f"{self.root}/charger/{check_level(charger_id, 'charger id')}/setpoint"
+        return self.topic(CHARGER_SETPOINT, charger=charger_id)
 
     @property
     def eco_plan(self) -> str:
-        return f"{self.root}/eco/plan"
+        return self.topic(ECO_PLAN)
+
+    @property
+    def eco_request(self) -> str:
+        return self.topic(ECO_REQUEST)
 
     # Subscription filters.
-    @property
-    def all_readings(self) -> str:
-        return f"{self.root}/reading/+"
-
     @property
     def all_charger_states(self) -> str:
         return f"{self.root}/charger/+/state"
@@ -175,130 +230,90 @@ class Topics:
     def all_charger_setpoints(self) -> str:
         return f"{self.root}/charger/+/setpoint"
 
-    @property
-    def everything(self) -> str:
-        return f"{self.root}/#"
-
     def parse(self, topic: str) -> TopicRef | None:
         """The kind of a topic of this tree; None for a topic outside it or unknown within it."""
-        prefix = self.root + "/"
-        if not topic.startswith(prefix):
-            return None
-        rest = topic[len(prefix):].split("/")
-        match rest:
-            case ["status"]:
-                return TopicRef(STATUS)
-            case ["reading", name] if name in ("list1", "list2", "list3"):
-                return TopicRef(READING, list=int(name[-1]))
-            case ["headroom"]:
-                return TopicRef(HEADROOM)
-            case ["energy", "hourly"]:
-                return TopicRef(ENERGY_HOURLY)
-            case ["subscription"]:
-                return TopicRef(SUBSCRIPTION)
-            case ["subscription", "revocation"]:
-                return TopicRef(SUBSCRIPTION_REVOCATION)
-            case ["charger", cid, "state"] if cid:
-                return TopicRef(CHARGER_STATE, charger=cid)
-            case ["charger", cid, "setpoint"] if cid:
-                return TopicRef(CHARGER_SETPOINT, charger=cid)
-            case ["eco", "plan"]:
-                return TopicRef(ECO_PLAN)
+        for regex, kind in self._parsers:
+            m = regex.fullmatch(topic)
+            if m is not None:
+                groups = m.groupdict()
+                list_no = groups.get("list")
+                return TopicRef(kind, charger=groups.get("charger"), list=int(list_no) if list_no else None)
         return None
 
     # --- messages ------------------------------------------------------------------------------
 
-    def status_message(self, online: bool) -> OutMessage:
-        return _message(self.status, STATUS, (ONLINE if online else OFFLINE).encode())
+    def message(self, kind: str, payload: Any, *, ttl_s: float | None = None, charger: str | None = None,
+                list_no: int | None = None) -> OutMessage:
+        """``payload`` (of the kind's type) on the kind's topic, with its QoS and retain flag."""
+        spec = SPECS[kind]
+        return OutMessage(self.topic(kind, charger=charger, list_no=list_no), payload_bytes(spec, payload),
+                          spec.qos, spec.retain, ttl_s)
 
     def reading_message(self, reading: Reading | Mapping[str, Any]) -> OutMessage:
-        data = reading.to_json_dict() if isinstance(reading, Reading) else dict(reading)
-        list_no = data.get("list")
-        if list_no not in READING_LISTS:
-            raise PayloadError(f"a reading needs 'list' 1, 2 or 3, not {list_no!r}")
-        return _message(self.reading(list_no), READING, encode_json(data))
+        r = reading if isinstance(reading, Reading) else convert(reading, Reading)
+        if r.list not in READING_LISTS:
+            raise PayloadError(f"a reading needs 'list' 1, 2 or 3, not {r.list!r}")
+        return self.message(READING, r, list_no=r.list)
 
     def headroom_message(self, headroom: HeadroomPayload, ttl_s: float | None = None) -> OutMessage:
-        return _message(self.headroom, HEADROOM, encode_json(headroom.to_json_dict()), ttl_s)
+        return self.message(HEADROOM, headroom, ttl_s=ttl_s)
 
-    def energy_record(self, record: Any) -> dict[str, Any]:
-        """An hourly record (e.g. `apm.meter_state.HourlyEnergy`) as the JSON object the outbox keeps,
-        with ``id`` = `energy_record_id` of its ``hour_start`` unless it has one."""
-        data = to_json_obj(record)
-        if not isinstance(data, dict):
-            raise PayloadError("an hourly energy record is a JSON object")
-        if "id" not in data:
-            if not isinstance(data.get("hour_start"), str):
-                raise PayloadError("an hourly energy record needs an 'id' or an 'hour_start' to make one from")
-            data = {"id": energy_record_id(self.serial, data["hour_start"]), **data}
-        return data
+    def energy_record(self, hour: HourlyEnergy) -> dict[str, Any]:
+        """An hourly record as the plain JSON object the outbox keeps, with its stable ``id``."""
+        return msgspec.to_builtins(EnergyRecord.of(self.serial, hour))
 
-    def energy_message(self, record: Any) -> OutMessage:
-        """An hourly energy record (any JSON object with a non-empty string ``id``)."""
-        return _message(self.energy_hourly, ENERGY_HOURLY, encode_energy(record))
-
-    def subscription_message(self, state: Any) -> OutMessage:
-        return _message(self.subscription, SUBSCRIPTION, encode_json(state))
+    def subscription_message(self, state: SubscriptionPayload | Mapping[str, Any]) -> OutMessage:
+        p = state if isinstance(state, SubscriptionPayload) else convert(state, SubscriptionPayload)
+        return self.message(SUBSCRIPTION, p)
 
     def revocation_message(self, revocation: str) -> OutMessage:
         """A signed revocation (`apm.token.sign_revocation`), sent as the JWT text itself."""
-        if not revocation or not revocation.isascii():
-            raise PayloadError("a revocation is a non-empty ASCII JWT")
-        return _message(self.subscription_revocation, SUBSCRIPTION_REVOCATION, revocation.encode("ascii"))
+        return self.message(SUBSCRIPTION_REVOCATION, revocation)
 
     def charger_state_message(self, charger_id: str, state: ChargerStatePayload) -> OutMessage:
-        return _message(self.charger_state(charger_id), CHARGER_STATE, encode_json(state.to_json_dict()))
+        return self.message(CHARGER_STATE, state, charger=charger_id)
 
     def setpoint_message(self, charger_id: str, setpoint: SetpointPayload,
                          ttl_s: float | None = None) -> OutMessage:
-        return _message(self.charger_setpoint(charger_id), CHARGER_SETPOINT,
-                        encode_json(setpoint.to_json_dict()), ttl_s)
+        return self.message(CHARGER_SETPOINT, setpoint, ttl_s=ttl_s, charger=charger_id)
 
-    def eco_plan_message(self, plan: Any) -> OutMessage:
-        return _message(self.eco_plan, ECO_PLAN, encode_json(plan))
+    def eco_plan_message(self, plan: EcoPlanPayload | None) -> OutMessage:
+        """The retained plan; None clears it (an empty retained payload)."""
+        if plan is None:
+            spec = SPECS[ECO_PLAN]
+            return OutMessage(self.eco_plan, b"", spec.qos, spec.retain)
+        return self.message(ECO_PLAN, plan)
 
-
-def _message(topic: str, kind: str, payload: bytes, ttl_s: float | None = None) -> OutMessage:
-    d = DELIVERY[kind]
-    return OutMessage(topic, payload, d.qos, d.retain, ttl_s)
-
-
-# --- JSON ----------------------------------------------------------------------------------------
+    def eco_request_message(self, request: EcoRequest) -> OutMessage:
+        return self.message(ECO_REQUEST, request)
 
 
-def to_json_obj(value: Any) -> Any:
-    """A plain JSON value from a Mapping, a value with ``to_json_dict()`` or ``to_dict()``, or a dataclass.
+def payload_bytes(spec: TopicSpec, payload: Any) -> bytes:
+    """The wire form of ``payload`` on ``spec``'s topic; `PayloadError` if it is not of the topic's type."""
+    if spec.text:
+        if not isinstance(payload, str):
+            raise PayloadError(f"{spec.kind}: the payload is text, not {type(payload).__name__}")
+        return convert(payload, spec.payload).encode("ascii")  # type: ignore[arg-type]
+    if not isinstance(payload, spec.payload):
+        raise PayloadError(f"{spec.kind}: the payload is a {spec.payload_name}, not {type(payload).__name__}")
+    return encode(payload)
 
-    datetimes become ISO 8601 strings and enums their value, so the frozen dataclasses of the device
-    core can be handed over as they are.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_json_obj(v) for k, v in value.items()}
-    for method in ("to_json_dict", "to_dict"):
-        fn = getattr(value, method, None)
-        if callable(fn):
-            return to_json_obj(fn())
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json_obj(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_json_obj(v) for v in value]
-    if isinstance(value, datetime):
-        return iso_ts(value) if value.tzinfo else value.isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return to_json_obj(value.value)
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    raise PayloadError(f"{type(value).__name__} is not JSON")
+
+def _regex(pattern: str, serial: str) -> str:
+    out = re.escape(pattern).replace("\x01", re.escape(serial))
+    for name, rx in _LEVELS.items():
+        out = out.replace(re.escape("{" + name + "}"), rx)
+    return out
+
+
+# --- plain JSON (the link's generic outbox and incoming messages) ------------------------------------
 
 
 def encode_json(value: Any) -> bytes:
-    """Compact UTF-8 JSON. NaN and infinities are refused: they are not JSON and break consumers."""
-    obj = to_json_obj(value)
+    """Compact UTF-8 JSON of a plain value. NaN and infinities are refused: they are not JSON."""
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    except ValueError as exc:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
         raise PayloadError(f"not JSON-safe: {exc}") from None
 
 
@@ -313,227 +328,64 @@ def decode_json(payload: bytes | bytearray | str) -> dict[str, Any]:
     return obj
 
 
-def decode_status(payload: bytes | str) -> bool:
-    """True for "online", False for "offline"."""
-    text = payload.decode(errors="replace") if isinstance(payload, bytes | bytearray) else payload
-    if text == ONLINE:
-        return True
-    if text == OFFLINE:
-        return False
-    raise PayloadError(f"status {text!r} is neither {ONLINE!r} nor {OFFLINE!r}")
+def encode_energy(record: Mapping[str, Any]) -> bytes:
+    """An outbox record as the ``energy/hourly`` payload; `PayloadError` if it is not an `EnergyRecord`."""
+    return encode(convert(record, EnergyRecord))
 
 
-def decode_reading(payload: bytes | str) -> Reading:
-    data = decode_json(payload)
-    if data.get("list") not in READING_LISTS or not isinstance(data.get("meter"), str):
-        raise PayloadError("a reading needs 'meter' (string) and 'list' (1, 2 or 3)")
-    return Reading.from_json_dict(data)
+# --- documentation --------------------------------------------------------------------------------------
 
 
-def encode_energy(record: Any) -> bytes:
-    data = to_json_obj(record)
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
-        raise PayloadError("an hourly energy record needs a non-empty string 'id' (consumers deduplicate by it)")
-    return encode_json(data)
+def _payload_name(kind: Any) -> str:
+    if isinstance(kind, type):
+        return kind.__name__
+    meta = next((m for m in getattr(kind, "__metadata__", ()) if isinstance(m, msgspec.Meta)), None)
+    return meta.title if meta is not None and meta.title else str(kind)
 
 
-def decode_energy(payload: bytes | str) -> dict[str, Any]:
-    data = decode_json(payload)
-    if not isinstance(data.get("id"), str) or not data["id"]:
-        raise PayloadError("an hourly energy record needs a non-empty string 'id'")
-    return data
+def schema() -> dict[str, Any]:
+    """The JSON Schema of every payload in `TABLE` (docs/mqtt-payloads.schema.json)."""
+    kinds = list(dict.fromkeys(s.payload for s in TABLE))
+    inline, defs = msgspec.json.schema_components(kinds, ref_template="#/$defs/{name}")
+    for kind, sch in zip(kinds, inline, strict=True):
+        if "$ref" not in sch:  # the text payloads have no Struct of their own: name them here
+            defs[_payload_name(kind)] = sch
+    topics = [{"topic": s.pattern, "payload": {"$ref": f"#/$defs/{s.payload_name}"},
+               "format": "text" if s.text else "json", "qos": s.qos, "retain": s.retain, "publisher": s.publisher}
+              for s in TABLE]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "APM MQTT payloads",
+        "description": "Generated by `python -m apm.topics --schema` from apm/messages.py; "
+                       "x-topics is the topic table of apm/topics.py.",
+        "x-topics": topics,
+        "$defs": dict(sorted(defs.items())),
+    }
 
 
-def energy_record_id(serial: str, hour_start: datetime | str) -> str:
-    """A stable id for the record of the hour starting at ``hour_start``: the same hour, the same id."""
-    start = iso_ts(hour_start) if isinstance(hour_start, datetime) else hour_start
-    return f"{serial}/{start}"
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=False) + "\n"
 
 
-def iso_ts(t: datetime | float) -> str:
-    """ISO 8601 in UTC with milliseconds, e.g. 2024-01-15T10:00:00.250Z; a float is a POSIX time."""
-    if isinstance(t, datetime):
-        if t.tzinfo is None:
-            raise PayloadError(f"{t.isoformat()} has no time zone")
-        dt = t.astimezone(UTC)
-    else:
-        dt = datetime.fromtimestamp(t, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+def markdown_table() -> str:
+    """The topic table as docs/mqtt.md shows it."""
+    rows = ["| topic | payload | QoS | retain | published by |", "|---|---|---|---|---|"]
+    for s in TABLE:
+        payload = s.payload_name + (" (text)" if s.text else "")
+        rows.append(f"| `{s.pattern}` | {payload} | {s.qos} | {'yes' if s.retain else 'no'} | {s.publisher} |")
+    return "\n".join(rows) + "\n"
 
 
-def ts_seconds(text: str) -> float:
-    """A ``ts`` as POSIX seconds, to compare with a clock (the inverse of `iso_ts` on a float)."""
-    return parse_ts(text).timestamp()
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["--schema"]:
+        sys.stdout.write(schema_text())
+        return 0
+    if args == ["--table"]:
+        sys.stdout.write(markdown_table())
+        return 0
+    sys.stderr.write("usage: python -m apm.topics --schema | --table\n")
+    return 2
 
-
-def parse_ts(text: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except (TypeError, ValueError):
-        raise PayloadError(f"ts {text!r} is not an ISO 8601 time") from None
-    if dt.tzinfo is None:
-        raise PayloadError(f"ts {text!r} has no time zone")
-    return dt
-
-
-def _ts(value: datetime | float | str) -> str:
-    return value if isinstance(value, str) else iso_ts(value)
-
-
-def _number(data: Mapping[str, Any], key: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PayloadError(f"{key!r} must be a number, not {value!r}")
-    return float(value)
-
-
-def _number_or_none(data: Mapping[str, Any], key: str) -> float | None:
-    return None if data.get(key) is None else _number(data, key)
-
-
-def _text(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise PayloadError(f"{key!r} must be a string, not {value!r}")
-    return value
-
-
-def _text_or_none(data: Mapping[str, Any], key: str) -> str | None:
-    return None if data.get(key) is None else _text(data, key)
-
-
-def _ts_field(data: Mapping[str, Any]) -> str:
-    ts = _text(data, "ts")
-    parse_ts(ts)
-    return ts
-
-
-# --- typed payloads of the balancer's conversation -----------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class HeadroomPayload:
-    """Amperes our chargers may still draw on each grid line (None: the supply has no such line).
-
-    ``stale``: the meter data it rests on is too old, so use the safe fixed current. ``age_s`` (age of
-    that data), ``limit_a`` (fuse less margin) and ``reason`` are optional, for people and logs.
-    From `apm.headroom.Headroom` h: ``make(*h.available_a, ts=..., stale=not h.fresh, age_s=h.age_s,
-    limit_a=h.limit_a, reason=h.reason)``.
-    """
-
-    l1_a: float | None
-    l2_a: float | None
-    l3_a: float | None
-    ts: str
-    stale: bool = False
-    age_s: float | None = None
-    limit_a: float | None = None
-    reason: str | None = None
-
-    @classmethod
-    def make(cls, l1_a: float | None, l2_a: float | None, l3_a: float | None, *,
-             ts: datetime | float | str, stale: bool = False, age_s: float | None = None,
-             limit_a: float | None = None, reason: str | None = None) -> HeadroomPayload:
-        return cls(l1_a, l2_a, l3_a, _ts(ts), stale, age_s, limit_a, reason)
-
-    def lines(self) -> tuple[float | None, float | None, float | None]:
-        return (self.l1_a, self.l2_a, self.l3_a)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"l1_a": self.l1_a, "l2_a": self.l2_a, "l3_a": self.l3_a, "ts": self.ts,
-                             "stale": self.stale}
-        return _with_optional(d, age_s=self.age_s, limit_a=self.limit_a, reason=self.reason)
-
-    @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> HeadroomPayload:
-        a, b, c = (_number_or_none(data, k) for k in LINE_FIELDS)
-        stale = data.get("stale", False)
-        if not isinstance(stale, bool):
-            raise PayloadError(f"'stale' must be true or false, not {stale!r}")
-        return cls(a, b, c, _ts_field(data), stale, _number_or_none(data, "age_s"),
-                   _number_or_none(data, "limit_a"), _text_or_none(data, "reason"))
-
-    @classmethod
-    def decode(cls, payload: bytes | str) -> HeadroomPayload:
-        return cls.from_json_dict(decode_json(payload))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChargerStatePayload:
-    """What a charger reports: its state, the current on its own L1..L3 terminals, its limits.
-
-    ``state`` is a mode name; `apm.charger_state` uses "disconnected", "connected", "charging",
-    "finished". ``phases``: the phases the EV draws on (1 or 3; None: not known yet).
-    ``setpoint_a``: the setpoint the charger applies now (optional).
-    """
-
-    state: str
-    current_l1_a: float
-    current_l2_a: float
-    current_l3_a: float
-    max_a: float
-    phases: int | None
-    ts: str | None = None
-    setpoint_a: float | None = None
-
-    @classmethod
-    def make(cls, state: str, currents_a: tuple[float, float, float], *, max_a: float, phases: int | None,
-             ts: datetime | float | str | None = None, setpoint_a: float | None = None) -> ChargerStatePayload:
-        return cls(state, *currents_a, max_a=max_a, phases=phases, ts=None if ts is None else _ts(ts),
-                   setpoint_a=setpoint_a)
-
-    def currents(self) -> tuple[float, float, float]:
-        return (self.current_l1_a, self.current_l2_a, self.current_l3_a)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"state": self.state}
-        d.update(zip(CHARGER_CURRENT_FIELDS, self.currents(), strict=True))
-        d.update(max_a=self.max_a, phases=self.phases)
-        return _with_optional(d, setpoint_a=self.setpoint_a, ts=self.ts)
-
-    @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> ChargerStatePayload:
-        currents = [_number(data, k) for k in CHARGER_CURRENT_FIELDS]
-        phases = data.get("phases")
-        if phases is not None and (isinstance(phases, bool) or phases not in (1, 3)):
-            raise PayloadError(f"'phases' must be 1, 3 or null, not {phases!r}")
-        ts = _ts_field(data) if data.get("ts") is not None else None
-        return cls(_text(data, "state"), *currents, max_a=_number(data, "max_a"),
-                   phases=None if phases is None else int(phases), ts=ts,
-                   setpoint_a=_number_or_none(data, "setpoint_a"))
-
-    @classmethod
-    def decode(cls, payload: bytes | str) -> ChargerStatePayload:
-        return cls.from_json_dict(decode_json(payload))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SetpointPayload:
-    """The balancer's order to one charger: offer ``current_a`` per phase (0: pause)."""
-
-    current_a: float
-    reason: str
-    ts: str
-
-    @classmethod
-    def make(cls, current_a: float, reason: str, *, ts: datetime | float | str) -> SetpointPayload:
-        return cls(float(current_a), reason, _ts(ts))
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {"current_a": self.current_a, "reason": self.reason, "ts": self.ts}
-
-    @classmethod
-    def from_json_dict(cls, data: Mapping[str, Any]) -> SetpointPayload:
-        current = _number(data, "current_a")
-        if current < 0:
-            raise PayloadError(f"'current_a' must not be negative, not {current!r}")
-        return cls(current, _text(data, "reason"), _ts_field(data))
-
-    @classmethod
-    def decode(cls, payload: bytes | str) -> SetpointPayload:
-        return cls.from_json_dict(decode_json(payload))
-
-
-def _with_optional(d: dict[str, Any], **optional: Any) -> dict[str, Any]:
-    d.update((k, v) for k, v in optional.items() if v is not None)
-    return d
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -149,7 +149,3 @@ def encode_container(tag: int, items: list[bytes]) -> bytes:
 
 def structure(*items: bytes) -> bytes:
     return encode_container(STRUCTURE, list(items))
-
-
-def array(*items: bytes) -> bytes:
-    return encode_container(ARRAY, list(items))

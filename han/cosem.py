@@ -18,11 +18,6 @@ def obis(text: str) -> bytes:
     return bytes(int(p) for p in parts)
 
 
-def obis_text(code: bytes) -> str:
-    a, b, c, d, e, f = code
-    return f"{a}-{b}:{c}.{d}.{e}.{f}"
-
-
 def datetime_iso(raw: bytes) -> str | None:
     """12-byte COSEM date-time -> ISO 8601; None when the date or time is not specified.
 
@@ -59,9 +54,6 @@ def datetime_bytes(when: datetime, *, with_offset: bool = True, status: int = 0x
         hundredths, deviation, status,
     )
 
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 UTC = UTC

@@ -14,6 +14,7 @@ from apm.config import BrokerConfig
 from apm.mqtt_link import Backoff, MqttLink
 from apm.outbox import FileOutbox
 from apm.topics import Topics
+from tests.energy_records import record
 
 
 async def main(url: str, serial: str, outbox_path: str, records: int) -> None:
@@ -22,7 +23,7 @@ async def main(url: str, serial: str, outbox_path: str, records: int) -> None:
         link = MqttLink.for_device(topics, BrokerConfig(url=url), outbox=box, backoff=Backoff(0.05, 0.2))
         async with link:
             for i in range(records):
-                link.add_record({"id": f"rec-{i}", "import_wh": 1000.0 + i, "export_wh": 0.0})
+                link.add_record(record(f"rec-{i}", 1000.0 + i))
             if "--no-wait" not in sys.argv:
                 await link.wait_connected(10)
             print("ready", flush=True)

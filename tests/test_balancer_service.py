@@ -144,7 +144,7 @@ def plan(now: datetime) -> Plan:
     start = now.replace(hour=23, minute=0)
     slot = SlotPlan(start, start + timedelta(hours=1), 16.0, 11.0, 0.5, 0.3)
     cp = ChargerPlan(c, now.replace(hour=7) + timedelta(days=1), 11.0, (slot,), True)
-    return Plan(now, "joint", "NO1", (cp,), now + timedelta(days=1))
+    return Plan(now, "cheapest", "NO1", (cp,), now + timedelta(days=1))
 
 
 def test_eco_plan_gives_zero_outside_its_slots_and_charge_now_overrides_until_the_car_leaves(

@@ -19,6 +19,7 @@ from apm.config import BrokerConfig
 from apm.mqtt_link import Backoff, MqttLink
 from apm.outbox import MemoryOutbox
 from apm.topics import Topics
+from tests.energy_records import record
 from tests.mqtt_broker import Observer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,10 +78,10 @@ def test_device_link_on_the_embedded_broker() -> None:
                         MqttLink.for_device(T, BrokerConfig(), url=broker.url, outbox=box,
                                             backoff=Backoff(0.05, 0.2)) as link):
                 assert await link.wait_connected(5)
-                link.add_record({"id": "h1", "import_wh": 42.0})
+                link.add_record(record("h1", 42.0))
                 link.publish(T.reading_message({"meter": "kaifa", "list": 1, "active_import_w": 900.0}))
                 await obs.wait_until(lambda: obs.payloads(T.energy_hourly) and obs.payloads(T.reading(1)))
-                assert json.loads(obs.payloads(T.energy_hourly)[0]) == {"id": "h1", "import_wh": 42.0}
+                assert json.loads(obs.payloads(T.energy_hourly)[0]) == record("h1", 42.0)
                 assert obs.last(T.status) == b"online"
                 assert box.pending() == []
 

@@ -87,8 +87,6 @@ def test_options() -> None:
         ha.sensors(T, power_list=3)
     with pytest.raises(ValueError):
         ha.sensors(T, chargers=["a.b", "a_b"])  # same Home Assistant id
-    gone = ha.removal_messages(T, ["setpoint_garage"])
-    assert gone[0].payload == b"" and gone[0].retain
 
 
 def test_configs_appear_retained_on_the_broker(mosquitto: Mosquitto) -> None:

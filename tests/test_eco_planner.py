@@ -24,8 +24,8 @@ from apm.eco.planner import (
     plan_at_once,
 )
 from apm.eco.prices import OSLO, PriceSeries, PriceSlot, sample_week
-from apm.eco.schedule import serve
 from apm.eco.tariff import ELVIA
+from tests.eco_serve import serve
 
 T0 = datetime(2026, 1, 12, 18, 0, tzinfo=OSLO)  # a Monday evening
 GRID = ELVIA.energy

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from apm.eco.planner import CarRequest, Charger, plan
 from apm.eco.prices import OSLO, PriceSeries, PriceSlot
-from apm.eco.schedule import EcoSchedule, allowed_current, change_times, serve
+from apm.eco.schedule import EcoSchedule, allowed_current, change_times
+from tests.eco_serve import serve
 
 T0 = datetime(2026, 1, 12, 18, 0, tzinfo=OSLO)
 

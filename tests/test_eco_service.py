@@ -41,10 +41,10 @@ def test_planner_plans_jointly_and_rejects_bad_requests() -> None:
     p.handle({"charger": "a", "departure": DEPART, "energy_kwh": 20}, NOW)
     d = p.handle({"charger": "b", "departure": DEPART, "hours": 2, "charge_now": True}, NOW)
     assert d is not None
-    plan = Plan.from_dict(d)
+    plan = d.plan()
     assert set(plan.charger_ids) == {"a", "b"} and plan.feasible
     assert plan.charger("b").energy_kwh == pytest.approx(2 * CHARGERS["b"].max_kw)
-    assert d["charge_now"] == ["b"] and d["expected_cost_nok"] == pytest.approx(plan.cost_nok, abs=1e-3)
+    assert d.charge_now == ["b"] and d.expected_cost_nok == pytest.approx(plan.cost_nok, abs=1e-3)
     # the joint plan keeps the shared 20 A budget in every slot
     slots: dict[Any, float] = {}
     for c in plan.chargers:

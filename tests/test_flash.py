@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,7 +18,8 @@ import pytest
 
 from apm import config as cfg
 from apm import flash as fl
-from apm.flash import CorruptImage, Flash, FlashContents, FlashFull
+from apm.flash import CorruptImage, Flash, FlashBaseline, FlashContents, FlashFull
+from apm.meter_state import Baseline
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_A = cfg.DeviceConfig(serial="APMA", installation_id="inst-a", port="/dev/ttyAPM",
@@ -90,6 +92,23 @@ def test_revocations_are_stored_once(tmp_path):
     image.add_revocation("r1")
     image.add_revocation("r2")
     assert image.read().revocations == ("r1", "r2")
+
+
+def test_hourly_baseline_is_kept_and_images_from_before_it_still_read(tmp_path):
+    img = Flash(tmp_path / "f.img")
+    kept = Baseline("2025-01-15T10:00:10", 5000.0, 12.5, "6970631400000033")
+    store = FlashBaseline(img)
+    assert store.load() is None
+    img.outbox_append({"id": "r1"})
+    store.save(replace(kept, at=123.0))  # the arrival time is not part of what is kept
+    assert store.load() == kept and img.read().outbox[0].data == {"id": "r1"}
+    # An image written before the baseline was kept: the same format without the key.
+    old = tmp_path / "old.img"
+    doc = json.loads(fl._encode(FlashContents(token="t")))
+    del doc["baseline"]
+    old.write_bytes(fl._slot_bytes(1, json.dumps(doc).encode()).ljust(fl.IMAGE_SIZE, b"\xff"))
+    assert Flash(old).read() == FlashContents(token="t")
+    assert FlashBaseline(Flash(old)).load() is None
 
 
 def test_contents_too_big_for_a_slot(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from apm.meter_state import HourlyEnergy, MeterState
+from apm.meter_state import Baseline, HourlyEnergy, MeterState
 from han.reading import Reading
 
 ID = "7359992890000000"
@@ -105,16 +107,34 @@ def test_restore_baseline_continues_across_a_restart() -> None:
     s = MeterState()
     s.update(0.0, list3("2025-01-15T10:00:00+01:00", 5000.0))
     kept = s.baseline
-    assert kept == ("2025-01-15T10:00:00+01:00", 5000.0, 0.0)
+    assert kept is not None and (kept.meter_time, kept.import_wh, kept.export_wh) == (
+        "2025-01-15T10:00:00+01:00", 5000.0, 0.0)
+    stored = Baseline.from_dict(json.loads(json.dumps(kept.to_dict())))  # what the flash image keeps
     fresh = MeterState()
-    fresh.restore_baseline(*kept)  # type: ignore[arg-type]
+    fresh.restore_baseline(stored)
     rec = fresh.update(10.0, list3("2025-01-15T11:00:00+01:00", 5400.0))
     assert rec is not None and rec.import_wh == 400.0
     # the restored list counts as seen: its repeat is dropped too
     again = MeterState()
-    again.restore_baseline(*kept)  # type: ignore[arg-type]
+    again.restore_baseline(stored)
     assert again.update(1.0, list3("2025-01-15T10:00:00+01:00", 5000.0)) is None
     assert again.repeats == 1
+
+
+def test_the_baseline_changes_by_identity_once_an_hour_and_names_its_meter() -> None:
+    s = MeterState()
+    s.update(0.0, list3("2025-01-15T10:00:00+01:00", 5000.0, meter_id="A"))
+    first = s.baseline
+    s.update(1.0, list3("2025-01-15T10:00:00+01:00", 5000.0, meter_id="A"))  # a repeat: no change
+    assert s.baseline is first and first is not None and first.meter_id == "A"
+    s.update(3600.0, list3("2025-01-15T11:00:00+01:00", 5400.0, meter_id="A"))
+    assert s.baseline is not first
+    # A baseline kept from another meter is not continued: its counters are not ours.
+    other = MeterState()
+    other.restore_baseline(first)
+    assert other.update(5.0, list3("2025-01-15T11:00:00+01:00", 9000.0, meter_id="B")) is None
+    with pytest.raises((TypeError, KeyError)):
+        Baseline.from_dict({"meter_time": 5, "import_wh": 1.0})
 
 
 def test_naive_meter_clock() -> None:

@@ -27,6 +27,7 @@ from apm.config import BrokerConfig
 from apm.mqtt_link import Backoff, BrokerAddress, LinkError, MqttLink
 from apm.outbox import FileOutbox, MemoryOutbox
 from apm.topics import ChargerStatePayload, HeadroomPayload, Topics
+from tests.energy_records import record
 from tests.mqtt_broker import Mosquitto, Observer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,13 +172,13 @@ def test_no_hourly_record_lost_when_the_broker_is_killed_and_restarted(tmp_path:
                 loop_task = asyncio.create_task(device_loop())
                 records = [f"{T.serial}/2024-01-01T{h:02d}:00:00.000Z" for h in range(12)]
                 for rid in records[:4]:
-                    link.add_record({"id": rid, "import_wh": 1500.0, "export_wh": 0.0})
+                    link.add_record(record(rid, 1500.0))
                 await cloud.wait_until(lambda: len(cloud.payloads(T.energy_hourly)) == 4)
 
                 broker.kill()
                 await wait_for(lambda: not link.is_connected)
                 for rid in records[4:]:
-                    link.add_record({"id": rid, "import_wh": 1500.0, "export_wh": 0.0})
+                    link.add_record(record(rid, 1500.0))
                 before = ticks
                 await asyncio.sleep(0.5)
                 assert ticks - before > 10, "the device loop stalled while the broker was down"
@@ -210,7 +211,7 @@ def test_a_record_leaves_the_outbox_only_after_its_puback(tmp_path: Path) -> Non
                         device_link(broker.url, outbox=box) as link):
                 assert await link.wait_connected(5)
                 broker.freeze()  # the PUBLISH reaches the socket; no PUBACK comes back
-                link.add_record({"id": "r1", "import_wh": 1.0})
+                link.add_record(record("r1", 1.0))
                 await asyncio.sleep(0.3)
                 assert [e.data["id"] for e in box.pending()] == ["r1"]
                 broker.kill()  # the frozen broker dies without having answered
@@ -267,7 +268,7 @@ def test_device_works_without_a_broker_and_catches_up_when_one_appears(tmp_path:
                 link.publish(T.reading_message(reading(n, 1)))
                 link.publish(T.reading_message(reading(1000 + n, 2)))
             link.publish(T.headroom_message(HeadroomPayload.make(9, 9, 9, ts=0), ttl_s=0.1))
-            rid = link.add_record({"id": "boot-1", "import_wh": 5.0})
+            rid = link.add_record(record("boot-1", 5.0))
             await asyncio.sleep(0.6)  # several failed attempts; the headroom outlives its ttl
             assert not link.is_connected and link.stats.last_error
             assert [e.id for e in box.pending()] == [rid]

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
-import enum
+import contextlib
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from apm import messages as msg
 from apm import topics as tp
 from han.reading import Reading
 
@@ -63,21 +64,29 @@ def test_reading_message_is_the_schema_json_and_retained() -> None:
     m = T.reading_message(r)
     assert (m.topic, m.qos, m.retain) == (T.reading(2), 0, True)
     assert json.loads(m.payload) == r.to_json_dict()
-    assert tp.decode_reading(m.payload) == r
+    assert msg.decode(m.payload, Reading) == r
     assert T.reading_message(r.to_json_dict()) == m
     with pytest.raises(tp.PayloadError):
         T.reading_message({"meter": "kaifa", "list": 7})
+    with pytest.raises(tp.PayloadError):
+        msg.decode(m.payload.replace(b'"list":2', b'"list":7'), Reading)
 
 
-def test_delivery_flags() -> None:
+def test_delivery_flags_come_from_the_table() -> None:
     h = T.headroom_message(tp.HeadroomPayload.make(10, 11, None, ts=0))
     assert (h.qos, h.retain) == (0, False)  # a command input must not outlive its publisher
     s = T.setpoint_message("c", tp.SetpointPayload.make(16, "share", ts=0), ttl_s=5)
     assert (s.qos, s.retain, s.ttl_s) == (1, False, 5)
-    e = T.energy_message({"id": "x", "import_wh": 1})
-    assert (e.topic, e.qos, e.retain) == (T.energy_hourly, 1, False)
-    assert (T.status_message(True).payload, T.status_message(True).retain) == (b"online", True)
-    assert tp.decode_status(T.status_message(False).payload) is False
+    online = T.message(tp.STATUS, "online")
+    assert (online.topic, online.payload, online.qos, online.retain) == (T.status, b"online", 1, True)
+    with pytest.raises(tp.PayloadError):
+        T.message(tp.STATUS, "maybe")
+    with pytest.raises(tp.PayloadError):  # a payload of another topic's type
+        T.message(tp.HEADROOM, tp.SetpointPayload.make(16, "share", ts=0))
+    for spec in tp.TABLE:
+        assert spec.qos in (0, 1) and spec.kind in tp.SPECS
+    assert {s.kind for s in tp.TABLE if s.retain} == {tp.STATUS, tp.READING, tp.SUBSCRIPTION,
+                                                       tp.SUBSCRIPTION_REVOCATION, tp.ECO_PLAN, tp.DISCOVERY}
 
 
 def test_headroom_payload_round_trip_and_units() -> None:
@@ -99,50 +108,38 @@ def test_charger_state_and_setpoint_payloads() -> None:
     assert tp.ChargerStatePayload.decode(T.charger_state_message("c", s).payload) == s
     for bad in ({**d, "phases": 2}, {**d, "current_l2_a": None}, {**d, "state": 3}, {**d, "max_a": math.inf}):
         with pytest.raises(tp.PayloadError):
-            tp.ChargerStatePayload.from_json_dict(bad)
+            tp.ChargerStatePayload.decode(json.dumps(bad))
     p = tp.SetpointPayload.make(10, "load step on L2", ts=datetime(2024, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))))
-    assert p.to_json_dict() == {"current_a": 10.0, "reason": "load step on L2", "ts": "2024-01-01T00:00:00.000Z"}
+    assert p.to_json_dict() == {"current_a": 10.0, "reason": "load step on L2", "ts": "2024-01-01T00:00:00.000Z",
+                                "mode": None, "headroom_seq": None, "headroom_ts": None, "reading_seq": None}
     assert tp.SetpointPayload.decode(T.setpoint_message("c", p).payload) == p
     with pytest.raises(tp.PayloadError):
-        tp.SetpointPayload.from_json_dict({**p.to_json_dict(), "current_a": -1})
+        tp.SetpointPayload.decode(json.dumps({**p.to_json_dict(), "current_a": -1}))
 
 
 def test_numeric_fields_name_their_unit() -> None:
     payloads = [
         tp.HeadroomPayload.make(1, 2, 3, ts=0).to_json_dict(),
-        tp.ChargerStatePayload.make("idle", (0, 0, 0), max_a=16, phases=1).to_json_dict(),
+        tp.ChargerStatePayload.make("connected", (0, 0, 0), max_a=16, phases=1).to_json_dict(),
         tp.SetpointPayload.make(6, "min", ts=0).to_json_dict(),
     ]
     for d in payloads:
         for key, value in d.items():
-            if isinstance(value, float | int) and not isinstance(value, bool) and key != "phases":
+            if isinstance(value, float | int) and not isinstance(value, bool) and key not in ("phases", "seq") \
+                    and not key.endswith("_seq"):
                 assert UNIT_SUFFIX.search(key), key
 
 
 def test_energy_records_need_an_id() -> None:
+    with pytest.raises(tp.PayloadError, match="id"):
+        tp.encode_energy({"import_wh": 5})
     with pytest.raises(tp.PayloadError):
-        T.energy_message({"import_wh": 5})
-    with pytest.raises(tp.PayloadError):
-        tp.decode_energy(b'{"id": ""}')
+        msg.EnergyRecord.decode(b'{"id": ""}')
     rid = tp.energy_record_id("APM1", datetime(2024, 3, 1, 13, tzinfo=UTC))
     assert rid == "APM1/2024-03-01T13:00:00.000Z"
-    assert tp.decode_energy(T.energy_message({"id": rid, "import_wh": 5.5}).payload)["import_wh"] == 5.5
 
 
-def test_core_dataclasses_and_enums_become_plain_json() -> None:
-    class Kind(enum.Enum):
-        HOURLY = "hourly"
-
-    @dataclass(frozen=True, slots=True)
-    class Record:
-        id: str
-        start: datetime
-        kind: Kind
-        lines: tuple[float, ...]
-
-    rec = Record("a", datetime(2024, 1, 1, tzinfo=UTC), Kind.HOURLY, (1.0, 2.0))
-    assert json.loads(tp.encode_energy(rec)) == {"id": "a", "start": "2024-01-01T00:00:00.000Z",
-                                                 "kind": "hourly", "lines": [1.0, 2.0]}
+def test_json_helpers_refuse_what_is_not_json() -> None:
     with pytest.raises(tp.PayloadError):
         tp.encode_json({"x": math.nan})  # NaN is not JSON
     with pytest.raises(tp.PayloadError):
@@ -151,6 +148,8 @@ def test_core_dataclasses_and_enums_become_plain_json() -> None:
         tp.decode_json(b"[1, 2]")
     with pytest.raises(tp.PayloadError):
         tp.decode_json(b"\xff")
+    with pytest.raises(tp.PayloadError):
+        tp.HeadroomPayload.make(math.nan, 1, 1, ts=0)  # a payload is never built with a NaN in it
 
 
 def test_hourly_energy_of_the_core_becomes_a_record_with_a_stable_id() -> None:
@@ -160,11 +159,33 @@ def test_hourly_energy_of_the_core_becomes_a_record_with_a_stable_id() -> None:
                         import_wh=1834.0, export_wh=0.0, meter_id="7359992890941742")
     rec = T.energy_record(hour)
     assert rec["id"] == "APM000123/2024-01-15T10:00:00+01:00" == T.energy_record(hour)["id"]
-    assert rec["import_wh"] == 1834.0 and rec["hours"] == 1
-    assert json.loads(T.energy_message(rec).payload) == rec
-    assert T.energy_record({"id": "mine", "import_wh": 1})["id"] == "mine"
-    with pytest.raises(tp.PayloadError):
-        T.energy_record({"import_wh": 1})
+    assert rec == {"id": rec["id"], "hour_start": hour.hour_start, "hour_end": hour.hour_end, "hours": 1,
+                   "import_wh": 1834.0, "export_wh": 0.0, "meter_id": "7359992890941742"}
+    assert json.loads(tp.encode_energy(rec)) == rec
+
+
+@pytest.mark.parametrize(("kind", "payload", "where"), [
+    (tp.HeadroomPayload, b'{"l1_a": 1, "l2_a": null, "l3_a": null, "ts": "yesterday", "stale": false}', "$.ts"),
+    (tp.ChargerStatePayload, b'{"state": "charging", "current_l1_a": "6", "current_l2_a": 0, "current_l3_a": 0,'
+                             b' "max_a": 16, "phases": 3}', "$.current_l1_a"),
+    (tp.SetpointPayload, b'{"current_a": -1, "reason": "x", "ts": "2024-01-01T00:00:00Z"}', "$.current_a"),
+    (msg.EcoRequest, b'{"charger": "a", "hours": -2}', "$.hours"),
+    (msg.SubscriptionPayload, b'{"state": "maybe", "reason": ""}', "$.state"),
+    (msg.EcoPlanPayload, b'{"created": 1}', "$.created"),
+    (msg.EnergyRecord, b'not json', "malformed"),
+    (Reading, b'{"meter": "kaifa", "list": "2"}', "$.list"),
+])
+def test_decoding_raises_only_payload_error_naming_the_field(kind: type, payload: bytes, where: str) -> None:
+    with pytest.raises(tp.PayloadError) as info:
+        msg.decode(payload, kind)
+    assert where in str(info.value)
+
+
+@given(st.binary(max_size=64))
+def test_no_bytes_make_decode_raise_anything_but_payload_error(data: bytes) -> None:
+    for spec in tp.TABLE:
+        with contextlib.suppress(tp.PayloadError):
+            msg.decode(data, spec.payload)
 
 
 def test_optional_fields() -> None:
@@ -172,5 +193,35 @@ def test_optional_fields() -> None:
     assert tp.HeadroomPayload.decode(T.headroom_message(h).payload) == h
     assert "reason" not in tp.HeadroomPayload.make(1, 2, 3, ts=0).to_json_dict()
     c = tp.ChargerStatePayload.make("connected", (0, 0, 0), max_a=16, phases=None, setpoint_a=6.0)
+    assert json.loads(T.charger_state_message("c", c).payload)["phases"] is None  # always sent, null
     assert tp.ChargerStatePayload.decode(T.charger_state_message("c", c).payload) == c
     assert tp.ts_seconds(tp.iso_ts(1_700_000_000.5)) == 1_700_000_000.5
+
+
+# --- the published schema ---------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_committed_schema_and_table_are_what_the_code_declares() -> None:
+    committed = (DOCS / "mqtt-payloads.schema.json").read_text(encoding="utf-8")
+    assert committed == tp.schema_text(), "run: python -m apm.topics --schema > docs/mqtt-payloads.schema.json"
+    assert tp.markdown_table() in (DOCS / "mqtt.md").read_text(encoding="utf-8"), \
+        "paste `python -m apm.topics --table` into docs/mqtt.md"
+
+
+def test_what_the_device_sends_validates_against_the_published_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads((DOCS / "mqtt-payloads.schema.json").read_text(encoding="utf-8"))
+
+    def check(name: str, payload: bytes) -> None:
+        jsonschema.validate(json.loads(payload), {"$ref": f"#/$defs/{name}", "$defs": doc["$defs"]})
+
+    check("Reading", T.reading_message(Reading(meter="aidon", list=3, active_import_wh=5.0)).payload)
+    check("HeadroomPayload", T.headroom_message(tp.HeadroomPayload.make(1, None, 2.5, ts=0, seq=3)).payload)
+    check("SetpointPayload", T.setpoint_message("c", tp.SetpointPayload.make(6, "min", ts=0)).payload)
+    check("ChargerStatePayload", T.charger_state_message(
+        "c", tp.ChargerStatePayload.make("charging", (6, 6, 6), max_a=16, phases=3, ts=0)).payload)
+    with pytest.raises(jsonschema.ValidationError):
+        check("SetpointPayload", b'{"current_a": -1, "reason": "x", "ts": "2024-01-01T00:00:00Z"}')
+    assert [t["topic"] for t in doc["x-topics"]] == [s.pattern for s in tp.TABLE]

@@ -107,6 +107,7 @@ class Setup:
     broker_port: int
     image: Path | None = None  # flash image the configuration came from (status file, token, outbox)
     outbox: Any = None
+    baseline: Any = None  # where the hourly energy baseline is kept (the flash image)
     subscription: Any = None
     capture: Any = None
     sim: tuple[str, str] | None = None
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 def _setup(args: argparse.Namespace) -> Setup:
     from apm import config as cfg
     from apm.device import flash_subscription, granted_subscription, no_subscription
-    from apm.flash import Flash, FlashError, resolve_image_path, status_path
+    from apm.flash import Flash, FlashBaseline, FlashError, resolve_image_path, status_path
     from apm.mqtt_link import BrokerAddress, LinkError
     from apm.outbox import FileOutbox, FlashOutbox, OutboxError
 
@@ -252,6 +253,8 @@ def _setup(args: argparse.Namespace) -> Setup:
     elif not args.demo:
         print(f"{PROG}: hourly energy records wait in memory only (no flash image, no --outbox)",
               file=sys.stderr)
+    if image is not None and not args.demo:
+        setup.baseline = FlashBaseline(Flash(image))
     setup.image = image
     if image is not None:
         setup.status_file = status_path(image)
@@ -340,7 +343,7 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
         clock = ScaledClock(args.speed, start=datetime.now().astimezone().replace(microsecond=0))
     device = await stack.enter_async_context(Device(
         config, url=url, clock=clock, outbox=setup.outbox, subscription=setup.subscription,
-        status_file=setup.status_file))
+        status_file=setup.status_file, baseline_store=setup.baseline))
     balancer = await stack.enter_async_context(BalancerService(config, url=url, clock=clock))
     if setup.source == "replay":
         work = _replay(device, setup.capture, args.speed)

@@ -8,11 +8,10 @@ The balancer still caps the result by the fuse headroom.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from apm.eco.planner import AMP_TOL, Plan, SlotPlan, water_fill
+from apm.eco.planner import AMP_TOL, Plan, SlotPlan
 
 
 def _on_from(slot: SlotPlan, min_a: float) -> datetime:
@@ -51,9 +50,6 @@ class EcoSchedule:
     plan: Plan | None = None
     overrides: set[str] = field(default_factory=set)
 
-    def set_plan(self, plan: Plan) -> None:
-        self.plan = plan
-
     def charge_now(self, charger_id: str) -> None:
         """The user pressed "charge now": full current (within the fuse) until the car leaves."""
         self.overrides.add(charger_id)
@@ -68,20 +64,3 @@ class EcoSchedule:
         if self.plan is None or charger_id not in self.plan.charger_ids:
             return 0.0
         return min(max_a, allowed_current(self.plan, charger_id, now))
-
-
-def serve(plans: Iterable[Plan], budget_a: float) -> dict[str, float]:
-    """Energy (kWh) each charger gets when the balancer serves several plans at once under one shared
-    current budget: requests over budget are water-filled, as the balancer shares current. Exact: the
-    requests are constant between their change times."""
-    plans = list(plans)
-    chargers = {cp.charger.id: cp.charger for p in plans for cp in p.chargers}
-    owner = {cp.charger.id: p for p in plans for cp in p.chargers}
-    times = sorted({t for cid in chargers for t in change_times(owner[cid], cid)})
-    got = dict.fromkeys(chargers, 0.0)
-    for t, nxt in zip(times, times[1:], strict=False):
-        hours = (nxt - t).total_seconds() / 3600
-        want = {cid: allowed_current(owner[cid], cid, t) for cid in chargers}
-        for cid, a in water_fill(want, budget_a).items():
-            got[cid] += a * chargers[cid].kw_per_a * hours
-    return got
