@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from han.errors import ImplausibleReading
 from han.reading import QUANTITIES, Reading
@@ -58,12 +59,13 @@ def check_ranges(reading: Reading) -> None:
 
 
 class CounterGuard:
-    """Energy counters only grow. A list whose counter went back by more than a rounding step is
-    refused; when the next list of that meter agrees with the refused one rather than with the
-    reference, the reference was the wrong one (a corrupted value that was in range, or a meter
-    that was reset), and the stream re-anchors there instead of refusing every later list. When the
-    meter's clock went back (captures joined into one file, a clock reset, the end of summer time)
-    there is no order to check, and the list becomes the reference."""
+    """Energy counters only grow, and no faster than the largest power allows. A list whose counter
+    went back by more than a rounding step, or grew faster, is refused. When the next list of that
+    meter agrees with the refused one rather than with the reference, the reference was the wrong
+    one (a corrupted value that was in range, or a meter that was reset), and the stream re-anchors
+    there instead of refusing every later list. When the meter's clock went back (captures joined
+    into one file, a clock reset, the end of summer time) there is no order to check, and the list
+    becomes the reference; without a clock only the going back is checked."""
 
     def __init__(self, ct_ratio: float = 1.0) -> None:
         self.step = COUNTER_STEP_WH * ct_ratio
@@ -78,12 +80,12 @@ class CounterGuard:
         now = _Counters(_wall_clock(reading.meter_time), values)
         key = f"{reading.meter}/{reading.meter_id}"
         reference = self._reference.get(key)
-        went_back = None if reference is None else self._went_back(reference, now)
-        if went_back is not None:
+        why = None if reference is None else self._implausible_step(reference, now)
+        if why is not None:
             suspect = self._suspect.pop(key, None)
-            if suspect is None or self._went_back(suspect, now) is not None:
+            if suspect is None or self._implausible_step(suspect, now) is not None:
                 self._suspect[key] = now
-                raise ImplausibleReading(went_back)
+                raise ImplausibleReading(why)
         self._suspect.pop(key, None)
         self._reference[key] = now
         self._reference.move_to_end(key)
@@ -91,20 +93,32 @@ class CounterGuard:
             old, _ = self._reference.popitem(last=False)
             self._suspect.pop(old, None)
 
-    def _went_back(self, before: _Counters, now: _Counters) -> str | None:
-        if before.time and now.time and now.time < before.time:
-            return None
+    def _implausible_step(self, before: _Counters, now: _Counters) -> str | None:
+        hours = None
+        if before.time is not None and now.time is not None:
+            if now.time < before.time:
+                return None
+            hours = (now.time - before.time).total_seconds() / 3600
         for field, old, new in zip(COUNTERS, before.values, now.values, strict=True):
-            if old is not None and new is not None and new < old - self.step:
+            if old is None or new is None:
+                continue
+            if new < old - self.step:
                 return f"{field} went back from {old:g} to {new:g}"
+            if hours is not None and new > old + self.step + MAX_POWER_W * hours:
+                return f"{field} grew from {old:g} to {new:g} in {hours:g} h, faster than {MAX_POWER_W:g} W"
         return None
 
 
 @dataclass(frozen=True, slots=True)
 class _Counters:
-    time: str  # the meter's wall clock, "YYYY-MM-DDTHH:MM:SS" (compares as text), "" when unknown
+    time: datetime | None  # the meter's wall clock (its offset left out, as meters differ in sending it)
     values: tuple[float | None, ...]
 
 
-def _wall_clock(meter_time: str | None) -> str:
-    return meter_time[:19] if meter_time else ""
+def _wall_clock(meter_time: str | None) -> datetime | None:
+    if not meter_time:
+        return None
+    try:
+        return datetime.fromisoformat(meter_time[:19])
+    except ValueError:  # a date the calendar lacks (31 February, year 0): no clock to go by
+        return None
