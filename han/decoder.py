@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from han.apdu import parse_notification
 from han.errors import DecoderFault, HanError, UnsupportedList
 from han.plausibility import CounterGuard
@@ -27,7 +29,7 @@ class Decoder:
             raise ValueError(f"CT ratio must be positive, got {ct_ratio}")
         self.ct_ratio = ct_ratio
         self._templates: dict[int, list[Template]] = {}
-        self._template_count = 0
+        self._compiled: deque[Template] = deque()  # oldest first
         self.foreign: str | None = None  # why the last identified list was unsupported
         self.counters = CounterGuard(ct_ratio)
 
@@ -43,10 +45,7 @@ class Decoder:
         payload with a ``HanError``; anything else is a decoder bug, which costs this frame only."""
         try:
             template = Template(info, identify(parse_notification(info)), self.ct_ratio)
-            # Kept before the first apply: a layout whose first frame is implausible is compiled once.
-            if self._template_count < _MAX_TEMPLATES:
-                self._templates.setdefault(len(info), []).append(template)
-                self._template_count += 1
+            self._keep(template)  # before the first apply: an implausible first frame is compiled once
             reading = template.apply(info)
         except UnsupportedList as exc:
             if exc.foreign:
@@ -59,6 +58,18 @@ class Decoder:
         if reading is None:
             raise DecoderFault("a layout does not decode the payload it was compiled from")
         return reading
+
+    def _keep(self, template: Template) -> None:
+        """Remember a layout; when full, forget the oldest, so that layouts of broken frames cannot
+        keep a real one off the fast path for good (it is compiled again when it comes back)."""
+        if len(self._compiled) >= _MAX_TEMPLATES:
+            old = self._compiled.popleft()
+            same_size = self._templates[old.size]
+            same_size.remove(old)
+            if not same_size:
+                del self._templates[old.size]
+        self._templates.setdefault(template.size, []).append(template)
+        self._compiled.append(template)
 
     def _attribute(self, reading: Reading) -> Reading:
         if reading.list == 1:

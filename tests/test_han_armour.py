@@ -92,6 +92,18 @@ def test_the_real_frames_still_decode_between_broken_ones():
             assert rec["list"] == 1 and "list 1 from a meter" in problem.reason, (rec["id"], what, problem)
 
 
+def test_layouts_of_broken_frames_do_not_keep_a_real_one_off_the_fast_path():
+    reader = HanReader()
+    good = frame(next(r for r in LAYOUTS if r["list"] == 2))
+    broken = [f for _, f in corpus([good])]
+    for data in broken:
+        _outcome(reader, data)
+    decoder = reader.decoder
+    assert len(decoder._compiled) <= 64  # memory stays bounded
+    assert _outcome(reader, good) == HanReader().feed(good)
+    assert any(t.apply(info_of(good)) for t in decoder._compiled)  # compiled again, fast from now on
+
+
 FAST = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 
 
