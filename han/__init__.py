@@ -6,19 +6,29 @@
 """
 
 from han.decoder import Decoder
-from han.errors import EncryptedPayload, FrameError, HanError, MalformedPayload, UnsupportedList
+from han.errors import (
+    DecoderFault,
+    EncryptedPayload,
+    FrameError,
+    HanError,
+    ImplausibleReading,
+    MalformedPayload,
+    UnsupportedList,
+)
 from han.hdlc import Frame, FrameReader
 from han.reader import HanReader, Problem
 from han.reading import Reading
 
 __all__ = [
     "Decoder",
+    "DecoderFault",
     "EncryptedPayload",
     "Frame",
     "FrameError",
     "FrameReader",
     "HanError",
     "HanReader",
+    "ImplausibleReading",
     "MalformedPayload",
     "Problem",
     "Reading",

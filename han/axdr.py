@@ -109,6 +109,8 @@ def parse(buf: bytes, pos: int = 0, depth: int = 0) -> Node:
         return Node(tag, pos, vat, n, bytes(buf[vat : vat + n]))
     if tag in (ARRAY, STRUCTURE):
         n, p = read_length(buf, pos + 1)
+        if n > len(buf) - p:  # every element takes at least one byte
+            raise MalformedPayload(f"{type_name(tag)} of {n} elements at offset {pos}, {len(buf) - p} bytes left")
         node = Node(tag, pos, p, 0)
         for _ in range(n):
             child = parse(buf, p, depth + 1)
@@ -134,13 +136,19 @@ def encode(tag: int, value: object = None) -> bytes:
     if tag in FIXED:
         return bytes((tag,)) + _STRUCTS[tag].pack(value)
     if tag in STRINGS:
-        raw = value.encode("ascii") if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+        raw = value.encode("ascii") if isinstance(value, str) else _bytes(value)
         return bytes((tag,)) + encode_length(len(raw)) + raw
     if tag == NULL:
         return b"\x00"
     if tag == DATE_TIME:
-        return bytes((tag,)) + bytes(value)  # type: ignore[arg-type]
+        return bytes((tag,)) + _bytes(value)
     raise ValueError(f"cannot encode {type_name(tag)} as a primitive")
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"bytes expected, got {type(value).__name__}")
+    return bytes(value)
 
 
 def encode_container(tag: int, items: list[bytes]) -> bytes:

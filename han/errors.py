@@ -39,3 +39,16 @@ class UnsupportedList(HanError):
     def __init__(self, message: str, *, foreign: bool = False) -> None:
         super().__init__(message)
         self.foreign = foreign
+
+
+class ImplausibleReading(HanError):
+    """Well-formed data whose values no real meter sends (out of physical range, counters going back)."""
+
+    kind = "implausible"
+
+
+class DecoderFault(HanError):
+    """An unexpected error while decoding one payload: a bug, reported as a problem of that frame
+    so that one frame never stops the stream."""
+
+    kind = "internal"

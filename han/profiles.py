@@ -112,14 +112,41 @@ def _describe(node: axdr.Node) -> str:
     return f"{axdr.type_name(node.tag)} of {len(node.items)} elements ({kinds}{more})"
 
 
-def _text(node: axdr.Node) -> str:
-    return bytes(node.value).decode("latin-1")  # type: ignore[arg-type]
+_STRING_TAGS = frozenset(axdr.STRINGS)
+# An in-band scaler is a power of ten; real meters send -3..3. A long (-32768..32767) would
+# overflow a float or scale every value to 0, so anything beyond this is refused.
+_MAX_SCALER = 9
+
+
+def _raw(node: axdr.Node, what: str) -> bytes:
+    """The bytes of a string element; a problem, not a crash, when the list carries another type."""
+    if node.tag not in _STRING_TAGS or not isinstance(node.value, bytes):
+        raise UnsupportedList(f"{what} sent as {axdr.type_name(node.tag)}, a string was expected")
+    return node.value
+
+
+def _text(node: axdr.Node, what: str) -> str:
+    return _raw(node, what).decode("latin-1")
 
 
 def _shown(node: axdr.Node) -> str:
     """A string element for an error message: text when printable, else hex."""
-    raw = bytes(node.value)  # type: ignore[arg-type]
+    raw = node.value if isinstance(node.value, bytes) else b""
     return repr(raw.decode("ascii")) if raw.isascii() and raw.decode("ascii").isprintable() else raw.hex(" ")
+
+
+def _scale(field: str, scaler_unit: list[axdr.Node]) -> float:
+    """10 ** scaler from an Aidon (integer scaler, enum unit) pair, after checking the unit."""
+    if len(scaler_unit) != 2:
+        raise UnsupportedList(f"{field}: scaler-unit is not a pair")
+    scaler, unit = scaler_unit[0].value, scaler_unit[1].value
+    if scaler_unit[0].tag not in (0x0F, 0x10) or scaler_unit[1].tag != 0x16 or not isinstance(scaler, int):
+        raise UnsupportedList(f"{field}: scaler-unit is not (integer, enum)")
+    if unit != obis.UNIT_OF[field]:
+        raise UnsupportedList(f"{field} in unit code {unit}, {obis.UNIT_OF[field]} was expected")
+    if not -_MAX_SCALER <= scaler <= _MAX_SCALER:
+        raise UnsupportedList(f"{field}: scaler 10^{scaler} is beyond 10^±{_MAX_SCALER}")
+    return 10.0**scaler
 
 
 def _without_i2(fields: set[str]) -> bool:
@@ -152,29 +179,19 @@ def _aidon(body: axdr.Node) -> Layout:
         items = element.items
         if element.tag != axdr.STRUCTURE or len(items) not in (2, 3) or items[0].tag != axdr.OCTET_STRING:
             raise UnsupportedList(f"OBIS-tagged array with a {_describe(element)}")
-        code = bytes(items[0].value)  # type: ignore[arg-type]
+        code = _raw(items[0], "OBIS code")
         value = items[1]
         if code == obis.LIST_VERSION:
-            list_id = _text(value)
+            list_id = _text(value, "list id")
         elif code in obis.METER_TYPE:
-            meter_type = _text(value)
+            meter_type = _text(value, "meter type")
         elif code in obis.METER_ID:
             slots.append(_id_slot("meter_id", value))
         elif code in obis.CLOCK:
             slots.append(_time_slot(value))
         elif code in obis.QUANTITY_BY_OBIS:
             field = obis.QUANTITY_BY_OBIS[code]
-            scale = 1.0
-            if len(items) == 3:
-                scaler_unit = items[2].items
-                if len(scaler_unit) != 2:
-                    raise UnsupportedList(f"{field}: scaler-unit is not a pair")
-                if scaler_unit[0].tag not in (0x0F, 0x10) or scaler_unit[1].tag != 0x16:
-                    raise UnsupportedList(f"{field}: scaler-unit is not (integer, enum)")
-                scaler, unit = scaler_unit[0].value, scaler_unit[1].value
-                if unit != obis.UNIT_OF[field]:
-                    raise UnsupportedList(f"{field} in unit code {unit}, {obis.UNIT_OF[field]} was expected")
-                scale = 10.0 ** int(scaler)  # type: ignore[arg-type]
+            scale = _scale(field, items[2].items) if len(items) == 3 else 1.0
             slots.append(_register_slot(field, value, scale))
     fields = {s.field for s in slots}
     if list_id is None:
@@ -190,7 +207,7 @@ def _aidon(body: axdr.Node) -> Layout:
 
 
 def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
-    list_id = _text(body.items[0])
+    list_id = _text(body.items[0], "list id")
     if list_id != KAMSTRUP_LIST_ID:
         raise UnsupportedList(f"list id {_shown(body.items[0])} (not {KAMSTRUP_LIST_ID})", foreign=True)
     pairs = body.items[1:]
@@ -207,9 +224,9 @@ def _kamstrup(body: axdr.Node, header_time: Slot | None) -> Layout:
             continue  # single-phase meters pad absent registers with null-data
         if code_node.tag != axdr.OCTET_STRING or code_node.size != 6:
             raise UnsupportedList(f"Kamstrup element {axdr.type_name(code_node.tag)} where an OBIS code belongs")
-        code = bytes(code_node.value)  # type: ignore[arg-type]
+        code = _raw(code_node, "OBIS code")
         if code in obis.METER_TYPE:
-            meter_type = _text(value)
+            meter_type = _text(value, "meter type")
         elif code in obis.METER_ID:
             slots.append(_id_slot("meter_id", value))
         elif code in obis.CLOCK:
@@ -237,7 +254,7 @@ def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
         if header_time is not None:
             slots.append(header_time)
         return Layout("kaifa", 1, tuple(slots), ())
-    list_id = _text(items[0])
+    list_id = _text(items[0], "list id")
     if list_id != KAIFA_LIST_ID:
         raise UnsupportedList(f"list id {_shown(items[0])} (not {KAIFA_LIST_ID})", foreign=True)
     if len(items) not in KAIFA_LAYOUTS:
@@ -249,9 +266,7 @@ def _kaifa(body: axdr.Node, header_time: Slot | None) -> Layout:
         if field == "list_id":
             continue
         if field == "meter_type":
-            if value.tag != axdr.OCTET_STRING:
-                raise UnsupportedList(f"meter type sent as {axdr.type_name(value.tag)}")
-            constants.append((field, _text(value)))
+            constants.append((field, _text(value, "meter type")))
         elif field == "meter_id":
             slots.append(_id_slot(field, value))
         elif field == "meter_time":
@@ -310,9 +325,9 @@ class WireFormat:
     deviation: bool  # the clock carries its UTC offset (else 0x8000, not specified)
 
 
-_AIDON_IDENTITY = {"list_id": obis.LIST_VERSION, "meter_id": obis.METER_ID[0],
+_AIDON_IDENTITY: dict[str, bytes | None] = {"list_id": obis.LIST_VERSION, "meter_id": obis.METER_ID[0],
                    "meter_type": obis.METER_TYPE[0], "meter_time": obis.CLOCK[0]}
-_KAMSTRUP_IDENTITY = {"list_id": None, "meter_id": obis.METER_ID[1], "meter_type": obis.METER_TYPE[1],
+_KAMSTRUP_IDENTITY: dict[str, bytes | None] = {"list_id": None, "meter_id": obis.METER_ID[1], "meter_type": obis.METER_TYPE[1],
                       "meter_time": obis.CLOCK[1]}
 _DLU, _LONG, _LU = 0x06, 0x10, 0x12  # double-long-unsigned, long, long-unsigned
 

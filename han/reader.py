@@ -16,12 +16,14 @@ class Problem:
     """Something in the stream that gave no reading: where it starts and why."""
 
     offset: int
-    kind: str  # "frame", "malformed", "encrypted", "unsupported"
+    kind: str  # "frame", "malformed", "encrypted", "unsupported", "implausible", "internal" (a decoder bug)
     reason: str
 
 
 class HanReader:
-    """``feed(bytes) -> list[Reading]``. Corrupt frames are counted and dropped, never decoded."""
+    """``feed(bytes) -> list[Reading]``. Corrupt frames are counted and dropped, never decoded; a
+    frame that passes its checks gives a reading within the physical ranges or a counted problem,
+    never an exception (``han.plausibility``, ``tests/test_han_armour.py``)."""
 
     def __init__(self, ct_ratio: float = 1.0) -> None:
         self.frames = FrameReader()

@@ -63,6 +63,6 @@ class Reading:
 
     @classmethod
     def from_json_dict(cls, d: dict[str, Any]) -> Reading:
-        known = {k: d.get(k) for k in cls.__dataclass_fields__ if k in d}
+        known: dict[str, Any] = {k: d.get(k) for k in cls.__dataclass_fields__ if k in d}
         known["estimated"] = tuple(d.get("estimated") or ())
         return cls(**known)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from operator import itemgetter
 
 from han.cosem import datetime_iso
+from han.errors import ImplausibleReading
+from han.plausibility import RANGES, out_of_range
 from han.profiles import Layout
 from han.reading import Reading
 
@@ -60,7 +62,8 @@ class Template:
             mul, div = (slot.scale, 1) if slot.scale >= 1 else (1.0, round(1 / slot.scale))
             if slot.kind == "num" and ct_ratio != 1.0 and slot.field.endswith(_CT_SCALED):
                 mul *= ct_ratio
-            plan.append((slot.field, slot.kind, mul, div))
+            low, high = RANGES.get(slot.field, (-math.inf, math.inf))
+            plan.append((slot.field, slot.kind, mul, div, low, high))
         if pos < len(info):
             skeleton_idx.append(len(fmt) - 1)
             skeleton.append(bytes(info[pos:]))
@@ -73,16 +76,20 @@ class Template:
         self._constants = dict(layout.constants)
 
     def apply(self, info: bytes) -> Reading | None:
-        """The reading, or None when ``info`` is not of this layout."""
+        """The reading, or None when ``info`` is not of this layout; raises ``ImplausibleReading``
+        for a value outside its physical range."""
         if len(info) != self.size:
             return None
         raw = self._struct.unpack_from(info)
         if self._skeleton_of(raw) != self._skeleton:
             return None
         fields: dict = dict(self._constants)
-        for (field, kind, mul, div), value in zip(self._plan, self._values_of(raw), strict=True):
+        for (field, kind, mul, div, low, high), value in zip(self._plan, self._values_of(raw), strict=True):
             if kind == "num":
-                fields[field] = value * mul / div
+                number = value * mul / div
+                if not low <= number <= high:
+                    raise ImplausibleReading(out_of_range(field, number) or field)
+                fields[field] = number
             elif kind == "str":
                 fields[field] = value.decode("latin-1")
             else:

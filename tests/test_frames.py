@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from han import FrameReader, HanReader, Reading
 from han.apdu import parse_notification
+from han.plausibility import MAX_VOLTAGE_V
 from han.profiles import PUSH_SCHEDULES
 from sim.frames import MeterSpec, build, count_of, reported, spec_for, value_of
 from tests.vectors import frame, records
@@ -76,7 +77,7 @@ RESOLUTION = {  # unit -> value of one count, per vendor
     "kaifa": {"w": 1, "var": 1, "a": 0.001, "v": 0.1, "wh": 1, "varh": 1},
     "kamstrup": {"w": 1, "var": 1, "a": 0.01, "v": 1, "wh": 10, "varh": 10},
 }
-LIMIT = {"w": 1e6, "var": 1e6, "a": 3000.0, "v": 6000.0, "wh": 4e9, "varh": 4e9}
+LIMIT = {"w": 1e6, "var": 1e6, "a": 3000.0, "v": MAX_VOLTAGE_V, "wh": 4e9, "varh": 4e9}  # within han.plausibility
 QUANTITIES = ("active_import_w", "active_export_w", "reactive_import_var", "reactive_export_var",
               "current_l1_a", "current_l2_a", "current_l3_a", "voltage_l1_v", "voltage_l2_v",
               "voltage_l3_v", "active_import_wh", "active_export_wh", "reactive_import_varh",
