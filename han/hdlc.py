@@ -127,67 +127,48 @@ class FrameReader:
             i = j
             if n - i < 3:
                 break
-            fmt = buf[i + 1]
-            if fmt & 0xF0 != 0xA0:
+            if buf[i + 1] & 0xF0 != 0xA0:
                 # Closing flag, flag fill between frames, or a 0x7E in garbage.
                 i += 1
                 continue
-            length = ((fmt & 0x07) << 8) | buf[i + 2]
-            src_at = _address_end(buf, i + 3, n)
-            control_at = _address_end(buf, src_at, n) if src_at > 0 else src_at
-            if control_at < 0:
-                self._bad(i, "address field too long")
-                i += 1
-                continue
-            if control_at + 3 > n:
-                break  # header not complete yet
-            hcs_at = control_at + 1
-            info_at = control_at + 3
-            end = i + 1 + length  # index of the closing flag
-            if crc16_x25(buf[i + 1 : hcs_at]) != buf[hcs_at] | buf[hcs_at + 1] << 8:
-                self._bad(i, "bad HCS")
-                i += 1
-                continue
-            if end - 2 < info_at:
-                self._bad(i, f"length {length} shorter than the header")
-                i += 1
-                continue
-            if end >= n:
+            found = _locate(buf, i, n)
+            if found is None:
                 break  # frame not complete yet
-            if buf[end] != FLAG:
-                self._bad(i, f"no closing flag where length {length} ends the frame")
+            if isinstance(found, str):
+                self._bad(i, found)
                 i += 1
                 continue
-            if crc16_x25(buf[i + 1 : end - 2]) != buf[end - 2] | buf[end - 1] << 8:
-                self._bad(i, "bad FCS")
-                i += 1
-                continue
-            if self._garbage:
-                self._end_garbage()
-            self.frames_ok += 1
-            info = bytes(buf[info_at : end - 2])
-            offset = self._base + i
-            start, i = i, end  # the closing flag may open the next frame
-            if fmt & 0x08:  # segmentation bit: more segments follow
-                if not self._segments:
-                    self._segment_offset = offset
-                self._segments.append(info)
-                self._segment_size += len(info)
-                if self._segment_size > self._max_message:
-                    self._drop_segments("segmented message larger than the limit")
-                continue
-            if self._segments:
-                self._segments.append(info)
-                info = b"".join(self._segments)
-                offset = self._segment_offset
-                self._segments.clear()
-                self._segment_size = 0
-            dest = int.from_bytes(buf[start + 3 : src_at], "big")
-            src = int.from_bytes(buf[src_at:control_at], "big")
-            out.append(Frame(info, dest, src, buf[control_at], offset))
+            self._accept(out, i, *found)
+            i = found[2]  # the closing flag may open the next frame
         if i:
             del buf[:i]
             self._base += i
+
+    def _accept(self, out: list[Frame], start: int, src_at: int, control_at: int, end: int) -> None:
+        """A sound frame from ``start`` to its closing flag at ``end``: out, or kept as a segment."""
+        buf = self._buf
+        if self._garbage:
+            self._end_garbage()
+        self.frames_ok += 1
+        info = bytes(buf[control_at + 3 : end - 2])
+        offset = self._base + start
+        if buf[start + 1] & 0x08:  # segmentation bit: more segments follow
+            if not self._segments:
+                self._segment_offset = offset
+            self._segments.append(info)
+            self._segment_size += len(info)
+            if self._segment_size > self._max_message:
+                self._drop_segments("segmented message larger than the limit")
+            return
+        if self._segments:
+            self._segments.append(info)
+            info = b"".join(self._segments)
+            offset = self._segment_offset
+            self._segments.clear()
+            self._segment_size = 0
+        dest = int.from_bytes(buf[start + 3 : src_at], "big")
+        src = int.from_bytes(buf[src_at:control_at], "big")
+        out.append(Frame(info, dest, src, buf[control_at], offset))
 
     def _drop_segments(self, reason: str) -> None:
         self._end_garbage()
@@ -195,6 +176,33 @@ class FrameReader:
         self.frames_bad += 1
         self._segments.clear()
         self._segment_size = 0
+
+
+def _locate(buf: bytearray, i: int, n: int) -> tuple[int, int, int] | str | None:
+    """The frame whose opening flag is at ``i``: the positions of its source address, control field and
+    closing flag when it is whole and its checksums hold; why it is not a frame; or None while more
+    bytes are needed to tell."""
+    fmt = buf[i + 1]
+    length = ((fmt & 0x07) << 8) | buf[i + 2]
+    src_at = _address_end(buf, i + 3, n)
+    control_at = _address_end(buf, src_at, n) if src_at > 0 else src_at
+    if control_at < 0:
+        return "address field too long"
+    if control_at + 3 > n:
+        return None  # header not complete yet
+    hcs_at = control_at + 1
+    end = i + 1 + length  # index of the closing flag
+    if crc16_x25(buf[i + 1 : hcs_at]) != buf[hcs_at] | buf[hcs_at + 1] << 8:
+        return "bad HCS"
+    if end - 2 < control_at + 3:
+        return f"length {length} shorter than the header"
+    if end >= n:
+        return None
+    if buf[end] != FLAG:
+        return f"no closing flag where length {length} ends the frame"
+    if crc16_x25(buf[i + 1 : end - 2]) != buf[end - 2] | buf[end - 1] << 8:
+        return "bad FCS"
+    return src_at, control_at, end
 
 
 def _address_end(buf: bytearray, p: int, n: int) -> int:
