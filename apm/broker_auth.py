@@ -291,28 +291,62 @@ class UserTable:
 class Policy:
     """The broker's view: logins checked against the hashes, every topic against the user's role.
 
-    Refusals are counted; each (user, reason) is logged once at WARNING (a client that retries in a
-    loop must not flood the log), the rest at DEBUG. Passwords are never logged."""
+    ``path``: the users file, read again when it changes (checked at each login), so `apm broker user
+    add` takes effect without a restart; ``guests``: users of this run only (never saved). Refusals are
+    counted; each (user, reason) is logged once at WARNING (a client that retries in a loop must not
+    flood the log), the rest at DEBUG. Passwords are never logged."""
 
     serial: str
     table: UserTable
+    path: Path | None = None
+    guests: UserTable = field(default_factory=UserTable)
     refused_logins: int = 0
     denied: int = 0
     _acl: dict[str, Acl] = field(default_factory=dict)
+    _users: dict[str, User] = field(default_factory=dict)
+    _stamp: tuple[int, int] | None = None
     _said: set[tuple[str, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         Topics(self.serial)
-        self._acl = {name: acl(u.role, self.serial) for name, u in self.table.users.items()}
+        self._stamp = self._file_stamp()
+        self._use(self.table)
+
+    def _use(self, table: UserTable) -> None:
+        self.table = table
+        self._users = {**table.users, **self.guests.users}
+        self._acl = {name: acl(u.role, self.serial) for name, u in self._users.items()}
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path) if self.path is not None else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st is not None else None
+
+    def refresh(self) -> None:
+        """Read the users file again if it changed since it was last read."""
+        stamp = self._file_stamp()
+        if self.path is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            table = UserTable.load(self.path)
+        except AuthError as exc:
+            log.warning("broker: keeping the users as they were: %s", exc)
+            return
+        self._use(table)
+        log.info("broker: %d users from %s", len(table.users), self.path)
 
     def login(self, username: str | None, password: str | None, client_id: str = "?") -> User | None:
-        user = self.table.users.get(username) if isinstance(username, str) else None
+        self.refresh()
+        user = self._users.get(username) if isinstance(username, str) else None
         if user is not None and isinstance(password, str) and verify_password(password, user.hash):
             return user
         self.refused_logins += 1
         who = "anonymous" if not username else repr(username)
         self.note(who, "login", f"refused a login as {who} (client {client_id!r}): "
-                   + ("no user name" if not username else "unknown user or wrong password"))
+                  + ("no user name" if not username else "unknown user or wrong password"))
         return None
 
     def may(self, username: str | None, action: str, topic: str) -> bool:
