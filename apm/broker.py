@@ -204,7 +204,7 @@ class EmbeddedBroker:
         server = broker._servers["default"].instance  # amqtt keeps no public handle to it
         self._port = int(server.sockets[0].getsockname()[1])
         log.info("embedded MQTT broker listening on %s (%s)", self.url,
-                 "anonymous" if self.policy is None else f"{len(self.policy.table.users)} users, logins required")
+                 "anonymous" if self.policy is None else f"{len(self.policy.users)} users, logins required")
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None

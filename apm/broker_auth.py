@@ -317,6 +317,11 @@ class Policy:
         self._users = {**table.users, **self.guests.users}
         self._acl = {name: acl(u.role, self.serial) for name, u in self._users.items()}
 
+    @property
+    def users(self) -> Mapping[str, User]:
+        """Everyone who may log in now: the file's users and this run's guests."""
+        return self._users
+
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.path) if self.path is not None else None

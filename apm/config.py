@@ -72,6 +72,7 @@ class BrokerConfig:
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: str | None = None  # PEM CA(s) that sign the broker's certificate (implies TLS); None: the system's
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,11 @@ def _broker(data: Mapping[str, Any], path: str) -> BrokerConfig:
     tls = data.get("tls", False)
     if not isinstance(tls, bool):
         raise ConfigError(f"{path}.tls", "must be true or false")
-    return BrokerConfig(url=url, username=data.get("username"), password=data.get("password"), tls=tls)
+    ca_file = data.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise ConfigError(f"{path}.ca_file", "must be the path of a PEM file")
+    return BrokerConfig(url=url, username=data.get("username"), password=data.get("password"), tls=tls,
+                        ca_file=ca_file)
 
 
 def _charger(data: Any, path: str) -> ChargerConfig:
