@@ -6,7 +6,7 @@
             ...
 
 With a ``policy`` every client logs in and every publish, subscription and delivery is checked against
-its role; anonymous clients are refused. Without one (simulations and tests in one process) it is
+its role (`Policy.may`); anonymous clients are refused. Without one (simulations and tests in one process) it is
 anonymous, and then it only listens on a loopback address. It runs in the device's own event loop,
 listens on 127.0.0.1 by default, holds retained messages in memory and has no $SYS topics.
 
@@ -31,7 +31,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from amqtt.utils import gen_client_id
 
@@ -69,21 +69,6 @@ class _PolicyAuth(BaseAuthPlugin):
     async def authenticate(self, *, session: Session) -> bool | None:
         policy: Policy = self.context.config.policy  # type: ignore[union-attr]
         return policy.login(session.username, session.password, session.client_id) is not None
-
-
-class _PolicyTopics(BaseTopicPlugin):
-    """Every publish, subscription and delivery is checked against the user's role."""
-
-    @dataclass
-    class Config:
-        policy: Any = None
-
-    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
-                              action: Action | None = None) -> bool | None:
-        policy: Policy = self.context.config.policy  # type: ignore[union-attr]
-        if session is None or topic is None or action is None:
-            return False
-        return policy.may(session.username, str(action), topic)
 
 
 class _GuardedBroker(Broker):
@@ -125,6 +110,12 @@ class _GuardedBroker(Broker):
         if session.keep_alive > 0 and isinstance(delay, int):
             session.keep_alive += delay
         return handler, session
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        # Answered here without a suspension point: amqtt asks its topic plugins through tasks, and
+        # while one waits, amqtt's broadcast loop iterates the subscriptions that a client's SUBSCRIBE
+        # meanwhile changes ("dictionary changed size during iteration").
+        return self._policy.may(session.username if session is not None else None, str(action), topic)
 
     def _admit(self, session: Session) -> bool:
         if self._policy.login(session.username, session.password, session.client_id) is None:
@@ -182,8 +173,8 @@ class EmbeddedBroker:
         # want; amqtt refuses every client when no auth plugin answers, hence the anonymous one.
         plugins: dict[str, Any] = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
         if self.policy is not None:
-            plugins = {f"{__name__}._PolicyAuth": {"policy": self.policy},
-                       f"{__name__}._PolicyTopics": {"policy": self.policy}}
+            # Topics are checked by _GuardedBroker itself.
+            plugins = {f"{__name__}._PolicyAuth": {"policy": self.policy}}
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{self._requested_port}"}},
             "plugins": plugins,
