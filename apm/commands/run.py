@@ -428,11 +428,14 @@ async def _with_eco(stack: contextlib.AsyncExitStack, setup: Setup, url: str, ar
     from apm.mqtt_link import MqttLink, link_settings
     from apm.topics import Topics
 
-    prices = _price_source(args) or fallback
+    prices, refresh = _price_source(args)
+    prices = prices or fallback
     config = setup.config
     if prices is None or not config.chargers:
         log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
         return work
+    if refresh is not None:  # prices fetched in the background: the planner never waits for the network
+        work = _with(refresh, work)
     network = config.grid.network
     chargers = {c.id: Charger(c.id, max_a=c.max_a, phases=c.phases, network=network) for c in config.chargers}
     link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
@@ -443,7 +446,9 @@ async def _with_eco(stack: contextlib.AsyncExitStack, setup: Setup, url: str, ar
     return _with(service.run(), work)
 
 
-def _price_source(args: argparse.Namespace) -> Any:
+def _price_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The planner's prices (a function of now) and, for a price service, the coroutine that keeps
+    them fresh in the background."""
     from apm.eco.prices import PriceError, load_file
 
     if args.prices:
@@ -451,21 +456,23 @@ def _price_source(args: argparse.Namespace) -> Any:
             series = load_file(args.prices, args.area)
         except (OSError, PriceError) as exc:
             raise BadInput(f"--prices {args.prices}: {exc}") from None
-        return lambda _now: series
+        return (lambda _now: series), None
     if args.price_api:
+        from apm import paths
         from apm.eco.planner import PlanError
         from apm.eco.price_api import PriceClient, PriceFeed
+        from apm.eco.prices import OSLO
 
-        feed = PriceFeed(PriceClient(args.area, args.price_api, Path.home() / ".cache" / "apm" / "prices"))
+        feed = PriceFeed(PriceClient(args.area, args.price_api, paths.price_cache()))
 
         def known(now: datetime) -> Any:
-            series = feed.update(now).series
+            series = feed.latest.series if feed.latest is not None else None
             if series is None:
                 raise PlanError(f"no prices for {args.area} from {args.price_api} yet")
             return series
 
-        return known
-    return None
+        return known, feed.run(lambda: datetime.now(OSLO))
+    return None, None
 
 
 async def _with(background: Any, work: Any) -> None:
