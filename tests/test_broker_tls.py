@@ -148,3 +148,13 @@ def test_apm_run_refuses_a_missing_ca_file_as_bad_input(tmp_path: Path) -> None:
     r = _apm_run(tmp_path, "mqtts://127.0.0.1:1", tmp_path / "nope.pem", "1")
     assert r.returncode == 2
     assert "CA file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_configuration_takes_a_ca_file() -> None:
+    from apm import config as cfg
+
+    c = cfg.loads('[broker]\nurl = "mqtts://nas.local:8883"\nca_file = "/etc/apm/ca.pem"\n')
+    assert c.broker.ca_file == "/etc/apm/ca.pem"
+    assert cfg.loads(cfg.dumps(c)) == c
+    with pytest.raises(cfg.ConfigError, match="broker.ca_file"):
+        cfg.loads("[broker]\nca_file = 3\n")

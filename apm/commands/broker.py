@@ -101,18 +101,18 @@ def run_list(args: argparse.Namespace) -> int:
     from apm.broker_auth import DEVICE_USER
 
     path, table = _load(args)
-    rows = [{"name": u.name, "role": str(u.role), "own": u.name in table.own}
-            for u in sorted(table.users.values(), key=lambda u: u.name)]
+    users = sorted(table.users.values(), key=lambda u: u.name)
     if args.json:
+        rows = [{"name": u.name, "role": str(u.role), "own": u.name in table.own} for u in users]
         print(json.dumps({"file": str(path), "users": rows}, indent=2))
         return 0
-    if not rows:
+    if not users:
         print(f"no users in {path} yet (`apm run` creates {DEVICE_USER} on its first start)", file=sys.stderr)
         return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        mark = "  (the device's own)" if r["name"] == DEVICE_USER else ""
-        print(f"{r['name']:<{width}}  {r['role']}{mark}")
+    width = max(len(u.name) for u in users)
+    for u in users:
+        mark = "  (the device's own)" if u.name == DEVICE_USER else ""
+        print(f"{u.name:<{width}}  {u.role}{mark}")
     return 0
 
 
