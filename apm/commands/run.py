@@ -10,9 +10,10 @@ Broker: ``--broker mqtt://host:port`` (``--username``, ``--password``, ``--tls``
 ``--ca-file PEM`` for a broker whose certificate a private CA signs), else the configuration's broker,
 else an embedded amqtt broker on 127.0.0.1 (``--listen HOST`` to let the LAN in, ``--broker-port``,
 default 1883; 0 for any free port). The embedded broker lets nobody in without a login: the device
-creates its own user on the first start, `apm broker user add` the chargers' and Home Assistant's. Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH,
-the per-user default), whose token, issuer key and outbox the device then uses; with neither, the
-defaults (no chargers). ``--demo`` brings its own installation.
+creates its own user on the first start, `apm broker user add` the chargers' and Home Assistant's.
+Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH, the per-user default),
+whose token, issuer key and outbox the device then uses; with neither, the defaults (no chargers).
+``--demo`` brings its own installation.
 
 In a terminal the device shows a live view (readings, headroom per line, setpoints, chargers, broker
 and HAN state); otherwise it writes log lines to stderr. It stops after ``--duration`` seconds (wall
