@@ -47,7 +47,7 @@ from apm.messages import (
     read_subscription,
     setpoint_message,
 )
-from apm.mqtt_link import MqttLink
+from apm.mqtt_link import MqttLink, link_settings
 from apm.mqtt_node import MqttNode
 from apm.subscription import FEATURES, Gate, State, SubscriptionState, gate
 from apm.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics
@@ -97,8 +97,7 @@ class BalancerService(MqttNode):
         self._last_update: float | None = None
         t = self.topics
         self.link = MqttLink(
-            url, client_id=client_id or f"apm-{config.serial}-balancer", username=config.broker.username,
-            password=config.broker.password, tls=config.broker.tls,
+            url, client_id=client_id or f"apm-{config.serial}-balancer", **link_settings(config.broker),
             subscriptions=[(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1), (t.eco_plan, 1)],
             **dict(link_options or {}))
 

@@ -18,6 +18,7 @@ import sys
 
 # name -> the help line shown by `apm --help`; the module apm.commands.<name> registers the real parser.
 COMMANDS: dict[str, str] = {
+    "broker": "users of the embedded MQTT broker (add, list, remove)",
     "cloud": "the simulated subscription issuer (keygen, subscribe, issue, ...)",
     "decode": "decode a HAN dump (hex text or raw bytes) to JSON lines",
     "eco": "Smart eco: plan charging in the cheapest slots before departure",

@@ -133,8 +133,13 @@ class BrokerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     username: Annotated[str | None, _doc("broker user name", examples=["apm"])] = None
     password: Annotated[str | None, _doc("broker password", examples=["secret"])] = None
     tls: Annotated[bool, _doc("connect with TLS")] = False
+    ca_file: Annotated[str | None, _doc("PEM file of the CA(s) that sign the broker's certificate "
+                                        "(implies TLS); unset: the system's CAs",
+                                        examples=["/etc/apm/broker-ca.pem"])] = None
 
     def __post_init__(self) -> None:
+        if self.ca_file is not None and not self.ca_file.strip():
+            raise ConfigError("ca_file", "must be the path of a PEM file")
         if self.url is None:
             return
         try:

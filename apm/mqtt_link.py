@@ -46,7 +46,22 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 class LinkError(ValueError):
-    """A link that cannot be set up as asked (bad URL, no outbox for records)."""
+    """A link that cannot be set up as asked (bad URL, no outbox for records, an unreadable CA file)."""
+
+
+def link_settings(broker: BrokerConfig) -> dict[str, Any]:
+    """The options of an `MqttLink` that come from the configuration's broker: login and TLS. Every
+    link the device opens (its own, the balancer's, Smart eco's) takes them from here."""
+    return {"username": broker.username, "password": broker.password, "tls": broker.tls,
+            "ca_file": broker.ca_file}
+
+
+def make_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """Verifies the broker's certificate and host name against ``ca_file`` (PEM), else the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise LinkError(f"CA file {ca_file}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +163,7 @@ class MqttLink:
         password: str | None = None,
         tls: bool = False,
         tls_context: ssl.SSLContext | None = None,
+        ca_file: str | None = None,
         status_topic: str | None = None,
         birth: Sequence[OutMessage] = (),
         subscriptions: Iterable[str | tuple[str, int]] = (),
@@ -166,8 +182,12 @@ class MqttLink:
             raise LinkError("an outbox needs an outbox_topic, and an outbox_topic an outbox")
         if queue_limit < 1 or incoming_limit < 1:
             raise LinkError("queue_limit and incoming_limit must be at least 1")
-        self.address = BrokerAddress.parse(url, username=username, password=password, tls=tls)
+        # A CA file means TLS: nobody names a CA for a plain connection.
+        self.address = BrokerAddress.parse(url, username=username, password=password,
+                                           tls=tls or ca_file is not None or tls_context is not None)
         self.client_id = client_id
+        if tls_context is None and self.address.tls:
+            tls_context = make_tls_context(ca_file)  # read now: a bad file is an error at start, not a retry loop
         self._tls_context = tls_context
         self._status_topic = status_topic
         self._birth = tuple(birth)
@@ -225,9 +245,7 @@ class MqttLink:
         return cls(
             target,
             client_id=client_id or f"apm-{topics.serial}",
-            username=broker.username,
-            password=broker.password,
-            tls=broker.tls,
+            **link_settings(broker),
             status_topic=topics.status,
             birth=birth,
             outbox=outbox,
@@ -334,9 +352,6 @@ class MqttLink:
     # --- inside ----------------------------------------------------------------------------------
 
     def _make_client(self) -> aiomqtt.Client:
-        tls_context = self._tls_context
-        if self.address.tls and tls_context is None:
-            tls_context = ssl.create_default_context()
         will = None
         if self._status_topic is not None:
             will = aiomqtt.Will(self._status_topic, OFFLINE.encode(), qos=1, retain=True)
@@ -349,7 +364,7 @@ class MqttLink:
             will=will,
             keepalive=self._keepalive_s,
             timeout=self._timeout_s,
-            tls_context=tls_context if self.address.tls else None,
+            tls_context=self._tls_context if self.address.tls else None,
             # Small messages at once: without it Nagle holds a headroom behind the reading sent just
             # before until the broker's delayed ACK (~40 ms on Linux): the meter-to-setpoint latency.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),

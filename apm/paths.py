@@ -1,7 +1,8 @@
 """Where `apm` keeps its files, in one place (the XDG base directories).
 
     data   $XDG_DATA_HOME/apm   (~/.local/share/apm)  the flash image, the simulated issuer's state
-    state  $XDG_STATE_HOME/apm  (~/.local/state/apm)  serial settings that worked, per port
+    state  $XDG_STATE_HOME/apm  (~/.local/state/apm)  serial settings that worked, per port; the
+                                                      embedded broker's users (0600: broker-users.json)
     cache  $XDG_CACHE_HOME/apm  (~/.cache/apm)        day-ahead prices
 
 The device's status file lies beside its image (``<image>.status.json``). Each file can also be named
@@ -18,6 +19,7 @@ APP = "apm"
 FLASH_ENV = "APM_FLASH"
 CLOUD_ENV = "APM_CLOUD_STATE"
 SERIAL_ENV = "APM_SERIAL_CACHE"
+BROKER_USERS_ENV = "APM_BROKER_USERS"
 
 
 def _base(variable: str, *default: str) -> Path:
@@ -79,6 +81,19 @@ def serial_settings() -> Path:
     path = state_dir() / "serial.json"
     legacy = cache_dir() / "serial.json"
     return legacy if not path.exists() and legacy.exists() else path
+
+
+def broker_users() -> Path:
+    """The embedded broker's users (hashed) and the device's own passwords: ``$APM_BROKER_USERS``, beside
+    ``$APM_FLASH``'s image, else in the state directory (with the service user's other state, not in
+    the image, which is copied and dumped)."""
+    env = os.environ.get(BROKER_USERS_ENV)
+    if env:
+        return Path(env)
+    flash = os.environ.get(FLASH_ENV)
+    if flash:
+        return Path(f"{flash}.broker-users.json")
+    return state_dir() / "broker-users.json"
 
 
 def price_cache() -> Path:

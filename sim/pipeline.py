@@ -31,10 +31,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from apm.balancer_service import BalancerService
 from apm.clock import Clock, ScaledClock
 from apm.config import BalancerSettings, BrokerConfig, DeviceConfig, GridConfig
 from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
+from apm.mqtt_link import link_settings
 from apm.outbox import MemoryOutbox, Outbox
 from apm.serial_link import VENDOR_SETTINGS, open_port
 from apm.topics import Topics
@@ -206,6 +209,8 @@ class Pipeline:
         state_every_s: float = 1.0,
         link_options: Mapping[str, Any] | None = None,
         oracles: bool = True,
+        broker: BrokerConfig | None = None,
+        charger_logins: Mapping[str, Any] | None = None,
     ) -> None:
         self.sc = sc
         self.speed = speed
@@ -216,6 +221,9 @@ class Pipeline:
         self.clock = ScaledClock(speed, start=self.start)
         self.broker_url = broker_url
         self.config = device_config(sc, serial)
+        if broker is not None:  # the device's login and TLS (`apm run --demo`)
+            self.config = msgspec.structs.replace(self.config, broker=broker)
+        self.charger_logins = dict(charger_logins or {})  # charger id -> apm.broker_auth.Login
         self.topics = Topics(serial)
         self.world = PacedWorld(sc, trace=trace, house_offset_s=house_offset_s, oracles=oracles,
                            duration_s=self.duration_s if self.duration_s is not None else math.inf)
@@ -273,9 +281,13 @@ class Pipeline:
         self.balancer = await stack.enter_async_context(
             BalancerService(self.config, url=url, clock=self.clock, link_options=opts))
         for charger in self.world.chargers.values():
+            login = self.charger_logins.get(charger.id)
+            node_opts = {**opts, **link_settings(self.config.broker)}
+            if login is not None:  # each charger logs in as itself: it may touch only its own topics
+                node_opts.update(username=login.username, password=login.password)
             node = await stack.enter_async_context(ChargerNode(
                 charger, self.topics, url=url, clock=self.clock, origin=self.origin, steps=False,
-                state_every_s=self.state_every_s, link_options=opts))
+                state_every_s=self.state_every_s, link_options=node_opts))
             self.nodes.append(node)
             self.world.after_step.append(node.after_step)
         links = [self.device.link, self.balancer.link, *(n.link for n in self.nodes)]

@@ -190,6 +190,7 @@ class Observer:
     def __init__(self, url: str, *filters: str, client_id: str = "observer", persistent: bool = False) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
+        self.username, self.password = parts.username, parts.password  # mqtt://user:password@host:port
         self.filters = filters
         self.client_id = client_id
         self.persistent = persistent
@@ -215,6 +216,7 @@ class Observer:
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id,
+                                          username=self.username, password=self.password,
                                           clean_session=not self.persistent, timeout=5) as client:
                     for f in self.filters:
                         await client.subscribe(f, qos=1 if self.persistent else 0)

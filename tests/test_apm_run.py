@@ -15,6 +15,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from apm import paths
+from apm.broker_auth import Login, Role, UserTable
 from tests.mqtt_broker import Observer, accepts, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -32,11 +34,23 @@ phases = 3
 """
 
 
+READER = Login("test-reader", "")
+
+
 @pytest.fixture(autouse=True)
 def own_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No flash image or serial-settings cache of the user's is read or written."""
+    """No flash image, serial-settings cache or broker users of the user's are read or written; the
+    embedded broker has a reader for the test (it lets nobody in anonymously)."""
+    global READER
     monkeypatch.setenv("APM_FLASH", str(tmp_path / "state" / "flash.img"))
     monkeypatch.setenv("APM_SERIAL_CACHE", str(tmp_path / "state" / "serial.json"))
+    table, READER = UserTable().add("test-reader", Role("reader"))
+    table.save(paths.broker_users())
+
+
+def reader_url(port: int) -> str:
+    """The embedded broker at ``port``, as the test's reader."""
+    return f"mqtt://{READER.username}:{READER.password}@127.0.0.1:{port}"
 
 
 def env() -> dict[str, str]:
@@ -66,7 +80,7 @@ def observe(port: int, proc: subprocess.Popen[str], serial: str, seconds: float)
     """Watch the device's whole topic tree on the embedded broker for ``seconds`` (or until it ends)."""
 
     async def main() -> Observer:
-        obs = Observer(f"mqtt://127.0.0.1:{port}", f"apm/{serial}/#", client_id="test-observer")
+        obs = Observer(reader_url(port), f"apm/{serial}/#", client_id="test-observer")
         async with obs:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline and proc.poll() is None:
@@ -120,7 +134,7 @@ def test_ctrl_c_ends_the_demo_cleanly_and_says_offline() -> None:
         wait_port(port, proc)
 
         async def main() -> Observer:
-            async with Observer(f"mqtt://127.0.0.1:{port}", "apm/APMDEMO01/#", client_id="ctrl-c") as obs:
+            async with Observer(reader_url(port), "apm/APMDEMO01/#", client_id="ctrl-c") as obs:
                 await obs.wait_until(lambda: any(t.endswith("/setpoint") for t, _, _ in obs.messages)
                                      and any("/reading/" in t for t, _, _ in obs.messages), timeout=15)
                 proc.send_signal(signal.SIGINT)
@@ -298,11 +312,12 @@ def test_smart_eco_requests_are_planned_and_the_plan_is_published_and_followed()
         wait_port(port, proc)
 
         async def main() -> Observer:
-            url = f"mqtt://127.0.0.1:{port}"
+            url = reader_url(port)
             async with Observer(url, "apm/APMDEMO01/#", client_id="eco-test") as obs:
                 await obs.wait_until(lambda: any("/reading/" in t for t, _, _ in obs.messages), timeout=20)
                 departure = (datetime.now().astimezone() + timedelta(hours=10)).isoformat()
-                async with aiomqtt.Client("127.0.0.1", port, identifier="eco-request") as c:
+                async with aiomqtt.Client("127.0.0.1", port, identifier="eco-request",
+                                          username=READER.username, password=READER.password) as c:
                     await c.publish("apm/APMDEMO01/eco/request", json.dumps(
                         {"charger": "garage", "departure": departure, "energy_kwh": 5}).encode(), qos=1)
                 await obs.wait_until(lambda: bool(obs.last("apm/APMDEMO01/eco/plan")), timeout=20)

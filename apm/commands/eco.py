@@ -213,7 +213,9 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
     if args.prices:
         return load_file(args.prices, args.area)
     if args.api:
-        update = PriceFeed(PriceClient(args.area, args.api, args.cache)).update(now)
+        import asyncio
+
+        update = asyncio.run(PriceFeed(PriceClient(args.area, args.api, args.cache)).update(now))
         if update.series is None:
             raise PriceApiError(f"no prices published for {now.astimezone(OSLO).date()} in {args.area}")
         return update.series

@@ -6,11 +6,14 @@
     apm run --demo                         # the whole product: simulated meter, embedded broker,
                                            # two simulated chargers with EVs, the balancer
 
-Broker: ``--broker mqtt://host:port`` (``--username``, ``--password``, ``--tls``, or ``mqtts://``), else
-the configuration's broker, else an embedded amqtt broker on 127.0.0.1 (``--broker-port``, default 1883;
-0 for any free port). Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH,
-the per-user default), whose token, issuer key and outbox the device then uses; with neither, the
-defaults (no chargers). ``--demo`` brings its own installation.
+Broker: ``--broker mqtt://host:port`` (``--username``, ``--password``, ``--tls``, or ``mqtts://``;
+``--ca-file PEM`` for a broker whose certificate a private CA signs), else the configuration's broker,
+else an embedded amqtt broker on 127.0.0.1 (``--listen HOST`` to let the LAN in, ``--broker-port``,
+default 1883; 0 for any free port). The embedded broker lets nobody in without a login: the device
+creates its own user on the first start, `apm broker user add` the chargers' and Home Assistant's.
+Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH, the per-user default),
+whose token, issuer key and outbox the device then uses; with neither, the defaults (no chargers).
+``--demo`` brings its own installation.
 
 In a terminal the device shows a live view (readings, headroom per line, setpoints, chargers, broker
 and HAN state); otherwise it writes log lines to stderr. It stops after ``--duration`` seconds (wall
@@ -73,7 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", metavar="URL", help="external broker, mqtt://host[:port] or mqtts://...")
     p.add_argument("--username", help="broker user name")
     p.add_argument("--password", help="broker password")
-    p.add_argument("--tls", action="store_true", help="TLS to the broker (implied by mqtts://)")
+    p.add_argument("--tls", action="store_true", help="TLS to the broker (implied by mqtts:// and --ca-file)")
+    p.add_argument("--ca-file", metavar="PEM", help="the CA that signs the broker's certificate (default: the "
+                                                    "system's CAs)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="HOST",
+                   help="address the embedded broker listens on (default 127.0.0.1; 0.0.0.0: the LAN, "
+                        "still only with a login: `apm broker user add`)")
     p.add_argument("--broker-port", type=int, default=1883, metavar="P",
                    help="port of the embedded broker when no broker is configured "
                         "(default 1883; 0: any free port)")
@@ -115,6 +123,10 @@ class Setup:
     port_path: str | None = None
     scenario: Any = None
     status_file: Path | None = None
+    users: Any = None  # apm.broker_auth.UserTable of the embedded broker
+    users_path: Path | None = None
+    charger_logins: dict[str, Any] = field(default_factory=dict)  # the demo's simulated chargers
+    guests: Any = None  # their users, for this run only
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -186,14 +198,16 @@ def _setup(args: argparse.Namespace) -> Setup:
             BrokerAddress.parse(url, username=args.username, password=args.password, tls=args.tls)
         except LinkError as exc:
             raise BadInput(str(exc)) from None
-    if url is not None or args.username or args.password or args.tls:
+    if url is not None or args.username or args.password or args.tls or args.ca_file:
         from msgspec.structs import replace
 
         b = config.broker
         config = replace(config, broker=replace(b, url=url, username=args.username or b.username,
-                                                password=args.password or b.password, tls=args.tls or b.tls))
+                                                password=args.password or b.password, tls=args.tls or b.tls,
+                                                ca_file=args.ca_file or b.ca_file))
     setup = Setup("demo" if args.demo else "port", config, url, args.broker_port, image=image,
                   scenario=scenario)
+    _broker_login(setup)
 
     # where the meter's bytes come from
     if args.demo:
@@ -261,6 +275,48 @@ def _setup(args: argparse.Namespace) -> Setup:
     return setup
 
 
+def _broker_login(setup: Setup) -> None:
+    """The device's login and TLS: for an external broker a CA file that reads; for the embedded one its
+    own user (created, with a random password, on the first start) and, for the demo, its chargers'."""
+    from msgspec.structs import replace
+
+    from apm import paths
+    from apm.broker_auth import AuthError, Role, UserTable
+    from apm.mqtt_link import LinkError, make_tls_context
+
+    b = setup.config.broker
+    if setup.url is not None:
+        if b.ca_file is not None:
+            try:
+                make_tls_context(b.ca_file)
+            except LinkError as exc:
+                raise BadInput(str(exc)) from None
+        return
+    path = paths.broker_users()
+    try:
+        table = UserTable.load(path)
+        updated, login = table.ensure_device()
+        if updated is not table:
+            updated.save(path)
+            print(f"{PROG}: created the device's broker user {login.username} in {path}", file=sys.stderr)
+    except (AuthError, OSError) as exc:
+        raise BadInput(f"the embedded broker's users: {exc}") from None
+    setup.users, setup.users_path = updated, path
+    setup.config = replace(setup.config, broker=replace(b, username=login.username, password=login.password))
+    if setup.source == "demo":
+        guests = UserTable()
+        for c in setup.config.chargers:
+            guests, setup.charger_logins[c.id] = guests.add(f"sim-charger-{c.id}", Role("charger", c.id))
+        setup.guests = guests
+
+
+def _policy(setup: Setup) -> Any:
+    from apm.broker_auth import Policy, UserTable
+
+    return Policy(setup.config.serial, setup.users, path=setup.users_path,
+                  guests=setup.guests if setup.guests is not None else UserTable())
+
+
 # --- running ---------------------------------------------------------------------------------------------
 
 
@@ -279,14 +335,15 @@ async def _main(args: argparse.Namespace, setup: Setup) -> int:
             if url is None:
                 from apm.broker import EmbeddedBroker, EmbeddedBrokerError  # amqtt: only when embedded
 
-                broker = EmbeddedBroker(port=setup.broker_port)
+                policy = _policy(setup)
+                broker = EmbeddedBroker(port=setup.broker_port, host=args.listen, policy=policy)
                 try:
                     await broker.start()
                 except EmbeddedBrokerError as exc:
                     if setup.source != "demo" or setup.broker_port == 0:
                         raise BadInput(str(exc)) from None
                     log.warning("%s; the demo takes any free port instead", exc)
-                    broker = EmbeddedBroker(port=0)
+                    broker = EmbeddedBroker(port=0, host=args.listen, policy=policy)
                     await broker.start()
                 stack.push_async_callback(broker.stop)
                 url = broker.url
@@ -333,7 +390,8 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
         midnight = now.replace(hour=0, minute=0, second=0)
         p = Pipeline(setup.scenario, speed=args.speed, broker_url=url, duration_s=None, start=now,
                      house_offset_s=(now - midnight).total_seconds(), serial=DEMO_SERIAL, oracles=False,
-                     subscription=setup.subscription)
+                     subscription=setup.subscription, broker=config.broker,
+                     charger_logins=setup.charger_logins)
         await stack.enter_async_context(p)
         return Parts(p.device, p.balancer, p.nodes,
                      await _with_eco(stack, setup, url, args, _demo_prices, p.run()))
@@ -371,24 +429,30 @@ async def _with_eco(stack: contextlib.AsyncExitStack, setup: Setup, url: str, ar
     planned jointly and published on ``eco/plan``, which the balancer follows."""
     from apm.eco.planner import Charger
     from apm.eco_service import EcoPlanner, EcoService, request_topic
-    from apm.mqtt_link import MqttLink
+    from apm.mqtt_link import MqttLink, link_settings
     from apm.topics import Topics
 
-    prices = _price_source(args) or fallback
+    prices, refresh = _price_source(args)
+    prices = prices or fallback
     config = setup.config
     if prices is None or not config.chargers:
         log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
         return work
+    if refresh is not None:  # prices fetched in the background: the planner never waits for the network
+        work = _with(refresh, work)
     network = config.grid.network
     chargers = {c.id: Charger(c.id, max_a=c.max_a, phases=c.phases, network=network) for c in config.chargers}
-    link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco"))
+    link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
+                                                    **link_settings(config.broker)))
     budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
     service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, prices, budget_a=budget))
     log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
     return _with(service.run(), work)
 
 
-def _price_source(args: argparse.Namespace) -> Any:
+def _price_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The planner's prices (a function of now) and, for a price service, the coroutine that keeps
+    them fresh in the background."""
     from apm.eco.prices import PriceError, load_file
 
     if args.prices:
@@ -396,21 +460,23 @@ def _price_source(args: argparse.Namespace) -> Any:
             series = load_file(args.prices, args.area)
         except (OSError, PriceError) as exc:
             raise BadInput(f"--prices {args.prices}: {exc}") from None
-        return lambda _now: series
+        return (lambda _now: series), None
     if args.price_api:
+        from apm import paths
         from apm.eco.planner import PlanError
         from apm.eco.price_api import PriceClient, PriceFeed
+        from apm.eco.prices import OSLO
 
-        feed = PriceFeed(PriceClient(args.area, args.price_api, Path.home() / ".cache" / "apm" / "prices"))
+        feed = PriceFeed(PriceClient(args.area, args.price_api, paths.price_cache()))
 
         def known(now: datetime) -> Any:
-            series = feed.update(now).series
+            series = feed.latest.series if feed.latest is not None else None
             if series is None:
                 raise PlanError(f"no prices for {args.area} from {args.price_api} yet")
             return series
 
-        return known
-    return None
+        return known, feed.run(lambda: datetime.now(OSLO))
+    return None, None
 
 
 async def _with(background: Any, work: Any) -> None:

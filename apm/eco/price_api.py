@@ -3,16 +3,21 @@ prices have arrived (the day-ahead auction publishes around 12:45-13:00 Oslo tim
 
 The API is the public one of the form ``{base}/api/v1/prices/{YYYY}/{MM}-{DD}_{AREA}.json``: a JSON list
 of ``{NOK_per_kWh, EUR_per_kWh, EXR, time_start, time_end}`` for one Oslo-time day. 404 means the day is
-not published (yet). Only the standard library is used (urllib).
+not published (yet).
+
+Everything that waits is async (aiohttp, ``asyncio.sleep`` between retries): the device plans in the
+event loop that decodes the meter and sends setpoints, and a price service that hangs must not stop that
+loop. Each request has a timeout (``timeout_s``, for connecting and reading together) and the whole
+fetch, retries included, ends within about ``(retries + 1) * timeout_s`` plus the backoff. `PriceFeed.run`
+keeps the known prices fresh in the background; planners read `PriceFeed.latest` without waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -20,7 +25,10 @@ from pathlib import Path
 
 from apm.eco.prices import OSLO, PriceError, PriceSeries, check_area, concat, parse_json
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "https://www.hvakosterstrommen.no"
+MAX_BODY = 1 << 20  # a day of prices is ~10 kB; more is not a price list
 PUBLISH_TIME = dtime(13, 0)  # Oslo time by which tomorrow's prices are normally out
 
 
@@ -34,14 +42,26 @@ class Response:
     body: bytes
 
 
-def urllib_get(url: str, timeout: float) -> Response:
-    """One GET; HTTP errors are returned as responses, network errors raised as OSError."""
-    req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "apm-emulator"})
+Get = Callable[[str, float], Awaitable[Response]]
+
+
+async def http_get(url: str, timeout: float) -> Response:
+    """One GET within ``timeout`` seconds; HTTP errors are returned as responses, network errors and
+    timeouts raised as OSError."""
+    import aiohttp  # only when prices are fetched: most commands never do
+
+    headers = {"Accept": "application/json", "User-Agent": "apm-emulator"}
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return Response(r.status, r.read())
-    except urllib.error.HTTPError as exc:
-        return Response(exc.code, exc.read() or b"")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+                session.get(url, headers=headers) as r:
+            body = await r.content.read(MAX_BODY + 1)
+            if len(body) > MAX_BODY:
+                raise OSError(f"answer larger than {MAX_BODY} bytes")
+            return Response(r.status, body)
+    except TimeoutError:
+        raise OSError(f"no answer within {timeout:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise OSError(str(exc) or type(exc).__name__) from None
 
 
 class PriceClient:
@@ -57,8 +77,8 @@ class PriceClient:
         retries: int = 3,
         backoff_s: float = 0.5,
         timeout_s: float = 10.0,
-        get: Callable[[str, float], Response] = urllib_get,
-        sleep: Callable[[float], None] = time.sleep,
+        get: Get = http_get,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.area = check_area(area)
         self.base_url = base_url.rstrip("/")
@@ -76,7 +96,7 @@ class PriceClient:
     def _cache_path(self, day: date) -> Path | None:
         return self.cache_dir / self.area / f"{day:%Y-%m-%d}.json" if self.cache_dir else None
 
-    def day(self, day: date) -> PriceSeries | None:
+    async def day(self, day: date) -> PriceSeries | None:
         """The day's prices, or None if the service has not published them (404)."""
         path = self._cache_path(day)
         if path is not None and path.exists():
@@ -84,7 +104,7 @@ class PriceClient:
                 return parse_json(path.read_bytes(), self.area, f"{path}: ")
             except PriceError:
                 path.unlink()  # a damaged cache entry is fetched again
-        body = self._fetch(self.url(day))
+        body = await self._fetch(self.url(day))
         if body is None:
             return None
         try:
@@ -98,15 +118,19 @@ class PriceClient:
             os.replace(tmp, path)  # atomic: a crash never leaves half a day in the cache
         return series
 
-    def _fetch(self, url: str) -> bytes | None:
-        """GET with retries on network errors, 5xx and 429 (exponential backoff); None on 404."""
+    async def _fetch(self, url: str) -> bytes | None:
+        """GET with retries on network errors, timeouts, 5xx and 429 (exponential backoff); None on 404."""
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                self._sleep(self.backoff_s * 2 ** (attempt - 1))
+                await self._sleep(self.backoff_s * 2 ** (attempt - 1))
             self.requests += 1
             try:
-                r = self._get(url, self.timeout_s)
+                # The bound holds even for an injected ``get`` that ignores its timeout.
+                r = await asyncio.wait_for(self._get(url, self.timeout_s), self.timeout_s + 1.0)
+            except TimeoutError:
+                last = f"no answer within {self.timeout_s:g} s"
+                continue
             except OSError as exc:
                 last = f"network error: {exc}"
                 continue
@@ -143,18 +167,38 @@ class PriceFeed:
         self.publish_time = publish_time
         self.retry = retry
         self._known_until: datetime | None = None
+        self.latest: FeedUpdate | None = None  # the last update: what `run` knows now
 
-    def update(self, now: datetime) -> FeedUpdate:
+    async def run(self, clock: Callable[[], datetime], on_update: Callable[[FeedUpdate], None] | None = None,
+                  failed_retry: timedelta = timedelta(minutes=1)) -> None:
+        """Keep ``latest`` fresh: update now, then at each ``next_check`` (after ``failed_retry`` when even
+        today's prices could not be had). Runs until cancelled; never raises for the price service."""
+        while True:
+            now = clock()
+            try:
+                upd = await self.update(now)
+            except PriceApiError as exc:
+                log.warning("prices: %s; trying again in %s", exc, failed_retry)
+                upd = FeedUpdate(self.latest.series if self.latest else None, False, now + failed_retry, str(exc))
+            else:
+                if upd.error:
+                    log.warning("prices: tomorrow's: %s; today's stand", upd.error)
+            self.latest = upd
+            if on_update is not None:
+                on_update(upd)
+            await asyncio.sleep(max((upd.next_check - clock()).total_seconds(), 1.0))
+
+    async def update(self, now: datetime) -> FeedUpdate:
         local = now.astimezone(OSLO)
         today = local.date()
         tomorrow = today + timedelta(days=1)
         publish = datetime.combine(today, self.publish_time, OSLO)
-        parts = [p for p in (self.client.day(today),) if p is not None]
+        parts = [p for p in (await self.client.day(today),) if p is not None]
         got_tomorrow = False
         error = None
         if local >= publish:
             try:
-                nxt = self.client.day(tomorrow)
+                nxt = await self.client.day(tomorrow)
             except PriceApiError as exc:
                 nxt, error = None, str(exc)  # today's plan stands; try again after ``retry``
             if nxt is not None:
