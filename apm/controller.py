@@ -24,7 +24,7 @@ from typing import Any
 
 from apm.balancer import Balancer, BalancerSettings, Mode
 from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
+from apm.config import ChargerConfig, DeviceConfig, GridConfig
 from apm.eco.schedule import EcoSchedule
 from apm.headroom import Headroom, HeadroomEstimator
 from apm.meter_state import HourlyEnergy, MeterState
@@ -33,6 +33,12 @@ from apm.wiring import wiring_advice
 from han import Reading
 
 HanState = str  # "no data" | "fresh" | "stale"
+
+
+def balancer_settings(config: DeviceConfig) -> BalancerSettings:
+    """The device's thresholds: ``[balancer]`` overrides; the top-level ``fixed_current_a`` unless that
+    table sets its own."""
+    return BalancerSettings.from_dict({"fixed_current_a": config.fixed_current_a, **config.balancer})
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +153,7 @@ class Controller:
             now_advice = wiring_advice(self.grid.network, self.chargers, reading)
             if now_advice != self.advice:
                 self.advice = advice = now_advice
-        return ReadingOutcome(reading, measured_at, self._compute(measured_at), record, advice, new_meter, back)
+        return ReadingOutcome(reading, measured_at, self.headroom_at(measured_at), record, advice, new_meter, back)
 
     def on_charger_states(self, now: float, states: Iterable[ChargerState]) -> Headroom | None:
         """Charger reports: what each drew at ``state.at`` goes into the estimator's history (in time
@@ -158,7 +164,7 @@ class Controller:
             if st.mode == "disconnected":
                 self.eco.car_left(st.id)  # a "charge now" lasts until the car leaves
         self.estimator.observe_chargers(self._observed_at, self.states)
-        return self._compute(now)
+        return self.headroom_at(now)
 
     def use_headroom(self, headroom: Headroom | None) -> None:
         """A headroom computed elsewhere (a balancer running apart from the device, over MQTT)."""
@@ -241,7 +247,8 @@ class Controller:
         return ControllerStatus(self.han_state, self.last_reading_at, self.readings, dict(m.counts),
                                 self.hourly, m.repeats, self.balancer.changes, self.stale_s, self.advice)
 
-    def _compute(self, now: float) -> Headroom | None:
+    def headroom_at(self, now: float) -> Headroom | None:
+        """The headroom recomputed for ``now`` (None before the first per-phase list)."""
         if self._external:
             return self.headroom
         h = self.estimator.compute(now, self.meter)

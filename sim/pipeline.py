@@ -3,9 +3,10 @@
     sim.world.World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
       -> sim.meter.Meter (the vendor's frames, measuring the world's line currents)
       -> VirtualSerialPort (a real pty, paced at the clock's speed)
-      -> pyserial port read by apm.device.Device (HanReader -> MeterState -> HeadroomEstimator)
-      -> MQTT broker (embedded amqtt, or --broker) -> apm.balancer_service.BalancerService
-      -> charger/<id>/setpoint -> sim.charger_node.ChargerNode -> the SimChargers of the World
+      -> pyserial port read by apm.device.Device (HanReader -> apm.controller.Controller, the one the
+         in-process loop drives) -> apm.balancer_service.BalancerService (the same Controller's setpoints)
+      -> MQTT broker (embedded amqtt, or --broker) -> charger/<id>/setpoint
+      -> sim.charger_node.ChargerNode -> the SimChargers of the World -> charger/<id>/state -> the device
 
     report = await run_pipeline(load_scenario("s.toml"), speed=20)
 
@@ -252,8 +253,9 @@ class Pipeline:
             self.config, url=url, clock=self.clock, outbox=self.outbox, subscription=self.subscription,
             headroom_options=sc.headroom, stale_after_s=self._stale_after(),
             char_time_s=self.line.settings.bits_per_char / self.line.settings.baud, link_options=opts))
+        # the device's own Controller decides: the balancer service only publishes its setpoints
         self.balancer = await stack.enter_async_context(
-            BalancerService(self.config, url=url, clock=self.clock, link_options=opts))
+            BalancerService.beside(self.device, url=url, link_options=opts))
         for charger in self.world.chargers.values():
             node = await stack.enter_async_context(ChargerNode(
                 charger, self.topics, url=url, clock=self.clock, origin=self.origin, steps=False,
