@@ -1,26 +1,29 @@
-"""The balancer as its own asyncio task, talking to the rest of the device over MQTT only.
+"""The balancer as an asyncio edge around the device's `apm.controller.Controller`: setpoints out on MQTT.
 
-    headroom ------------+
-    charger/+/state -----+--> Balancer.update (on every headroom, and every tick_s) --> charger/<id>/setpoint
-    subscription --------+                                                              (QoS 1)
-    eco/plan ------------+
+    Device (same process) --headroom--> Controller.decide (on every headroom, and every tick_s)
+    eco/plan (MQTT) ------------------^                       --> charger/<id>/setpoint (QoS 1)
 
-    async with BalancerService(config, url=broker_url, clock=clock) as service:
+    async with Device(config, ...) as device, BalancerService.beside(device, url=url) as service:
         await service.run()
 
-What it may do comes from the subscription status the device publishes (retained): fuse protection
-needs a valid subscription that grants it; without one the chargers share the configured fixed
-current among themselves (`apm.subscription.gate`). With a valid subscription it works from the
-headroom; when that is stale (the meter data it rests on is older than ``stale_after_s``, or no
-headroom message came for that long: the tick notices) the sans-IO `Balancer` falls back to the safe
-fixed current by itself. No subscription status received at all counts as no subscription.
+Beside the device it shares the device's Controller: the headroom, the charger states and the
+subscription state (the device's own evaluation) are already there, with no round trip through the
+broker; only the eco plan comes over MQTT. Alone (``BalancerService(config, url=...)``: a balancer
+that runs apart from the device) it keeps a Controller of its own and feeds it from the broker:
+``headroom``, ``charger/+/state`` and the retained ``subscription`` status as the device publishes them.
+
+What it may do comes from the subscription: fuse protection needs a valid subscription that grants
+it; without one the chargers share the configured fixed current among themselves
+(`apm.subscription.gate`). With a valid subscription it works from the headroom; when that is stale
+(the meter data it rests on is older than ``stale_after_s``: the tick notices) the sans-IO `Balancer`
+falls back to the safe fixed current by itself. No subscription status known counts as none.
 
 Smart eco: a retained plan on ``eco/plan`` (`apm.eco.planner.Plan.to_dict()`, plus an optional
 ``"charge_now": [charger ids]``; an empty payload clears it) caps each planned charger at the plan's
 current (0 A outside its slots) until its departure, when the subscription grants eco; a "charge now"
 lasts until that charger's car leaves.
 
-Setpoints are published for every charger on every headroom message (each carries the headroom's
+Setpoints are published for every charger on every headroom (each carries the headroom's
 ``seq``/``ts``, so the latency from the meter to the charger can be measured), whenever one changes,
 and at least every ``refresh_s``, so a charger that restarted learns its setpoint.
 """
@@ -30,12 +33,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Coroutine, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apm.balancer import Balancer, BalancerSettings
 from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
 from apm.config import DeviceConfig
+from apm.controller import Controller, balancer_settings
 from apm.eco.schedule import EcoSchedule
 from apm.headroom import Headroom
 from apm.messages import (
@@ -49,8 +53,11 @@ from apm.messages import (
 )
 from apm.mqtt_link import MqttLink, link_settings
 from apm.mqtt_node import MqttNode
-from apm.subscription import FEATURES, Gate, State, SubscriptionState, gate
+from apm.subscription import FEATURES, Gate, State, SubscriptionState
 from apm.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics
+
+if TYPE_CHECKING:
+    from apm.device import Device
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,7 @@ TICK_S = 1.0
 REFRESH_S = 10.0
 
 
-def balancer_settings(config: DeviceConfig) -> BalancerSettings:
-    """The device's thresholds: its ``[balancer]`` table, which carries the top-level ``fixed_current_a``."""
-    return config.balancer
+__all__ = ["BalancerService", "balancer_settings"]
 
 
 class BalancerService(MqttNode):
@@ -71,6 +76,7 @@ class BalancerService(MqttNode):
         url: str,
         clock: Clock | None = None,
         settings: BalancerSettings | None = None,
+        controller: Controller | None = None,
         tick_s: float = TICK_S,
         refresh_s: float = REFRESH_S,
         client_id: str | None = None,
@@ -79,32 +85,85 @@ class BalancerService(MqttNode):
         self.config = config
         self.clock = clock or RealClock()
         self.topics = Topics(config.serial)
-        self.settings = settings or balancer_settings(config)
-        self.balancer = Balancer(config.grid.network, config.chargers, self.settings)
+        # Beside the device: its controller. Alone: one of our own, fed from the broker.
+        self.alone = controller is None
+        self.controller = controller or Controller(config.grid, config.chargers,
+                                                   settings=settings or balancer_settings(config))
         self.tick_s = tick_s
         self.refresh_s = refresh_s
-        self.max_a = {c.id: c.max_a for c in config.chargers}
-        self.states: dict[str, ChargerState] = {}
         self.headroom: HeadroomNote | None = None
-        self.subscription: SubscriptionState | None = None
-        self.granted: frozenset[str] = frozenset()
-        self.eco = EcoSchedule()
         self.setpoints: dict[str, float] = {}
         self.sent_at: dict[str, float] = {}
         self.published = 0
         self.updates = 0
-        self.stale_s = 0.0  # clock seconds spent on the fallback for stale or missing meter data
-        self._last_update: float | None = None
         t = self.topics
+        listen = [(t.eco_plan, 1)]
+        if self.alone:
+            listen += [(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1)]
         self.link = MqttLink(
             url, client_id=client_id or f"apm-{config.serial}-balancer", **link_settings(config.broker),
-            subscriptions=[(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1), (t.eco_plan, 1)],
+            subscriptions=listen,
             **dict(link_options or {}))
+
+    @classmethod
+    def beside(cls, device: Device, **options: Any) -> BalancerService:
+        """The balancer of ``device``, in its process: it shares the device's Controller and decides on
+        every headroom the device computes."""
+        service = cls(device.config, clock=device.clock, controller=device.controller, **options)
+        device.headroom_listeners.append(service.on_headroom)
+        service._device = device
+        return service
+
+    async def __aexit__(self, *exc: object) -> None:
+        # Stop hearing the device first: a link that is closing must not be handed new setpoints.
+        device = getattr(self, "_device", None)
+        if device is not None and self.on_headroom in device.headroom_listeners:
+            device.headroom_listeners.remove(self.on_headroom)
+        await super().__aexit__(*exc)
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [self._listen(), self._tick()]
 
+    # --- the controller's values, for the views and tests -----------------------------------------
+
+    @property
+    def settings(self) -> BalancerSettings:
+        return self.controller.settings
+
+    @property
+    def balancer(self) -> Balancer:
+        return self.controller.balancer
+
+    @property
+    def states(self) -> dict[str, ChargerState]:
+        return self.controller.states
+
+    @property
+    def eco(self) -> EcoSchedule:
+        return self.controller.eco
+
+    @property
+    def subscription(self) -> SubscriptionState | None:
+        return self.controller.subscription
+
+    @property
+    def granted(self) -> frozenset[str]:
+        return self.controller.granted
+
+    @property
+    def stale_s(self) -> float:
+        return self.controller.stale_s
+
     # --- inputs ----------------------------------------------------------------------------------
+
+    def on_headroom(self, now: float, note: HeadroomNote) -> None:
+        """A new headroom (from the device beside us, or off the broker): decide and publish at once."""
+        self.headroom = note
+        if self.alone:
+            self.controller.use_headroom(headroom_value(note, now, self.config.grid.network))
+        # Decided at the clock's now: the device passes when the meter measured, which lies before
+        # decisions already made (a tick), and the balancer's clock must not run backwards.
+        self.update(max(now, self.clock.now()), publish_all=True)
 
     async def _listen(self) -> None:
         async for m in self.link.messages():
@@ -114,13 +173,9 @@ class BalancerService(MqttNode):
             now = self.clock.now()
             try:
                 if ref.kind == HEADROOM:
-                    self.headroom = read_headroom(m.payload, now)
-                    self.update(now, publish_all=True)
-                elif ref.kind == CHARGER_STATE and ref.charger in self.max_a:
-                    state = read_charger_state(ref.charger, m.payload, now)
-                    if state.mode == "disconnected":
-                        self.eco.car_left(state.id)  # a "charge now" lasts until the car leaves
-                    self.states[state.id] = state
+                    self.on_headroom(now, read_headroom(m.payload, now))
+                elif ref.kind == CHARGER_STATE and ref.charger in self.controller.max_a:
+                    self.controller.on_charger_states(now, [read_charger_state(ref.charger, m.payload, now)])
                 elif ref.kind == SUBSCRIPTION:
                     self._on_subscription(m.payload)
                 elif ref.kind == ECO_PLAN:
@@ -131,73 +186,49 @@ class BalancerService(MqttNode):
     def _on_subscription(self, payload: bytes) -> None:
         p = read_subscription(payload)
         state = SubscriptionState(State(p.state), p.reason)
-        self.subscription = state
-        self.granted = frozenset(FEATURES if p.granted is None else p.granted)
+        self.controller.set_subscription(state, FEATURES if p.granted is None else p.granted)
         log.info("balancer: subscription %s (%s)", state.state.value, state.reason)
 
     def _on_plan(self, payload: bytes) -> None:
         p = read_eco_plan(payload)
         if p is None:
-            self.eco = EcoSchedule()
+            self.controller.set_eco(EcoSchedule())
             log.info("balancer: eco plan cleared")
             return
         schedule = EcoSchedule(p.plan())
         for cid in p.charge_now:
             schedule.charge_now(cid)
-        self.eco = schedule
+        self.controller.set_eco(schedule)
         log.info("balancer: eco plan for %s", ", ".join(schedule.plan.charger_ids if schedule.plan else ()))
 
     # --- deciding ----------------------------------------------------------------------------------
 
     def gate(self) -> Gate:
         """What the subscription allows; meter freshness is the `Balancer`'s own check."""
-        fixed = self.settings.fixed_current_a
-        if self.subscription is None:
-            return Gate(frozenset(), fixed)
-        g = gate(self.subscription, True, fixed)
-        active = g.features & self.granted
-        return Gate(active, None if "fuse_protection" in active else fixed)
+        return self.controller.gate()
 
     def allowed(self, now_dt: datetime) -> dict[str, float] | None:
         """Eco caps per charger, or None when no plan applies."""
-        eco = self.eco
-        if eco.plan is None and not eco.overrides:
-            return None
-        out: dict[str, float] = {}
-        for cid, max_a in self.max_a.items():
-            plan = eco.plan
-            planned = plan is not None and cid in plan.charger_ids and now_dt < plan.charger(cid).departure
-            if cid in eco.overrides or planned:
-                out[cid] = eco.allowed_current(cid, now_dt, max_a)
-        return out or None
+        return self.controller.eco_caps(now_dt)
 
     def current_headroom(self, now: float) -> Headroom | None:
-        return None if self.headroom is None else headroom_value(self.headroom, now, self.config.grid.network)
+        return self.controller.headroom
 
     def update(self, now: float, *, publish_all: bool = False) -> dict[str, float]:
-        g = self.gate()
-        allowed = self.allowed(self.clock.datetime()) if g.eco else None
-        mode = "protect" if g.fuse_protection else "fixed"
-        setpoints = self.balancer.update(now, self.current_headroom(now), self.states, mode=mode,
-                                         allowed_a=allowed)
-        decision = self.balancer.last
-        how = decision.mode if decision is not None else mode
-        if self._last_update is not None and how.startswith("fixed:"):
-            self.stale_s += max(0.0, now - self._last_update)
-        self._last_update = now
+        d = self.controller.decide(now, self.clock.datetime())
         self.updates += 1
-        for cid, a in setpoints.items():
+        for sp in d.setpoints:
+            cid, a = sp.charger, sp.current_a
             changed = self.setpoints.get(cid) != a
             if changed and cid in self.setpoints:
-                log.debug("setpoint %s: %.1f -> %.1f A (%s)", cid, self.setpoints[cid], a, how)
+                log.debug("setpoint %s: %.1f -> %.1f A (%s)", cid, self.setpoints[cid], a, d.mode)
             if publish_all or changed or now - self.sent_at.get(cid, -1e18) >= self.refresh_s:
-                reason = decision.reasons.get(cid, how) if decision is not None else how
-                self.link.publish(setpoint_message(self.topics, cid, a, reason, ts=now, mode=how,
+                self.link.publish(setpoint_message(self.topics, cid, a, sp.reason, ts=now, mode=d.mode,
                                                    headroom=self.headroom))
                 self.sent_at[cid] = now
                 self.published += 1
-        self.setpoints = dict(setpoints)
-        return setpoints
+        self.setpoints = d.as_dict()
+        return self.setpoints
 
     async def _tick(self) -> None:
         next_at = self.clock.now()

@@ -1,13 +1,18 @@
 """The device's HAN side as an asyncio component: bytes in, readings, headroom and energy out on MQTT.
 
     bytes (serial port, replay, simulated meter)
-      -> han.HanReader -> MeterState -> reading/listN            (retained, QoS 0)
+      -> han.HanReader -> reading/listN                           (retained, QoS 0)
                           (each reading stamped when the meter measured it: arrival less the frame's
                            time on the line, ``char_time_s`` per byte)
+      -> apm.controller.Controller (MeterState -> HeadroomEstimator -> Balancer; the one the fast
+                          simulation drives too)
                                      -> energy/hourly             (persistent outbox, QoS 1)
-                                     -> HeadroomEstimator -> headroom   (on every reading and every
-                                                                         charger/+/state message)
-      subscription: SubscriptionTracker transitions -> subscription (retained, QoS 1) and the log
+                                     -> headroom                  (on every reading and every
+                                                                   charger/+/state message; also
+                                                                   handed in-process to the balancer
+                                                                   service: ``headroom_listeners``)
+      subscription: SubscriptionTracker transitions -> subscription (retained, QoS 1) and the log; the
+                          state itself goes to the Controller (the balancer's gate) in-process
       subscription/revocation (retained, from the issuer): verified with the issuer's key, stored
                           (flash image or memory), then the subscription is re-evaluated at once
       status file beside the flash image (read by `apm info`)
@@ -32,7 +37,6 @@ import contextlib
 import errno
 import json
 import logging
-import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -43,22 +47,24 @@ from typing import Any, Protocol, runtime_checkable
 from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
 from apm.config import DeviceConfig
+from apm.controller import Controller, ReadingOutcome, balancer_settings
 from apm.discovery import discovery_messages
 from apm.headroom import Headroom, HeadroomEstimator
-from apm.messages import headroom_message, read_charger_state
+from apm.messages import HeadroomNote, headroom_message, read_charger_state, read_headroom
 from apm.meter_state import BaselineStore, HourlyEnergy, MeterState
 from apm.mqtt_link import MqttLink
 from apm.outbox import MemoryOutbox, Outbox
 from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
 from apm.token import verify_revocation
 from apm.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
-from apm.wiring import wiring_advice
 from han import HanReader, Reading
 
 log = logging.getLogger(__name__)
 
 # (now, detected meter vendor or None) -> the subscription's state; see `flash_subscription`.
 SubscriptionSource = Callable[[datetime, str | None], SubscriptionState]
+# Told of every headroom the device publishes (clock time, the message as a receiver reads it).
+HeadroomListener = Callable[[float, HeadroomNote], None]
 
 SUBSCRIPTION_EVERY_S = 60.0  # clock seconds between re-evaluations (a token expires by the clock)
 STATUS_EVERY_S = 2.0  # wall seconds between status-file writes
@@ -222,17 +228,16 @@ class Device:
         self.clock = clock or RealClock()
         self.topics = Topics(config.serial)
         self.reader = reader or HanReader(ct_ratio=config.grid.ct_ratio)
-        self.state = MeterState()
+        # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
+        # stale_after_s None: the configuration's [balancer] stale_after_s, so headroom and balancer agree.
+        self.controller = Controller(config.grid, config.chargers, settings=balancer_settings(config),
+                                     headroom=config.headroom, headroom_options=headroom_options,
+                                     stale_after_s=stale_after_s)
         # The hourly baseline survives a restart, so the hour open at the restart is recorded.
         self.baseline_store = baseline_store
         if baseline_store is not None:
             self._restore_baseline(baseline_store)
-        # The decoder has applied the CT ratio already: the estimator takes the readings as they are.
-        # None: the configuration's [balancer] stale_after_s, so the headroom and the balancer agree.
-        stale_after_s = config.balancer.stale_after_s if stale_after_s is None else stale_after_s
-        self.estimator = HeadroomEstimator(config.grid, config.chargers, config.headroom,
-                                           stale_after_s=stale_after_s, **dict(headroom_options or {}))
-        self.stale_after_s = stale_after_s
+        self.stale_after_s = self.controller.stale_after_s
         self.subscription_source = subscription or no_subscription(config)
         # Only a source that holds the issuer's key can check a revocation, so only it listens for them.
         self.revocations = (self.subscription_source if isinstance(self.subscription_source, RevocationStore)
@@ -242,13 +247,9 @@ class Device:
             listen.append((self.topics.subscription_revocation, 1))
         self.tracker = SubscriptionTracker()
         self.status_file = status_file
-        self.chargers: dict[str, ChargerState] = {}
-        self.headroom: Headroom | None = None
         self.hourly: list[HourlyEnergy] = []
-        self.readings = 0
         self.headroom_seq = 0
-        self.last_reading_at: float | None = None  # clock time
-        self.han_state = "no data"
+        self.headroom_listeners: list[HeadroomListener] = []
         self.problems = 0
         self.last_problem: str | None = None
         self.link = MqttLink.for_device(
@@ -257,9 +258,41 @@ class Device:
             subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
         self._status_written = 0.0
-        self._meter_seen: str | None = None
-        self.advice: tuple[str, ...] = ()  # installation advice (apm.wiring), from the per-phase lists
-        self._observed_at = -math.inf
+
+    # --- the controller's values, for the views and `apm info` -----------------------------------
+
+    @property
+    def state(self) -> MeterState:
+        return self.controller.meter
+
+    @property
+    def estimator(self) -> HeadroomEstimator:
+        return self.controller.estimator
+
+    @property
+    def chargers(self) -> dict[str, ChargerState]:
+        return self.controller.states
+
+    @property
+    def headroom(self) -> Headroom | None:
+        return self.controller.headroom
+
+    @property
+    def readings(self) -> int:
+        return self.controller.readings
+
+    @property
+    def last_reading_at(self) -> float | None:
+        return self.controller.last_reading_at
+
+    @property
+    def han_state(self) -> str:
+        return self.controller.han_state
+
+    @property
+    def advice(self) -> tuple[str, ...]:
+        """Installation advice (apm.wiring), from the per-phase lists."""
+        return self.controller.advice
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -302,46 +335,43 @@ class Device:
                 self.on_reading(now - sent_for, r)
         return readings
 
-    def on_reading(self, now: float, reading: Reading) -> None:
-        self.readings += 1
-        self.last_reading_at = now
-        if self.han_state != "fresh":
-            log.info("HAN data %s: %s meter, list %d", "back" if self.han_state == "stale" else "arriving",
+    def on_reading(self, now: float, reading: Reading) -> ReadingOutcome:
+        """A reading the meter measured at ``now``: through the controller, out on MQTT."""
+        out = self.controller.on_reading(now, reading)
+        if out.han_back is not None:
+            log.info("HAN data %s: %s meter, list %d", "back" if out.han_back == "stale" else "arriving",
                      reading.meter, reading.list)
-            self.han_state = "fresh"
-        record = self.state.update(now, reading)
         self.link.publish(self.topics.reading_message(reading))
-        if record is not None:
-            self._hourly(record)
+        if out.hourly is not None:
+            self._hourly(out.hourly)
         if self.baseline_store is not None and self.state.baseline is not self._baseline_kept:
             self._keep_baseline(self.baseline_store)
-        if reading.meter != self._meter_seen:
-            self._meter_seen = reading.meter
+        if out.new_meter:
             self.evaluate_subscription()  # eligibility depends on the meter on the HAN port
-        if reading.list != 1:
-            advice = wiring_advice(self.config.grid.network, self.config.chargers, reading)
-            if advice != self.advice:
-                self.advice = advice
-                for line in advice:
-                    log.info("installation advice: %s", line)
-        self.publish_headroom(now)
+        for line in out.advice or ():
+            log.info("installation advice: %s", line)
+        self._publish_headroom(now, out.headroom)
+        return out
 
     def on_charger_state(self, now: float, state: ChargerState) -> None:
         """A charger's report: what it drew at ``state.at`` goes into the estimator's history (kept in
         time order), then the headroom is recomputed."""
-        self.chargers[state.id] = state
-        self._observed_at = max(self._observed_at, min(state.at, now))
-        self.estimator.observe_chargers(self._observed_at, self.chargers)
-        self.publish_headroom(now)
+        self._publish_headroom(now, self.controller.on_charger_states(now, [state]))
 
     def publish_headroom(self, now: float) -> Headroom | None:
-        h = self.estimator.compute(now, self.state)
+        return self._publish_headroom(now, self.controller.headroom_at(now))
+
+    def _publish_headroom(self, now: float, h: Headroom | None) -> Headroom | None:
         if h is None:
             return None  # no per-phase list yet: the balancer stays on the fixed current
-        self.headroom = h
         self.headroom_seq += 1
-        self.link.publish(headroom_message(self.topics, h, seq=self.headroom_seq, reading_seq=self.readings,
-                                           ttl_s=HEADROOM_TTL_S))
+        msg = headroom_message(self.topics, h, seq=self.headroom_seq, reading_seq=self.readings,
+                               ttl_s=HEADROOM_TTL_S)
+        self.link.publish(msg)
+        if self.headroom_listeners:
+            note = read_headroom(msg.payload, now)  # what a balancer over MQTT would read
+            for listener in self.headroom_listeners:
+                listener(now, note)
         return h
 
     def _hourly(self, record: HourlyEnergy) -> None:
@@ -379,7 +409,8 @@ class Device:
 
     def evaluate_subscription(self) -> SubscriptionState:
         at = self.clock.datetime()
-        state = self.subscription_source(at, self._meter_seen)
+        state = self.subscription_source(at, self.controller.meter.meter)
+        self.controller.set_subscription(state)  # the balancer's gate, in this process
         change = self.tracker.update(state, at)
         if change is not None:
             log.info("%s", change.log_line())
@@ -423,7 +454,7 @@ class Device:
         return new
 
     def han_fresh(self, now: float) -> bool:
-        return self.last_reading_at is not None and now - self.last_reading_at <= self.stale_after_s
+        return self.controller.han_fresh(now)
 
     def status(self) -> dict[str, Any]:
         """What `apm info` reads from the status file (and the live view shows)."""
@@ -482,10 +513,9 @@ class Device:
         while True:
             await asyncio.sleep(min(0.5, self.clock.wall(1.0)))
             now = self.clock.now()
-            if self.han_state == "fresh" and not self.han_fresh(now):
-                self.han_state = "stale"
-                log.warning("HAN data stale: nothing from the meter for %.0f s",
-                            now - (self.last_reading_at or now))
+            tick = self.controller.tick(now)
+            if tick.went_stale:
+                log.warning("HAN data stale: nothing from the meter for %.0f s", tick.silent_s)
             if now >= next_eval:
                 next_eval = now + SUBSCRIPTION_EVERY_S
                 self.evaluate_subscription()

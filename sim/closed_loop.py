@@ -1,11 +1,13 @@
 """Closed-loop simulation in one process, on a simulated clock (one step per simulated second).
 
     household + chargers -> grid lines -> fuse judge
-                         -> meter (Readings on the vendor's schedule) -> MeterState -> Headroom
-                         -> Balancer -> charger setpoints -> EVs -> back into the lines
+                         -> meter (sim.meter: the vendor's frames on its schedule) -> han.HanReader
+                         -> apm.controller.Controller (MeterState -> Headroom -> Balancer)
+                         -> charger setpoints -> EVs -> back into the lines
 
 Everything is sans-IO and driven by ``now``; no threads, no sleeping, so a winter day (86,400 steps)
-runs in seconds. The MQTT and pty wiring of the device replaces the direct calls later.
+runs in seconds. The pipeline (sim/pipeline.py) drives the same Controller through the device's pty
+and MQTT edges instead of direct calls.
 
 Scenario (TOML). Keys marked * are required; the rest have defaults:
 
@@ -88,8 +90,7 @@ from typing import Annotated, Any, Literal, Protocol
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from apm.balancer import Balancer
-from apm.charger_state import ChargerState
+from apm.balancer import Mode
 from apm.config import (
     MAX_CHARGERS,
     BalancerSettings,
@@ -106,13 +107,14 @@ from apm.config import (
     check_charger_ids,
     convert,
 )
-from apm.headroom import Headroom, HeadroomEstimator
+from apm.controller import Controller
+from apm.headroom import Headroom
 from apm.lines import LINES, Network, Triple
-from apm.meter_state import MeterState
+from han import HanReader
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.grid import DEFAULT_UNBALANCE
-from sim.loop_meter import LoopMeter, Measurement
+from sim.meter import scenario_meter
 from sim.world import World
 
 
@@ -431,56 +433,82 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
         policy: LoopPolicy | None = None) -> dict[str, Any]:
     """Simulate ``sc``; ``fixed``: the comparison without a meter, all chargers sharing
     ``fixed_current_a`` per line. ``policy`` gates the mode and caps chargers (subscription,
-    Smart eco). Returns the report dict."""
+    Smart eco). Returns the report dict.
+
+    The product decides: the scenario's meter (`sim.meter`, the vendor's frames on its schedule)
+    is decoded by `han.HanReader`, and `apm.controller.Controller` does the rest, as on the device."""
     t0 = time.perf_counter()
-    world = World(sc, trace=trace, oracles=not fixed)
+    world = World(sc, trace=trace, oracles=not fixed, history_s=_history_steps(sc))
     chargers = world.charger_list
     by_id = world.chargers
-    settings = BalancerSettings.from_dict({**sc.balancer, "fixed_current_a": sc.fixed_current_a})
-    balancer = Balancer(sc.network, sc.chargers, settings)
-    gridcfg = GridConfig(network=sc.network, fuse_a=sc.fuse_a, safety_margin_a=sc.safety_margin_a)
-    estimator = HeadroomEstimator(gridcfg, sc.chargers, stale_after_s=settings.stale_after_s, **sc.headroom)
-    state = MeterState()
-
-    def measure(_t: float) -> Measurement:
-        g = world.state
-        assert g is not None
-        return Measurement(g.lines, g.power_w, g.reactive_var, g.voltages)
-
-    meter = None if fixed else LoopMeter(measure, vendor=sc.vendor, network=sc.network, phases=sc.supply_phases,
-                                         start=sc.start, outages=sc.outages, repeat_hourly=sc.repeat_hourly,
-                                         skew_s=sc.skew_s)
-    i2_stats = _I2Stats()
-    mode = "fixed" if fixed else "protect"
-    headroom: Headroom | None = None
-    hourly = 0
-    stale_s = 0.0
+    controller = loop_controller(sc)
+    loop = None if fixed else _MeterLoop(sc, world, controller)
+    mode: Mode = "fixed" if fixed else "protect"
     dt = sc.step_s
     steps = int(round(sc.duration_s / dt))
     for k in range(steps + 1):
         now = k * dt
-        lines = world.step(k).lines
-        states: dict[str, ChargerState] = {c.id: c.state(now) for c in chargers}
-        if meter is not None:
-            estimator.observe_chargers(now, states)
-            readings = meter.readings_at(now)
-            for r in readings:
-                if state.update(now, r) is not None:
-                    hourly += 1
-            if readings:
-                headroom = estimator.compute(now, state)
-                if headroom is not None and headroom.i2_a is not None and any(r.list != 1 for r in readings):
-                    i2_stats.add(headroom.i2_a, lines[1], headroom.i2_method)
-        step_mode, allowed = (mode, None) if policy is None else policy.decide(now, headroom)
-        setpoints = balancer.update(now, headroom, states, mode=step_mode,  # type: ignore[arg-type]
-                                    allowed_a=allowed)
+        world.step(k)
+        controller.on_charger_states(now, [c.state(now) for c in chargers])
+        if loop is not None:
+            loop.step(now)
+        step_mode, allowed = (mode, None) if policy is None else policy.decide(now, controller.headroom)
+        decision = controller.decide(now, mode=step_mode, allowed_a=allowed)  # type: ignore[arg-type]
         if policy is not None:
             policy.observe(now, dt, chargers)
-        if balancer.last is not None and balancer.last.mode.startswith("fixed:"):
-            stale_s += dt
-        for cid, sp in setpoints.items():
-            by_id[cid].set_setpoint(now, sp)
+        for sp in decision.setpoints:
+            by_id[sp.charger].set_setpoint(now, sp.current_a)
         world.record()
+    return _report(sc, fixed, world, controller, loop, policy, time.perf_counter() - t0)
+
+
+def loop_controller(sc: Scenario) -> Controller:
+    """The device's `Controller` for the scenario's installation (what `sim.pipeline.device_config`
+    gives the device: the scenario's top-level fixed current wins over a [balancer] one)."""
+    grid = GridConfig(network=sc.network, fuse_a=sc.fuse_a, safety_margin_a=sc.safety_margin_a)
+    return Controller(grid, sc.chargers, settings=sc.balancer_settings, headroom=sc.headroom_settings)
+
+
+def _history_steps(sc: Scenario) -> int:
+    """Steps of line currents the world keeps: the meter samples every whole second it has not yet
+    sampled when it next pushes (at most a list interval and a skew back)."""
+    return int(math.ceil(_METER_LOOKBACK_S / sc.step_s)) + 2
+
+
+_METER_LOOKBACK_S = 64.0
+
+
+class _MeterLoop:
+    """The scenario's meter in the in-process loop: frames between two steps, decoded, to the controller."""
+
+    def __init__(self, sc: Scenario, world: World, controller: Controller) -> None:
+        self.meter = scenario_meter(sc, world)
+        self.reader = HanReader()
+        self.controller = controller
+        self.world = world
+        self.i2 = _I2Stats()
+        self.cursor = 0.0
+
+    def step(self, now: float) -> None:
+        # the meter samples each second as the world reaches it, so its history is the world's
+        self.meter.sample(math.floor(now))
+        pushes = self.meter.pushes_between(self.cursor, now + 1e-6)
+        self.cursor = now + 1e-6
+        per_phase = False
+        for push in pushes:
+            for r in self.reader.feed(push.frame):
+                # stamped when the meter measured, as the device stamps it (arrival less line time)
+                self.controller.on_reading(push.t, r)
+                per_phase |= r.list != 1
+        h = self.controller.headroom
+        if per_phase and h is not None and h.i2_a is not None:
+            g = self.world.state
+            assert g is not None
+            self.i2.add(h.i2_a, g.lines[1], h.i2_method)
+
+
+def _report(sc: Scenario, fixed: bool, world: World, controller: Controller, loop: _MeterLoop | None,
+            policy: LoopPolicy | None, runtime_s: float) -> dict[str, Any]:
     report: dict[str, Any] = {"scenario": sc.name, "mode": "fixed" if fixed else "protect",
                               "network": sc.network, "fuse_a": sc.fuse_a, "duration_s": sc.duration_s}
     report.update(world.fuse.report())
@@ -488,18 +516,19 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
     report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in evs.items()}
     report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in evs.values()), 3)
     report["final_soc"] = {e: round(ev.soc, 4) for e, ev in evs.items()}
-    report["setpoint_changes"] = balancer.changes
+    status = controller.status()
+    report["setpoint_changes"] = status.setpoint_changes
     if world.oracles is not None:
         report.update(world.oracles.report(report["energy_total_kwh"]))
-        report["stale_s"] = stale_s
-        report["hourly_records"] = hourly
-        report["repeated_hourly_dropped"] = state.repeats
-        report["readings"] = {f"list{k}": v for k, v in state.counts.items()}
-        if i2_stats.n:
-            report["i2"] = i2_stats.report()
+        report["stale_s"] = status.stale_s
+        report["hourly_records"] = status.hourly_records
+        report["repeated_hourly_dropped"] = status.repeated_hourly_dropped
+        report["readings"] = {f"list{k}": v for k, v in status.counts.items()}
+        if loop is not None and loop.i2.n:
+            report["i2"] = loop.i2.report()
     if policy is not None:
         report.update(policy.report())
-    report["runtime_s"] = round(time.perf_counter() - t0, 2)
+    report["runtime_s"] = round(runtime_s, 2)
     return report
 
 

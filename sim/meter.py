@@ -13,6 +13,11 @@ follows from them (resistive loads; on IT 230 V loads between two lines) unless 
 is given. All are sampled once a second of simulated time (a real meter averages too) and held in
 between; the energy counters integrate the power of those samples, so they agree with the lists.
 
+Faults to test the device (a scenario's ``[meter]``): ``outages`` (no lists at all between two
+times), ``repeat_hourly`` (every hourly list sent again 2 s later, a known Aidon fault) and ``skew_s``
+(the powers in a list are measured that many seconds before its currents and voltages: a meter's
+values are not sampled at one instant). A negative power is export (A- counts it).
+
 Calls must move forward in time (``frames_between`` with ``t0`` at or after the previous ``t1``):
 the sources may be stateful simulations. The same calls give the same bytes, however they are split.
 """
@@ -22,9 +27,10 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from han.profiles import PUSH_SCHEDULES, PushSchedule
 from han.reading import Reading
@@ -37,6 +43,7 @@ PowerSource = Callable[[float], float]  # seconds since the start -> active impo
 
 _HOUR_MS = 3_600_000
 _HISTORY = 64  # seconds of samples kept for lists stamped before they are sent (Aidon's hourly list)
+REPEAT_AFTER_S = 2.0  # a repeated hourly list (``repeat_hourly``) follows the first this much later
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +141,15 @@ class Meter:
     def __init__(self, spec: MeterSpec, start: datetime, currents: CurrentSource | None = None,
                  voltages: VoltageSource | None = None, *, power: PowerSource | None = None,
                  reactive: PowerSource | None = None, seed: int = 1,
-                 energy_wh: tuple[float, float, float, float] | None = None) -> None:
+                 energy_wh: tuple[float, float, float, float] | None = None,
+                 outages: Sequence[tuple[float, float]] = (), repeat_hourly: bool = False,
+                 skew_s: float = 0.0) -> None:
+        if skew_s < 0 or skew_s >= _HISTORY:
+            raise ValueError(f"skew_s must be within [0, {_HISTORY}) seconds")
         self.spec = spec
+        self.outages = tuple((float(a), float(b)) for a, b in outages)
+        self.repeat_hourly = repeat_hourly
+        self.skew_s = skew_s
         self.schedule: PushSchedule = PUSH_SCHEDULES[spec.vendor]
         self.start = start.replace(microsecond=0)  # the clock ticks in whole seconds from here
         midnight = self.start.replace(hour=0, minute=0, second=0)
@@ -156,7 +170,26 @@ class Meter:
     # --- the schedule ------------------------------------------------------------------------
 
     def push_times(self, t0: float, t1: float) -> list[tuple[float, int]]:
-        """(t, list) of the pushes in [t0, t1), t in seconds since the start."""
+        """(t, list) of the pushes in [t0, t1), t in seconds since the start (outages left out,
+        repeated hourly lists in)."""
+        return [(t, list_) for t, list_, _ in self._plan(t0, t1)]
+
+    def _plan(self, t0: float, t1: float) -> list[tuple[float, int, float]]:
+        """(sent at, list, measured at) of the pushes in [t0, t1); a repeat was measured earlier."""
+        out = [(t, lst, t) for t, lst in self._scheduled(t0, t1) if not self.silent(t)]
+        if self.repeat_hourly:
+            hourly = self.schedule.hourly_list
+            back = REPEAT_AFTER_S
+            out += [(t + back, lst, t) for t, lst in self._scheduled(t0 - back, t1 - back)
+                    if lst == hourly and t >= 0.0 and not self.silent(t)]
+            out.sort()
+        return out
+
+    def silent(self, t: float) -> bool:
+        """Inside an outage (the meter sends nothing)."""
+        return any(a <= t < b for a, b in self.outages)
+
+    def _scheduled(self, t0: float, t1: float) -> list[tuple[float, int]]:
         s = self.schedule
         step = self._step_ms
         lo = self._origin_ms + math.ceil(t0 * 1000 - 1e-6)
@@ -194,7 +227,7 @@ class Meter:
         for k in range(self._second + 1, second + 1):
             if sample is not None:  # the counters run on the power of the previous second
                 e = self._energy
-                e[0] += sample.power_w / 3600.0
+                e[0 if sample.power_w >= 0 else 1] += abs(sample.power_w) / 3600.0
                 if sample.reactive_var >= 0:
                     e[2] += sample.reactive_var / 3600.0
                 else:
@@ -232,8 +265,8 @@ class Meter:
         second = max(0, math.floor(t))
         s = self.sample(second)
         part = (t - second) / 3600.0
-        r = s.reactive_var
-        return (max(0.0, s.energy_wh[0] + s.power_w * part), s.energy_wh[1],
+        r, p = s.reactive_var, s.power_w
+        return (max(0.0, s.energy_wh[0] + max(p, 0.0) * part), max(0.0, s.energy_wh[1] + max(-p, 0.0) * part),
                 max(0.0, s.energy_wh[2] + max(r, 0.0) * part), max(0.0, s.energy_wh[3] + max(-r, 0.0) * part))
 
     # --- pushing -------------------------------------------------------------------------------
@@ -245,15 +278,17 @@ class Meter:
         if list_ == self.schedule.hourly_list:
             stamp = t - (self.schedule.hourly_at - self.schedule.hourly_stamp)
         s = self.sample(math.floor(t))
+        # the powers as they were skew_s before the currents and voltages (never before the start)
+        ps = self.sample(max(0, math.floor(t - self.skew_s))) if self.skew_s else s
         clock = self.clock(stamp).isoformat()
         if list_ == 1:
-            return Reading(meter=spec.vendor, list=1, active_import_w=s.power_w, meter_time=clock)
+            return Reading(meter=spec.vendor, list=1, active_import_w=max(ps.power_w, 0.0), meter_time=clock)
         i, u = s.currents, s.voltages
         fields: dict = dict(
             meter=spec.vendor, list=list_, list_id=spec.wire.list_id, meter_id=spec.meter_id,
             meter_type=spec.meter_type, meter_time=clock, phases=spec.phases,
-            active_import_w=s.power_w, active_export_w=0.0,
-            reactive_import_var=max(s.reactive_var, 0.0), reactive_export_var=max(-s.reactive_var, 0.0),
+            active_import_w=max(ps.power_w, 0.0), active_export_w=max(-ps.power_w, 0.0),
+            reactive_import_var=max(ps.reactive_var, 0.0), reactive_export_var=max(-ps.reactive_var, 0.0),
             current_l1_a=i[0], current_l2_a=i[1], current_l3_a=i[2],
             voltage_l1_v=u[0], voltage_l2_v=u[1], voltage_l3_v=u[2],
         )
@@ -269,10 +304,16 @@ class Meter:
             raise ValueError(f"the meter's time moves forward only: asked from {t0} after {self._last_t}")
         self._last_t = t1
         out = []
-        for t, list_ in self.push_times(t0, t1):
-            exact = self.reading_at(t, list_)
+        for t, list_, measured in self._plan(t0, t1):
+            exact = self.reading_at(measured, list_)
             out.append(Push(t, list_, reported(exact, self.spec), build(exact, self.spec)))
         return out
+
+    def keeps(self, t: float) -> bool:
+        """Whether a push at ``t`` can still be made: the meter keeps the last ``_HISTORY`` seconds of
+        samples (a caller that fell further behind skips what it missed, as a real meter would)."""
+        return math.floor(t) - self.skew_s - (self.schedule.hourly_at - self.schedule.hourly_stamp) \
+            > self._second - _HISTORY
 
     def frames_between(self, t0: float, t1: float) -> list[tuple[float, bytes]]:
         """(t, frame bytes) of the notifications sent in [t0, t1)."""
@@ -285,3 +326,12 @@ def _step_ms(s: PushSchedule) -> int:
     if s.fast_list is not None:
         parts.append(round(s.fast_period * 1000))
     return math.gcd(*parts)
+
+
+def scenario_meter(sc: Any, world: Any, *, start: datetime | None = None) -> Meter:
+    """The meter of a scenario (`sim.closed_loop.Scenario`: vendor, supply, faults) measuring a
+    `sim.world.World` (which must keep a few steps of history: ``history_s``). Both closed loops use it."""
+    kind = "1p" if sc.supply_phases == 1 else f"3p-{sc.network.lower()}"
+    return Meter(MeterSpec(sc.vendor, kind), start or sc.start, currents=world.currents_at,
+                 voltages=world.voltages_at, power=world.power_at, reactive=world.reactive_at,
+                 outages=sc.outages, repeat_hourly=sc.repeat_hourly, skew_s=sc.skew_s)

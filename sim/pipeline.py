@@ -3,9 +3,10 @@
     sim.world.World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
       -> sim.meter.Meter (the vendor's frames, measuring the world's line currents)
       -> VirtualSerialPort (a real pty, paced at the clock's speed)
-      -> pyserial port read by apm.device.Device (HanReader -> MeterState -> HeadroomEstimator)
-      -> MQTT broker (embedded amqtt, or --broker) -> apm.balancer_service.BalancerService
-      -> charger/<id>/setpoint -> sim.charger_node.ChargerNode -> the SimChargers of the World
+      -> pyserial port read by apm.device.Device (HanReader -> apm.controller.Controller, the one the
+         in-process loop drives) -> apm.balancer_service.BalancerService (the same Controller's setpoints)
+      -> MQTT broker (embedded amqtt, or --broker) -> charger/<id>/setpoint
+      -> sim.charger_node.ChargerNode -> the SimChargers of the World -> charger/<id>/state -> the device
 
     report = await run_pipeline(load_scenario("s.toml"), speed=20)
 
@@ -26,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,8 @@ from apm.serial_link import VENDOR_SETTINGS, open_port
 from apm.topics import Topics
 from sim.charger_node import ChargerNode
 from sim.closed_loop import Scenario, Trace
-from sim.frames import MeterSpec
 from sim.grid import GridState
-from sim.meter import Meter, Push
+from sim.meter import Meter, Push, scenario_meter
 from sim.serial_line import VirtualSerialPort
 from sim.world import World
 
@@ -61,10 +61,6 @@ class PipelineError(RuntimeError):
     """The pipeline cannot start (no broker, no pty); the message says why."""
 
 
-def meter_kind(sc: Scenario) -> str:
-    return "1p" if sc.supply_phases == 1 else f"3p-{sc.network.lower()}"
-
-
 def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
     """The installation the scenario describes, as the device's configuration."""
     # The scenario's top-level fixed current wins over a [balancer] one, as in sim/closed_loop.py.
@@ -73,7 +69,7 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
                                         safety_margin_a=sc.safety_margin_a),
                         chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
-                        balancer=BalancerSettings.from_dict(balancer))
+                        balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings)
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -120,30 +116,27 @@ class PacedWorld(World):
 class MeterFeed:
     """Pushes a `Meter`'s frames to ``write`` when the clock reaches them (and the world has measured).
 
-    ``outages``: (start_s, end_s) spans with no frames at all; ``repeat_hourly``: every hourly list is
-    sent again 2 s later (a known Aidon fault). ``on_written(push, wall_time)`` is called as each frame's
-    last byte has been written.
+    The meter's faults (outages, repeated hourly lists, skew) are its own (`sim.meter.Meter`).
+    ``on_written(push, wall_time)`` is called as each frame's last byte has been written. A feed that
+    fell further behind the world than the meter remembers (a loaded machine at a high speed) skips
+    the pushes it missed, as a real meter would not queue them: ``skipped`` counts them.
     """
 
     def __init__(self, meter: Meter, write: Callable[[bytes], Awaitable[None]], clock: Clock, origin: float,
-                 *,
-                 world: PacedWorld | None = None, outages: Sequence[tuple[float, float]] = (),
-                 repeat_hourly: bool = False,
+                 *, world: PacedWorld | None = None,
                  on_written: Callable[[Push, float], None] | None = None) -> None:
         self.meter = meter
         self.write = write
         self.clock = clock
         self.origin = origin
         self.world = world
-        self.outages = list(outages)
-        self.repeat_hourly = repeat_hourly
         self.on_written = on_written
         self.frames = 0
         self.bytes = 0
-        self._repeats: set[asyncio.Task[None]] = set()
-
-    def silent(self, t: float) -> bool:
-        return any(a <= t < b for a, b in self.outages)
+        self.skipped = 0
+        if world is not None:
+            # The meter measures every second as the world reaches it, however late its pushes go out.
+            world.after_step.append(lambda: meter.sample(world.k))
 
     async def run(self, duration_s: float | None) -> None:
         meter = self.meter
@@ -155,17 +148,15 @@ class MeterFeed:
                 if self.world is not None:
                     await self.world.reached(math.floor(pt))
                 await self.clock.sleep_until(self.origin + pt)
+                if not meter.keeps(pt):
+                    self.skipped += 1
+                    cursor = pt + 1e-4
+                    continue
                 # One push at a time: the meter measures (samples the world) when it sends, not before.
                 pushes = meter.pushes_between(cursor, pt + 1e-4)
                 cursor = pt + 1e-4
                 for push in pushes:
-                    if self.silent(push.t):
-                        continue
                     await self._send(push)
-                    if self.repeat_hourly and push.list == meter.schedule.hourly_list:
-                        task = asyncio.create_task(self._repeat(push))
-                        self._repeats.add(task)
-                        task.add_done_callback(self._repeats.discard)
             t = t1
 
     async def _send(self, push: Push) -> None:
@@ -174,10 +165,6 @@ class MeterFeed:
         self.bytes += len(push.frame)
         if self.on_written is not None:
             self.on_written(push, time.monotonic())
-
-    async def _repeat(self, push: Push) -> None:
-        await self.clock.sleep_until(self.origin + push.t + 2.0)
-        await self._send(push)
 
 
 # --- the whole loop --------------------------------------------------------------------------------------
@@ -267,19 +254,16 @@ class Pipeline:
             VirtualSerialPort(s, pace=self.speed))
         port = stack.enter_context(open_port(self.line.path, s))  # the device's side: pyserial
         self._fd = port.fileno()
-        spec = MeterSpec(sc.vendor, meter_kind(sc))
-        meter = Meter(spec, self.start, currents=self.world.currents_at,
-                      voltages=self.world.voltages_at, power=self.world.power_at,
-                      reactive=self.world.reactive_at)
-        self.feed = MeterFeed(meter, self.line.awrite, self.clock, self.origin, world=self.world,
-                              outages=sc.outages, repeat_hourly=sc.repeat_hourly)
+        meter = scenario_meter(sc, self.world, start=self.start)
+        self.feed = MeterFeed(meter, self.line.awrite, self.clock, self.origin, world=self.world)
         opts = self.link_options
         self.device = await stack.enter_async_context(Device(
             self.config, url=url, clock=self.clock, outbox=self.outbox, subscription=self.subscription,
-            headroom_options=sc.headroom, stale_after_s=self._stale_after(),
+            stale_after_s=self._stale_after(),
             char_time_s=self.line.settings.bits_per_char / self.line.settings.baud, link_options=opts))
+        # the device's own Controller decides: the balancer service only publishes its setpoints
         self.balancer = await stack.enter_async_context(
-            BalancerService(self.config, url=url, clock=self.clock, link_options=opts))
+            BalancerService.beside(self.device, url=url, link_options=opts))
         for charger in self.world.chargers.values():
             login = self.charger_logins.get(charger.id)
             node_opts = {**opts, **link_settings(self.config.broker)}
@@ -355,6 +339,7 @@ class Pipeline:
             "wall_s": round(self._wall, 2),
             "max_lag_s": round(w.max_lag_s, 3),
             "frames_sent": self.feed.frames if self.feed else 0,
+            "frames_skipped": self.feed.skipped if self.feed else 0,
             "frames_bad": dev.reader.frames.frames_bad,
             "headroom_messages": dev.headroom_seq,
             "setpoints_published": bal.published,

@@ -1,8 +1,8 @@
 """Acceptance: the broker killed and restarted during a run, and meter data that stops.
 
 - mosquitto is SIGKILLed across an hourly list and started again: the device keeps reading, reconnects,
-  and every hourly energy record reaches a persistent subscriber (the "cloud"); the balancer, which
-  hears no headroom meanwhile, is on the safe fixed current until data comes back.
+  and every hourly energy record reaches a persistent subscriber (the "cloud"); the balancer, beside
+  the device in the same process, goes on working from the meter's data meanwhile.
 - the meter falls silent (HAN cable out) while the broker is up: the setpoint a charger receives falls
   back to the fixed current within the stale timeout, and returns to the measured headroom after.
 """
@@ -93,13 +93,12 @@ def test_no_hourly_record_lost_and_the_balancer_falls_back_while_the_broker_is_d
     assert list(dict.fromkeys(ids)) == [f"{SERIAL}/{h}" for h in seen["hourly"]]
     assert seen["pending_down"] >= 1 and seen["pending_end"] == 0
     assert all(r["import_wh"] > 0 for r in seen["cloud"])
-    # The balancer heard no headroom while the broker was down: after the stale timeout it was on the
-    # fixed current, whatever it had been told before.
+    # The balancer shares the device's Controller (no headroom round trip through the broker any
+    # more): it went on working from the meter's data while the broker was down; its setpoints waited.
     modes = seen["modes"]
-    assert any(m == "protect" for _, m, _ in modes[:3]) or report["stale_s"] > 0
     late = [m for t, m, connected in modes if t > down_at + 40 and not connected]
-    assert late and all(m.startswith("fixed:") for m in late), modes[-5:]
-    assert report["stale_s"] >= 0.8 * (up_at - down_at - 25)
+    assert late and all(m == "protect" for m in late), modes[-5:]
+    assert report["stale_s"] < 60  # the start, before the first list, only
     assert report["trips"] == 0
 
 
@@ -134,5 +133,6 @@ def test_the_setpoint_falls_back_to_the_fixed_current_when_meter_data_stops(mosq
     # The device kept publishing headroom (on each charger report), marked stale once it was.
     assert any(d["stale"] for t, d in heads if silent_from + stale_after + 2 < t < silent_to)
     # Data back: the balancer works from the headroom again.
-    after = [d for t, d in sp if t >= silent_to + 5]
+    # (The EV leaves as the run ends, at 190 s: its "no EV" setpoint is not the point here.)
+    after = [d for t, d in sp if t >= silent_to + 5 and d["reason"] != "no EV"]
     assert after and after[-1]["mode"] == "protect" and after[-1]["current_a"] > 10

@@ -101,10 +101,10 @@ def test_stale_meter_data_falls_back_to_the_safe_current(tmp_path: Path) -> None
 
 
 def test_repeated_hourly_list_is_not_double_counted(tmp_path: Path) -> None:
-    d = step_scenario(tmp_path, 0.0, duration_s=3 * 3600 + 5)
+    d = step_scenario(tmp_path, 0.0, duration_s=3 * 3600 + 15)
     d["meter"]["repeat_hourly"] = True
     report = run(scenario_from_dict(d, base=tmp_path))
-    assert report["readings"]["list3"] == 4  # 00:00, 01:00, 02:00, 03:00 ...
+    assert report["readings"]["list3"] == 4  # 00:00, 01:00, 02:00, 03:00 (sent at hh:00:10) ...
     assert report["repeated_hourly_dropped"] == 4  # ... each sent twice
     assert report["hourly_records"] == 3
 
@@ -207,7 +207,9 @@ def test_winter_day_has_no_trips(name: str) -> None:
     assert sc.duration_s == 86400
     report = run(sc)
     assert report["trips"] == 0
-    assert report["hourly_records"] == 24
+    # the meter's first hourly list (00:00:10) is the baseline; the one closing 23:00-24:00 comes at
+    # 24:00:10, after the day
+    assert report["hourly_records"] == 23
     assert report["runtime_s"] < 30
     assert report["energy_total_kwh"] > 50
     issue, measured, most, changes = WINTER_FLOORS[name]

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from apm.config import ChargerConfig
 from apm.lines import charging_power_w, terminal_currents, to_lines
 from sim.charger import SimCharger
+from sim.frames import MeterSpec
 from sim.grid import Grid
 from sim.household import HouseSample, SyntheticHome, slot_lines
-from sim.loop_meter import LoopMeter, Measurement
+from sim.meter import Meter
+from tests.sim_readings import START, list2_of
 from tests.test_three_wire import world
 
 
@@ -113,48 +115,42 @@ def test_household_reactive_loads_and_the_resistive_option() -> None:
     assert seen
 
 
-def meter_for(g, vendor: str, **kw) -> LoopMeter:
-    return LoopMeter(lambda t: Measurement(g.lines, g.power_w, g.reactive_var, g.voltages), vendor=vendor,
-                     network="IT", **kw)
-
-
 def test_it_meters_report_what_their_vendors_send() -> None:
     grid = Grid("IT", model="phasor", unbalance=(0.0, -0.004, 0.005))
     g = grid.measure(house("IT", (2000.0, 1500.0, 800.0, 0.0), (300.0, -100.0, 0.0, 0.0)),
                      [charger("a", "IT", 1, 12.34)])
-    (aidon,) = meter_for(g, "aidon").readings_at(10.0)
+    (aidon,) = list2_of(g, "aidon")
     assert aidon.current_l2_a is None  # two elements: no I2
     assert aidon.current_l1_a == pytest.approx(round(g.lines[0], 1))
     assert aidon.voltage_l2_v == pytest.approx(round(g.voltages[1], 1))  # U13, measured
     assert aidon.active_import_w == round(g.power_w) and aidon.active_export_w == 0.0
     assert aidon.reactive_import_var == round(g.reactive_var) and aidon.reactive_export_var == 0.0
-    (kaifa,) = meter_for(g, "kaifa").readings_at(10.0)
+    (kaifa,) = list2_of(g, "kaifa")
     assert kaifa.current_l2_a == pytest.approx(g.lines[1], abs=0.001)  # MA304H3E reports I2 ...
     assert kaifa.estimated == ("voltage_l2_v",)  # ... but U2 = 0, estimated by the decoder
     u1, u3 = kaifa.voltage_l1_v, kaifa.voltage_l3_v
     assert u1 is not None and u3 is not None
     assert kaifa.voltage_l2_v == pytest.approx(math.sqrt(u1 * u1 + u3 * u3 - u1 * u3), abs=0.06)
-    kamstrup = meter_for(g, "kamstrup").readings_at(10.0)
+    kamstrup = list2_of(g, "kamstrup")
     assert [r.list for r in kamstrup] == [2]
     assert kamstrup[0].current_l2_a is None and kamstrup[0].voltage_l1_v == round(g.voltages[0])
 
 
 def test_export_and_capacitive_power_go_to_the_export_registers() -> None:
-    m = LoopMeter(lambda t: Measurement((5.0, 5.0, 0.0), -1150.0, -400.0, (230.0, 230.0, 230.0)),
-                  vendor="aidon")
-    (r,) = m.readings_at(10.0)
+    g = type("G", (), {"lines": (5.0, 5.0, 0.0), "power_w": -1150.0, "reactive_var": -400.0,
+                       "voltages": (230.0, 230.0, 230.0)})()
+    (r,) = list2_of(g, "aidon")
     assert (r.active_import_w, r.active_export_w) == (0.0, 1150.0)
     assert (r.reactive_import_var, r.reactive_export_var) == (0.0, 400.0)
 
 
 def test_skew_reports_the_power_of_a_few_seconds_before() -> None:
     power = {t: 1000.0 + 100.0 * t for t in range(0, 30)}
-    m = LoopMeter(lambda t: Measurement((10.0, 10.0, 10.0), power[int(t)]), vendor="aidon", skew_s=2.0)
-    got = {}
-    for t in range(0, 30):
-        for r in m.readings_at(float(t)):
-            got[(t, r.list)] = r
-    assert got[(10, 2)].active_import_w == power[8]
-    assert got[(20, 2)].active_import_w == power[18]
+    m = Meter(MeterSpec("aidon", "3p-tn"), START, currents=lambda t: (10.0, 10.0, 10.0),
+              voltages=lambda t, i: (230.0, 230.0, 230.0), power=lambda t: power[int(t)], skew_s=2.0)
+    got = {(p.t, p.list): p.reading for p in m.pushes_between(0.0, 25.0)}
+    assert got[(10.0, 2)].active_import_w == power[8]
+    assert got[(20.0, 2)].active_import_w == power[18]
+    assert got[(20.0, 2)].current_l1_a == 10.0  # the currents are those of the list's own second
     with pytest.raises(ValueError):
-        LoopMeter(lambda t: Measurement((0.0, 0.0, 0.0), 0.0), skew_s=-1.0)
+        Meter(MeterSpec("aidon"), START, skew_s=-1.0)

@@ -205,7 +205,7 @@ def it_list(slots_w, slots_var, chargers, *, vendor="aidon", sequence=1, unbalan
     from sim.charger import SimCharger
     from sim.grid import Grid
     from sim.household import HouseSample
-    from sim.loop_meter import LoopMeter, Measurement
+    from tests.sim_readings import list2_of
 
     grid = Grid("IT", model="phasor", sequence=sequence, unbalance=unbalance)
     sims, states = [], {}
@@ -219,8 +219,7 @@ def it_list(slots_w, slots_var, chargers, *, vendor="aidon", sequence=1, unbalan
     house = HouseSample(slot_lines("IT", slots_w, slots_var=slots_var), sum(slots_w), tuple(slots_w),
                         sum(slots_var), tuple(slots_var))
     g = grid.measure(house, sims)
-    meter = LoopMeter(lambda t: Measurement(g.lines, g.power_w, g.reactive_var, g.voltages), vendor=vendor)
-    (r,) = meter.readings_at(10.0)
+    (r,) = list2_of(g, vendor)
     assert r.list == 2
     return r, g, states, grid, house, sims
 

@@ -402,7 +402,7 @@ async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args:
     device = await stack.enter_async_context(Device(
         config, url=url, clock=clock, outbox=setup.outbox, subscription=setup.subscription,
         status_file=setup.status_file, baseline_store=setup.baseline))
-    balancer = await stack.enter_async_context(BalancerService(config, url=url, clock=clock))
+    balancer = await stack.enter_async_context(BalancerService.beside(device, url=url))
     if setup.source == "replay":
         work = _replay(device, setup.capture, args.speed)
     elif setup.source == "sim":
@@ -482,8 +482,8 @@ def _price_source(args: argparse.Namespace) -> tuple[Any, Any]:
 async def _with(background: Any, work: Any) -> None:
     """Run ``work`` with ``background`` beside it; a failure of either ends both."""
     bg = asyncio.ensure_future(background)
+    main = asyncio.ensure_future(work)
     try:
-        main = asyncio.ensure_future(work)
         done, _ = await asyncio.wait([bg, main], return_when=asyncio.FIRST_COMPLETED)
         if bg in done:
             main.cancel()
@@ -491,8 +491,11 @@ async def _with(background: Any, work: Any) -> None:
             bg.result()
         await main
     finally:
-        bg.cancel()
-        await asyncio.gather(bg, return_exceptions=True)
+        # Cancelled from outside (stop asked): the work must stop too, not run on while the parts
+        # it feeds are being closed.
+        for t in (bg, main):
+            t.cancel()
+        await asyncio.gather(bg, main, return_exceptions=True)
 
 
 async def _replay(device: Any, capture: Any, speed: float) -> None:
