@@ -152,12 +152,16 @@ def parse_time(text: str) -> float:
 
 
 def _profile(profile_id: int, stack_level: int, purpose: str, unit: str, start: float,
-             periods: Sequence[tuple[int, float]], duration: int | None = None,
+             periods: Sequence[tuple[int, float]], phases: int, duration: int | None = None,
              valid_to: float | None = None) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = [{"start_period": s, "limit": v} for s, v in periods]
+    if unit == "W":  # W is the total: say over how many phases, or the charger assumes 3
+        for row in rows:
+            row["number_phases"] = phases
     schedule: dict[str, Any] = {
         "charging_rate_unit": unit,
         "start_schedule": iso(start),
-        "charging_schedule_period": [{"start_period": s, "limit": v} for s, v in periods],
+        "charging_schedule_period": rows,
     }
     if duration is not None:
         schedule["duration"] = duration
@@ -178,7 +182,7 @@ def base_profile(charger: OcppCharger, policy: ProfilePolicy, caps: Capabilities
     unit = caps.unit
     safe = limit_value(charger.safe_current_a, charger, unit)
     return _profile(BASE_PROFILE_ID, policy.base_stack_level, policy.purpose, unit, now - policy.skew_s,
-                    [(0, safe)])
+                    [(0, safe)], charger.phases)
 
 
 def limit_profile(amps: float, charger: OcppCharger, policy: ProfilePolicy, caps: Capabilities,
@@ -193,12 +197,13 @@ def limit_profile(amps: float, charger: OcppCharger, policy: ProfilePolicy, caps
     run = math.ceil(policy.skew_s + policy.validity_s)
     if not caps.stacks:
         safe = limit_value(charger.safe_current_a, charger, unit)
-        return _profile(BASE_PROFILE_ID, 0, policy.purpose, unit, start, [(0, value), (run, safe)])
+        return _profile(BASE_PROFILE_ID, 0, policy.purpose, unit, start, [(0, value), (run, safe)],
+                        charger.phases)
     level = policy.limit_stack_level
     if caps.max_stack_level is not None:
         level = min(level, caps.max_stack_level)
-    return _profile(LIMIT_PROFILE_ID, level, policy.purpose, unit, start, [(0, value)], duration=run,
-                    valid_to=now + policy.validity_s)
+    return _profile(LIMIT_PROFILE_ID, level, policy.purpose, unit, start, [(0, value)], charger.phases,
+                    duration=run, valid_to=now + policy.validity_s)
 
 
 def amps_of(limit: float, unit: str, charger: OcppCharger) -> float:
