@@ -198,8 +198,8 @@ class _Session:
 
     def meter(self, connector_id: int, meter_value: list[dict[str, Any]]) -> None:
         sample = parse_meter_values(meter_value)
-        if sample.currents is not None:
-            self.currents = sample.currents
+        if sample.currents_a is not None:
+            self.currents = sample.currents_a
         changes: dict[str, Any] = {}
         if sample.power_w is not None:
             changes["power_w"] = sample.power_w
@@ -339,6 +339,7 @@ class OcppCentral:
         self._sessions: dict[str, _Session] = {}
         self._queue: asyncio.Queue[ChargerState] = asyncio.Queue(maxsize=queue_size)
         self._server: Server | None = None
+        self.changed = asyncio.Event()  # set on every change of a link (for a live view, and tests)
 
     # -- the device's API -------------------------------------------------------------------------
     def set_limit(self, charger_id: str, amps: float) -> None:
@@ -430,6 +431,14 @@ class OcppCentral:
 
     def _update(self, cid: str, **changes: Any) -> None:
         self._links[cid] = replace(self._links[cid], **changes)
+        self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[OcppCentral], bool], timeout: float = 10.0) -> None:
+        """Until ``predicate(self)`` holds, re-checked on every link change; TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self.changed.clear()
+                await self.changed.wait()
 
     def _emit(self, state: ChargerState) -> None:
         if self.on_report is not None:
