@@ -233,15 +233,18 @@ class _Session:
 
     async def _control(self) -> None:
         c = self.central
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that meets a wake-up.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.boot.wait(), c.boot_wait_s)
+            async with asyncio.timeout(c.boot_wait_s):
+                await self.boot.wait()
         while True:
             self.boot.clear()
             await self._setup()
             while not self.boot.is_set():
                 await self._send_limit()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken(), c.clock.wall(c.policy.renew_s))
+                    async with asyncio.timeout(c.clock.wall(c.policy.renew_s)):
+                        await self._woken()
 
     async def _woken(self) -> None:
         done = asyncio.ensure_future(self.wake.wait())
