@@ -12,8 +12,14 @@ import base64
 import contextlib
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -368,3 +374,40 @@ async def test_the_limit_is_renewed_before_it_runs_out() -> None:
                 cp.tick()
                 assert cp.limit_a == 20.0
                 assert cp.store.profiles[LIMIT_PROFILE_ID].valid_to == pytest.approx(clock.now() + 3, abs=1)
+
+
+def test_sigkill_of_the_device_leaves_each_charger_at_its_safe_current(tmp_path: Path) -> None:
+    """The real thing, in real time: the central system in its own process, SIGKILLed while both
+    chargers run at 32 A; each charger is back at its own safe current by itself, within the validity."""
+    validity_s = 3.0
+    port_file = tmp_path / "port"
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    child = subprocess.Popen([sys.executable, "-m", "tests.ocpp_child", str(port_file), str(validity_s), "32",
+                              "garage:10", "carport:6"], stdout=subprocess.PIPE, env=env)
+
+    async def main() -> None:
+        async with asyncio.timeout(30):
+            while not port_file.exists():
+                await asyncio.sleep(0.02)  # polling a file the child writes: no event crosses processes
+        url = f"ws://127.0.0.1:{port_file.read_text()}"
+        cps = [SimOcppChargePoint(sim_charger(cid), url, steps=True, reconnect_s=0.2) for cid in ("garage", "carport")]
+        async with running(*cps):
+            line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 30)  # type: ignore[union-attr]
+            assert line.strip() == b"ready"
+            for cp in cps:
+                await cp.wait_for(lambda c: c.limit_a == 32.0)
+            child.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            # What the chargers hold runs out within the validity of the kill (whole seconds on the wire).
+            for cp in cps:
+                assert cp.store.profiles[LIMIT_PROFILE_ID].valid_to <= killed_at + validity_s + 1  # type: ignore[operator]
+            for cp, safe in zip(cps, (10.0, 6.0), strict=True):
+                await cp.wait_for(lambda c, safe=safe: c.limit_a == safe, timeout=validity_s + 30)
+            assert [cp.charger.setpoint_a for cp in cps] == [10.0, 6.0]
+            assert not any(cp.connected.is_set() for cp in cps)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 90))
+    finally:
+        child.kill()
+        child.wait(10)
