@@ -461,12 +461,21 @@ def charger_id_of(path: str) -> str:
 
 
 def basic_auth_ok(header: str | None, user: str, password: str) -> bool:
-    """HTTP basic auth as OCPP Security Profile 1 uses it (user = the chargePointId)."""
+    """HTTP basic auth as OCPP Security Profile 1 uses it (user = the chargePointId).
+
+    OCPP 1.6's AuthorizationKey is 16 to 20 bytes, set on the charger as hex digits, and the password
+    on the wire is those bytes; many chargers send the text as typed instead. Both are accepted."""
     if not header or not header.lower().startswith("basic "):
         return False
     try:
-        got_user, _, got_password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        raw = base64.b64decode(header[6:].strip(), validate=True)
+    except binascii.Error:
         return False
-    return hmac.compare_digest(got_user.encode(), user.encode()) & hmac.compare_digest(
-        got_password.encode(), password.encode())
+    got_user, sep, got_password = raw.partition(b":")
+    if not sep:
+        return False
+    accepted = [password.encode()]
+    with contextlib.suppress(ValueError):
+        accepted.append(bytes.fromhex(password))
+    user_ok = hmac.compare_digest(got_user, user.encode())
+    return any(hmac.compare_digest(got_password, p) for p in accepted) and user_ok

@@ -161,6 +161,10 @@ def test_auth_and_path() -> None:
     assert not basic_auth_ok(ok, "carport", "s3cret")
     assert not basic_auth_ok("Basic !!!", "garage", "s3cret")
     assert not basic_auth_ok(None, "garage", "s3cret")
+    key = "00112233445566778899aabbccddeeff"  # a 1.6 AuthorizationKey: the bytes go on the wire
+    raw = "Basic " + base64.b64encode(b"garage:" + bytes.fromhex(key)).decode()
+    assert basic_auth_ok(raw, "garage", key)
+    assert basic_auth_ok("Basic " + base64.b64encode(f"garage:{key}".encode()).decode(), "garage", key)
     assert charger_id_of("/ocpp/garage%201?x=1") == "garage 1"
     assert charger_id_of("/") == ""
 
