@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import functools
+import ipaddress
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +27,10 @@ from typing import Any
 
 import pytest
 import websockets
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
 from apm.charger_state import ChargerState
@@ -415,3 +422,41 @@ def test_sigkill_of_the_device_leaves_each_charger_at_its_safe_current(tmp_path:
     finally:
         child.kill()
         child.wait(10)
+
+
+def self_signed(dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own authority (cert, key) as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apm ocpp test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = dir / "cert.pem", dir / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_with_a_password_security_profile_2(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        clock = ManualClock()
+        async with OcppCentral(chargers(garage=10.0), "127.0.0.1", 0, ssl=server_ctx, policy=POLICY,
+                               clock=clock) as central:
+            assert central.url.startswith("wss://")
+            cp = cp_for(central, "garage", clock, ssl=client_ctx)
+            async with running(cp):
+                central.set_limit("garage", 20.0)
+                await cp.wait_for(lambda c: c.limit_a == 20.0)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
