@@ -12,9 +12,10 @@ the state (1 idle, 2 charging, 3 waiting for the car, 4 complete, 5 error).
 A go-e keeps the last ``amp`` it got, for ever: it has no profile that runs out. So the failsafe is
 ours, in three layers (`GoeControl`, sans-IO):
 
-- **safe first**: a value above the safe current is only sent once the charger has echoed a value at
-  or above the safe one; whenever its echo is missing or older than ``echo_timeout_s`` we send the safe
-  value, not the balancer's (we "decay" toward safe while we cannot hear ourselves echoed);
+- **safe first**: a value above the safe current is only sent once the charger has echoed an ``amp`` at
+  or above the safe one, and only while we hear the charger (any key within ``echo_timeout_s``);
+  otherwise we send the safe value, not the balancer's (we "decay" toward safe while we cannot hear
+  ourselves echoed). A value the charger has not echoed is sent again every ``resend_s``;
 - **a pause parks amp at the safe value** (and sets frc = 1), so the value it keeps is the safe one;
 - **the will**: each charger has its own MQTT connection whose will is ``amp/set`` = the safe value,
   so when the device dies (SIGKILL, power, network) and the broker stays up, the broker itself sends
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from apm.charger_state import ChargerState, Mode
+from apm.clock import Clock, RealClock
 from apm.lines import ZERO, Triple
 from apm.ocpp_policy import phases_in_use
 
@@ -52,8 +54,8 @@ class GoeCharger:
     serial: str
     safe_current_a: float = 6.0
     max_a: float = 32.0
-    echo_timeout_s: float = 30.0  # no echo of our amp for this long: send the safe value only
-    resend_s: float = 30.0  # amp is sent again this often even when nothing changed
+    echo_timeout_s: float = 30.0  # nothing heard from the charger for this long: send the safe value only
+    resend_s: float = 30.0  # a value the charger has not echoed is sent again this often
 
     def __post_init__(self) -> None:
         if not MIN_A <= self.safe_current_a <= self.max_a:
@@ -109,8 +111,9 @@ class GoeControl:
             value = json.loads(payload)
         except ValueError:
             return None
+        self.echo_at = now  # we hear the charger (a go-e publishes nrg every few seconds)
         if key == "amp" and isinstance(value, int | float):
-            self.amp, self.echo_at = int(value), now
+            self.amp = int(value)
         elif key == "frc" and isinstance(value, int):
             self.frc = value
         elif key == "car" and isinstance(value, int):
@@ -149,8 +152,9 @@ class GoeControl:
         if target > safe and not (self.echo_fresh(now) and self.amp is not None and self.amp >= safe):
             amp = safe  # safe first, and only while we hear ourselves echoed
         frc = FRC_OFF if pause else FRC_NEUTRAL
-        if self._sent == (amp, frc) and now - self._sent_at < c.resend_s:
-            return []
+        echoed = self.amp == amp and self.frc == frc
+        if self._sent == (amp, frc) and (echoed or now - self._sent_at < c.resend_s):
+            return []  # no needless writes: a go-e may keep amp in flash
         self._sent, self._sent_at = (amp, frc), now
         # amp before frc when pausing: the value it keeps is the safe one before it stops charging.
         return [(topic(c.serial, "amp/set"), str(amp).encode()), (topic(c.serial, "frc/set"), str(frc).encode())]
@@ -161,13 +165,13 @@ class GoeAdapter:
 
     def __init__(self, chargers: Mapping[str, GoeCharger], url: str, *,
                  on_report: Callable[[ChargerState], None] | None = None,
-                 now: Callable[[], float] | None = None, tick_s: float = 1.0,
+                 clock: Clock | None = None, tick_s: float = 1.0,
                  client_prefix: str = "apm-goe") -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.controls = {cid: GoeControl(cid, ch) for cid, ch in chargers.items()}
         self.on_report = on_report
-        self.now = now or (lambda: asyncio.get_running_loop().time())
+        self.now = (clock or RealClock()).now
         self.tick_s = tick_s
         self.client_prefix = client_prefix
         self._wanted: dict[str, float | None] = {}

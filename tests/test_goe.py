@@ -28,14 +28,17 @@ def test_safe_value_first_and_only_while_echoed() -> None:
     assert c.commands(32.0, 1.0) == []  # not echoed yet: no step above safe (and 10 was just sent)
     c.on_message("go-eCharger/012345/amp", b"10", 3.0)
     assert c.commands(32.9, 3.0) == [(AMP, b"32"), (FRC, b"0")]  # echoed: up it goes, whole amperes
-    c.on_message("go-eCharger/012345/amp", b"32", 4.0)
     assert c.commands(32.0, 20.0) == []
-    c.on_message("go-eCharger/012345/amp", b"32", 30.0)  # a go-e republishes its keys
-    assert c.commands(32.0, 34.0) == [(AMP, b"32"), (FRC, b"0")]  # re-sent every resend_s
-    # No echo for longer than echo_timeout_s: back to the safe value until the charger answers again.
-    assert c.commands(32.0, 30.0 + 31.0) == [(AMP, b"10"), (FRC, b"0")]
+    c.on_message("go-eCharger/012345/car", b"3", 20.0)  # the charger is there, but amp still says 10
+    assert c.commands(32.0, 34.0) == [(AMP, b"32"), (FRC, b"0")]  # not echoed: re-sent after resend_s
+    c.on_message("go-eCharger/012345/frc", b"0", 4.0)
+    c.on_message("go-eCharger/012345/amp", b"32", 35.0)
+    c.on_message("go-eCharger/012345/nrg", b"[230,230,230,0,32,32,32,0,0,0,0,0,1,1,1,0]", 60.0)
+    assert c.commands(32.0, 80.0) == []  # echoed: nothing to write
+    # Nothing heard for longer than echo_timeout_s: back to the safe value until the charger answers again.
+    assert c.commands(32.0, 60.0 + 31.0) == [(AMP, b"10"), (FRC, b"0")]
     # A pause parks amp at the safe value and switches off.
-    assert c.commands(3.0, 62.0) == [(AMP, b"10"), (FRC, b"1")]
+    assert c.commands(3.0, 92.0) == [(AMP, b"10"), (FRC, b"1")]
     assert c.will() == (AMP, b"10")
 
 
@@ -47,7 +50,8 @@ def test_reports_become_charger_state() -> None:
                          2.0)
     assert state == ChargerState(id="garage", mode="charging", currents_a=(15.9, 16.0, 0.1), phases_in_use=1,
                                  setpoint_a=16.0, at=2.0)
-    assert c.on_message("go-eCharger/012345/frc", b"1", 3.0).setpoint_a == 0.0
+    off = c.on_message("go-eCharger/012345/frc", b"1", 3.0)
+    assert off is not None and off.setpoint_a == 0.0
     assert c.on_message("go-eCharger/999999/amp", b"16", 3.0) is None  # another charger
     assert c.on_message("go-eCharger/012345/amp", b"{{", 3.0) is None
     assert c.on_message("go-eCharger/012345/amp/result", b"ok", 3.0) is None
