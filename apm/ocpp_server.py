@@ -46,6 +46,7 @@ from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from apm.charger_state import ChargerState, Mode
 from apm.clock import Clock, RealClock
@@ -68,7 +69,7 @@ from apm.ocpp_policy import (
 
 log = logging.getLogger(__name__)
 
-SUBPROTOCOL = "ocpp1.6"
+SUBPROTOCOL = Subprotocol("ocpp1.6")
 SAMPLED_DATA = "Current.Import,Power.Active.Import,Energy.Active.Import.Register"
 HEARTBEAT_S = 60
 
@@ -368,7 +369,7 @@ class OcppCentral:
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> OcppCentral:
         self._server = await serve(self._handle, self.host, self.port, ssl=self.ssl,
-                                   subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                                   subprotocols=[SUBPROTOCOL],
                                    process_request=self._check)
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])

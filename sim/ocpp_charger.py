@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from apm.clock import Clock, RealClock
 from apm.ocpp_policy import iso, parse_time
+from apm.ocpp_server import SUBPROTOCOL
 from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)
@@ -98,14 +99,17 @@ class Profile:
 class ProfileStore:
     """The profiles a charge point holds, and the limit they make (sans-IO)."""
 
-    def __init__(self, max_stack_level: int = 8, units: tuple[str, ...] = ("A", "W")) -> None:
+    def __init__(self, max_stack_level: int = 8, units: tuple[str, ...] = ("A", "W"),
+                 purposes: tuple[str, ...] = PURPOSE_ORDER) -> None:
         self.max_stack_level = max_stack_level
         self.units = units
+        self.purposes = purposes  # some chargers take no ChargePointMaxProfile
         self.profiles: dict[int, Profile] = {}
 
     def set(self, profile: Profile) -> str:
         """Store it (replacing one with the same id, or the same purpose and stack level): the status."""
-        if profile.stack_level > self.max_stack_level or profile.unit not in self.units:
+        if (profile.stack_level > self.max_stack_level or profile.unit not in self.units
+                or profile.purpose not in self.purposes):
             return "Rejected"
         if profile.purpose == "ChargePointMaxProfile" and profile.connector_id != 0:
             return "Rejected"
@@ -198,6 +202,7 @@ class SimOcppChargePoint:
         meter_interval_s: int = 60,
         max_stack_level: int = 8,
         units: tuple[str, ...] = ("A", "W"),
+        purposes: tuple[str, ...] = PURPOSE_ORDER,
         voltage: float = 230.0,
         ssl: Any = None,
         reconnect_s: float = 1.0,
@@ -213,7 +218,7 @@ class SimOcppChargePoint:
         self.voltage = voltage
         self.ssl = ssl
         self.reconnect_s = reconnect_s
-        self.store = ProfileStore(max_stack_level, units)
+        self.store = ProfileStore(max_stack_level, units, purposes)
         self.profiles_received = 0
         self.boots = 0
         self.limit_a: float = charger.config.max_a  # what the profiles allow now
@@ -344,7 +349,7 @@ class SimOcppChargePoint:
             headers["Authorization"] = f"Basic {token}"
         while True:
             try:
-                async with connect(self.url, subprotocols=["ocpp1.6"], additional_headers=headers,  # type: ignore[list-item]
+                async with connect(self.url, subprotocols=[SUBPROTOCOL], additional_headers=headers,
                                    ssl=self.ssl, open_timeout=10) as ws:
                     await self._session(ws)
             except Exception as exc:  # refused, reset, closed, timed out: all the same, try again later

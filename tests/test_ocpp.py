@@ -50,7 +50,7 @@ from apm.ocpp_policy import (
     round_down,
     status_mode,
 )
-from apm.ocpp_server import OcppCentral, basic_auth_ok, charger_id_of
+from apm.ocpp_server import SUBPROTOCOL, OcppCentral, basic_auth_ok, charger_id_of
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.ocpp_charger import Profile, ProfileStore, SimOcppChargePoint
@@ -296,7 +296,7 @@ async def test_meter_values_become_charger_state() -> None:
 
 async def _handshake_refused(url: str, headers: dict[str, str] | None = None) -> int:
     with pytest.raises(websockets.InvalidStatus) as err:
-        async with connect(url, subprotocols=["ocpp1.6"], additional_headers=headers or {}):  # type: ignore[list-item]
+        async with connect(url, subprotocols=[SUBPROTOCOL], additional_headers=headers or {}):
             pass
     return err.value.response.status_code
 
@@ -319,7 +319,7 @@ async def test_malformed_frames_get_a_call_error_and_the_others_are_served() -> 
                            clock=clock, boot_wait_s=60) as central:
         good = cp_for(central, "carport", clock)
         token = base64.b64encode(b"garage:pw-garage-0123456789").decode()
-        async with running(good), connect(central.url + "/garage", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        async with running(good), connect(central.url + "/garage", subprotocols=[SUBPROTOCOL],
                                            additional_headers={"Authorization": f"Basic {token}"}) as raw:
             await raw.send('[2, "m1", "BootNotification", {"chargePointVendor": 42}]')  # wrong type
             reply = json.loads(await raw.recv())
@@ -460,3 +460,19 @@ def test_tls_with_a_password_security_profile_2(tmp_path: Path) -> None:
                 await cp.wait_for(lambda c: c.limit_a == 20.0)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@aio
+async def test_a_charger_without_charge_point_max_profiles_gets_tx_default_profiles() -> None:
+    clock = ManualClock()
+    async with OcppCentral(chargers(garage=10.0), "127.0.0.1", 0, policy=POLICY, clock=clock) as central:
+        cp = cp_for(central, "garage", clock, purposes=("TxDefaultProfile", "TxProfile"))
+        async with running(cp):
+            await cp.wait_for(lambda c: BASE_PROFILE_ID in c.store.profiles)
+            assert cp.store.profiles[BASE_PROFILE_ID].purpose == "TxDefaultProfile"
+            central.set_limit("garage", 25.0)
+            await cp.wait_for(lambda c: c.limit_a == 25.0)
+            assert cp.store.profiles[LIMIT_PROFILE_ID].purpose == "TxDefaultProfile"
+            clock.advance(POLICY.validity_s + 1)
+            cp.tick()
+            assert cp.limit_a == 10.0
