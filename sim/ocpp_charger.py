@@ -11,7 +11,7 @@ It behaves as a charger does on its own, with or without a central system:
   past its ``duration``, no longer counts, so an expired limit falls back to the one below by itself;
 - without any profile it offers its own maximum;
 - it sends StatusNotification when its status changes and MeterValues every MeterValueSampleInterval
-  (Current.Import per phase, Power.Active.Import, Energy.Active.Import.Register);
+  of its steps (Current.Import per phase, Power.Active.Import, Energy.Active.Import.Register);
 - it keeps charging while the central system is gone and reconnects with backoff.
 
 Who advances the EV: standalone (``steps=True``) the charge point steps its charger every second of
@@ -229,6 +229,7 @@ class SimOcppChargePoint:
         self.changed = asyncio.Event()  # set whenever the limit or the status changes
         self._outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=100)
         self._stepped_at: float | None = None
+        self._metered_at: float | None = None
         self._sent_status: str | None = None
         self._transaction: int | None = None
 
@@ -297,11 +298,15 @@ class SimOcppChargePoint:
         self.after_step()
 
     def after_step(self) -> None:
+        """After the EV moved: count energy, re-evaluate the profiles, and send MeterValues when due."""
         t = self.t()
         if self._stepped_at is not None and t > self._stepped_at:
             self.energy_wh += self.charger.power_w * (t - self._stepped_at) / 3600.0
         self._stepped_at = t
         self.tick()
+        if self._metered_at is None or t - self._metered_at >= self.meter_interval_s - 1e-6:
+            self._metered_at = t
+            self.send_meter_values()
 
     def meter_values(self) -> call.MeterValues:
         c = self.charger
@@ -325,7 +330,7 @@ class SimOcppChargePoint:
 
     # -- I/O ---------------------------------------------------------------------------------------
     async def run(self) -> None:
-        loops = [self._connection(), self._meter()]
+        loops = [self._connection()]
         if self.steps:
             loops.append(self._physics())
         await asyncio.gather(*loops)
@@ -336,11 +341,6 @@ class SimOcppChargePoint:
             next_at += 1.0
             await self.clock.sleep_until(next_at)
             self.step()
-
-    async def _meter(self) -> None:
-        while True:
-            await self.clock.sleep(self.meter_interval_s)
-            self.send_meter_values()
 
     async def _connection(self) -> None:
         headers = {}
