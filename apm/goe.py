@@ -40,6 +40,7 @@ from apm.charger_state import ChargerState, Mode
 from apm.clock import Clock, RealClock
 from apm.lines import ZERO, Triple
 from apm.ocpp_policy import phases_in_use
+from apm.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,7 @@ class GoeAdapter:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop(*self._tasks)
 
     async def _run(self, cid: str) -> None:
         control = self.controls[cid]
@@ -230,9 +227,7 @@ class GoeAdapter:
                     if self.on_report is not None:
                         self.on_report(state)
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await sender
+            await stop(sender)
 
     async def _send(self, cid: str, client: aiomqtt.Client) -> None:
         control = self.controls[cid]

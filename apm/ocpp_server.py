@@ -66,6 +66,7 @@ from apm.ocpp_policy import (
     round_down,
     status_mode,
 )
+from apm.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +225,17 @@ class _Session:
 
     # -- profiles out -----------------------------------------------------------------------------
     async def run(self) -> None:
+        """Until the socket goes (the reader raises ConnectionClosed), or the control task fails: then
+        the connection is closed, and the charger's reconnect starts a clean session."""
+        reader = asyncio.create_task(self.side.start(), name=f"ocpp-reader-{self.id}")
         control = asyncio.create_task(self._control(), name=f"ocpp-control-{self.id}")
         try:
-            await self.side.start()  # returns (raises ConnectionClosed) when the socket goes
+            done, _ = await asyncio.wait([reader, control], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
-            control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await control
+            await stop(reader, control)
+            await self.ws.close(1011, "session ended")
 
     async def _control(self) -> None:
         c = self.central

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from apm.clock import Clock, RealClock
 from apm.ocpp_policy import iso, parse_time
 from apm.ocpp_server import SUBPROTOCOL
+from apm.tasks import stop
 from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)
@@ -378,15 +378,11 @@ class SimOcppChargePoint:
             try:
                 done, _ = await asyncio.wait([reader, sender], return_when=asyncio.FIRST_COMPLETED)
             finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
+                await stop(sender)
             for task in done:
                 task.result()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await stop(reader)
 
     async def _send(self, side: _ClientSide) -> None:
         while True:

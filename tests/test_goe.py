@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from apm.charger_state import ChargerState
 from apm.config import ChargerConfig
 from apm.goe import GoeAdapter, GoeCharger, GoeControl
+from apm.tasks import stop
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.goe_charger import SimGoeCharger
@@ -70,9 +71,7 @@ async def running(goe: SimGoeCharger) -> AsyncIterator[None]:
         await asyncio.wait_for(goe.connected.wait(), 10)
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
 def test_adapter_sends_safe_first_then_the_limit_and_pauses(mosquitto) -> None:

@@ -51,6 +51,7 @@ from apm.ocpp_policy import (
     status_mode,
 )
 from apm.ocpp_server import SUBPROTOCOL, OcppCentral, basic_auth_ok, charger_id_of
+from apm.tasks import stop
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.ocpp_charger import Profile, ProfileStore, SimOcppChargePoint
@@ -210,11 +211,7 @@ async def running(*cps: SimOcppChargePoint) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop(*tasks)
 
 
 def chargers(**safe: float) -> dict[str, OcppCharger]:
