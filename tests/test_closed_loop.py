@@ -210,7 +210,6 @@ def test_winter_day_has_no_trips(name: str) -> None:
     # the meter's first hourly list (00:00:10) is the baseline; the one closing 23:00-24:00 comes at
     # 24:00:10, after the day
     assert report["hourly_records"] == 23
-    assert report["runtime_s"] < 30
     assert report["energy_total_kwh"] > 50
     issue, measured, most, changes = WINTER_FLOORS[name]
     assert report["oracle_ratio"] >= issue
