@@ -467,13 +467,28 @@ def outbox_size(records: tuple[OutboxRecord, ...]) -> int:
     return len(_json(_outbox_doc(records)))
 
 
+# An hourly energy record (`apm.messages.EnergyRecord`) as the device makes them, for `outbox_capacity`.
+_TYPICAL_RECORD = {"id": "APM-00012345/2025-01-15T10:00:00+01:00", "hour_start": "2025-01-15T10:00:00+01:00",
+                   "hour_end": "2025-01-15T11:00:00+01:00", "hours": 1, "import_wh": 12345.678,
+                   "export_wh": 0.0, "meter_id": "7359992890941742"}
+
+
+def outbox_capacity(records: tuple[OutboxRecord, ...] = ()) -> int:
+    """About how many records like ``records`` (their average; default: a typical hourly record) the
+    outbox holds."""
+    sample = records or (OutboxRecord(1_000_000, _TYPICAL_RECORD),)
+    empty = len(_json({"keys": _outbox_doc(sample)["keys"], "rows": []}))
+    per_row = (outbox_size(sample) - empty + 1) / len(sample)  # n rows: their bytes and n - 1 commas
+    return int((OUTBOX_BUDGET - empty + 1) // per_row)
+
+
 def _trim_outbox(c: FlashContents) -> FlashContents:
     doc = _outbox_doc(c.outbox)
-    rows = [len(_json(row)) + 1 for row in doc["rows"]]  # each with its comma
-    total = len(_json({"keys": doc["keys"], "rows": []})) + sum(rows) - (1 if rows else 0)
+    rows = doc["rows"]
+    total = len(_json(doc))
     drop = 0
     while total > OUTBOX_BUDGET and drop < len(rows) - 1:
-        total -= rows[drop]
+        total -= len(_json(rows[drop])) + 1  # the rows are joined by commas: the size is exact
         drop += 1
     if total > OUTBOX_BUDGET:
         raise PartTooLarge(f"an outbox record of {total:,} bytes does not fit the {OUTBOX_BUDGET:,} bytes of the outbox")
