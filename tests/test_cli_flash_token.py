@@ -543,3 +543,11 @@ def test_a_stored_configuration_this_version_refuses(cloud):
     out = apm("flash", "write", "good.toml", "--image", image, cwd=cloud).stdout
     assert "wrote configuration of APM APM042" in out
     assert "subscription     valid" in apm("token", "show", "--image", image, cwd=cloud).stdout
+
+
+def test_flash_write_refuses_a_configuration_larger_than_its_room(box):
+    (box / "big.toml").write_text(GOOD.replace('"inst-42"', '"' + "i" * 9000 + '"'))
+    before = (box / "flash.img").read_bytes()
+    refused("flash", "write", "big.toml", "--image", "flash.img", cwd=box,
+            says="the configuration would take 9,")
+    assert (box / "flash.img").read_bytes() == before
