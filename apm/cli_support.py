@@ -48,15 +48,17 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
     return wrap
 
 
-def load_image(args: argparse.Namespace, *, must_exist: bool = True) -> tuple[Flash, FlashContents]:
-    """The image named by ``--image`` (or its defaults) and its current contents."""
+def load_image(args: argparse.Namespace, *, must_exist: bool = True,
+               lenient: bool = False) -> tuple[Flash, FlashContents]:
+    """The image named by ``--image`` (or its defaults) and its current contents (``lenient``: a stored
+    configuration this version refuses comes back as ``unreadable_config`` instead of an error)."""
     from apm.flash import Flash, FlashError, resolve_image_path
 
     image = Flash(resolve_image_path(image_arg(args)))
     if must_exist and not image.exists():
         raise UsageError(f"no image at {image.path}")
     try:
-        return image, image.read()
+        return image, image.read(lenient=lenient)
     except FlashError as exc:
         raise UsageError(str(exc)) from None
 

@@ -55,7 +55,7 @@ from apm.meter_state import BaselineStore, HourlyEnergy, MeterState
 from apm.mqtt_link import MqttLink
 from apm.outbox import MemoryOutbox, Outbox
 from apm.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
-from apm.token import verify_revocation
+from apm.token import verify_revocation_for
 from apm.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
 from han import HanReader, Reading
 
@@ -377,8 +377,11 @@ class Device:
     def _hourly(self, record: HourlyEnergy) -> None:
         self.hourly.append(record)
         data = self.topics.energy_record(record)
+        # The baseline the closed hour moved on goes with its record, in one write where the outbox can
+        # (the flash image): a power cut between two writes would record the hour twice, or never.
+        baseline = self.state.baseline if self.baseline_store is not None else None
         try:
-            self.link.add_record(data)
+            self.link.add_record(data, baseline=baseline)
         except Exception as exc:  # a full or broken outbox must not stop the meter being read
             log.error("hourly energy %s -> %s not stored: %s", record.hour_start, record.hour_end, exc)
             return
@@ -433,14 +436,10 @@ class Device:
         if not key:
             log.warning("revocation refused: no issuer key stored to verify it with; nothing stored")
             return False
-        verdict = verify_revocation(text, key)
+        verdict = verify_revocation_for(text, key, serial=self.config.serial)
         if not verdict.ok or verdict.revocation is None:
             log.warning("revocation refused (%s): %s; nothing stored",
                         verdict.refusal.value if verdict.refusal else "invalid", verdict.message)
-            return False
-        if verdict.revocation.serial != self.config.serial:
-            log.warning("revocation refused: it is for APM %s, not %s; nothing stored",
-                        verdict.revocation.serial, self.config.serial)
             return False
         try:
             new = store.add_revocation(text)
@@ -470,7 +469,7 @@ class Device:
             "readings": {f"list{k}": v for k, v in self.state.counts.items()},
             "hourly_records": len(self.hourly),
             "broker": {"url": st.broker, "connected": st.connected, "last_error": st.last_error,
-                       "records_pending": st.records_pending},
+                       "records_pending": st.records_pending, "records_dropped": st.records_dropped},
             "subscription": sub.state.value if sub else None,
             "advice": list(self.advice),
             "updated_at": iso_ts(self.clock.now()),

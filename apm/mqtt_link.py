@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from apm.config import BrokerConfig
+from apm.meter_state import Baseline
 from apm.outbox import Outbox
 from apm.topics import OFFLINE, ONLINE, OutMessage, Topics, decode_json, encode_energy, encode_json
 
@@ -146,6 +147,7 @@ class LinkStats:
     expired: int  # waited longer than its ttl_s
     records_pending: int
     records_sent: int
+    records_dropped: int  # the outbox was full: its oldest records were dropped unsent
     incoming_dropped: int  # the consumer of messages() fell behind
 
 
@@ -280,16 +282,17 @@ class MqttLink:
             self._dropped += 1
         self._queue_wake.set()
 
-    def add_record(self, record: Mapping[str, Any]) -> int:
+    def add_record(self, record: Mapping[str, Any], *, baseline: Baseline | None = None) -> int:
         """Store a record in the outbox (durably, before returning) and wake the sender; its outbox id.
 
         The record is checked first (for the device: a JSON object with a string ``id``), so a bad
-        record fails here rather than sitting in the outbox.
+        record fails here rather than sitting in the outbox. ``baseline`` (the hourly baseline once the
+        record's hour is closed) goes into the same write where the outbox can keep it (the flash image).
         """
         if self._outbox is None:
             raise LinkError("this link has no outbox")
         self._check_record(record)
-        rid = self._outbox.add(record)
+        rid = self._outbox.add(record, baseline=baseline)
         self._records_wake.set()
         return rid
 
@@ -318,6 +321,7 @@ class MqttLink:
             last_error=self._last_error, queued=len(self._queue), published=self._published,
             dropped=self._dropped, expired=self._expired, records_pending=pending,
             records_sent=self._records_sent, incoming_dropped=self._incoming_dropped,
+            records_dropped=self._outbox.dropped if self._outbox is not None else 0,
         )
 
     # --- lifetime --------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
 
 Ids are integers given by the outbox, increasing, never reused: `pending()` is in delivery order.
 ``ack`` of an unknown or already acknowledged id does nothing (acknowledgements may repeat).
+``add`` may carry the hourly baseline that follows the record: `FlashOutbox` keeps both in one flash
+write (so a power cut cannot keep one without the other); the others leave the baseline to its store.
+``dropped`` counts records given up unsent: the flash outbox drops its oldest when full.
 
 Why a JSON-lines log rather than sqlite3: the log is append-only (one ``write`` and one ``fsync`` per
 record, like the flash it emulates), its only failure mode is a torn last line, which loading drops
@@ -32,9 +35,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from apm.flash import OutboxRecord
+
+if TYPE_CHECKING:
+    from apm.flash import Flash
+    from apm.meter_state import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,13 @@ class OutboxLocked(OutboxError):
 class Outbox(Protocol):
     """Records waiting for an acknowledgement. ``pending()`` items have ``.id`` and ``.data``."""
 
-    def add(self, record: Mapping[str, Any]) -> int:
-        """Store a record durably; its id."""
+    def add(self, record: Mapping[str, Any], *, baseline: Baseline | None = None) -> int:
+        """Store a record durably; its id. ``baseline``: kept in the same write where the outbox can."""
+        ...
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped unsent (the oldest, when full)."""
         ...
 
     def pending(self) -> Sequence[OutboxRecord]:
@@ -67,11 +79,13 @@ class Outbox(Protocol):
 class MemoryOutbox:
     """The records in memory; `FileOutbox` adds the file through the two ``_store_*`` hooks."""
 
+    dropped = 0  # unbounded: nothing is dropped
+
     def __init__(self) -> None:
         self._live: dict[int, OutboxRecord] = {}
         self._next = 1
 
-    def add(self, record: Mapping[str, Any]) -> int:
+    def add(self, record: Mapping[str, Any], *, baseline: Baseline | None = None) -> int:
         entry = OutboxRecord(self._next, _plain(record))
         self._store_add(entry)  # durable first: a record is only added once it is stored
         self._live[entry.id] = entry
@@ -246,16 +260,31 @@ class FileOutbox(MemoryOutbox):
 
 
 class FlashOutbox:
-    """The outbox kept in the emulated flash image (anything with Flash's three outbox methods)."""
+    """The outbox kept in the emulated flash image (`apm.flash.Flash`), bounded by the room the image
+    keeps for it (`apm.flash.OUTBOX_BUDGET`): when full, the oldest records are dropped and counted."""
 
-    def __init__(self, flash: Any) -> None:
+    def __init__(self, flash: Flash) -> None:
         self.flash = flash
+        self._dropped: int | None = None  # read from the image on first use
 
-    def add(self, record: Mapping[str, Any]) -> int:
-        return int(self.flash.outbox_append(_plain(record)).id)
+    def add(self, record: Mapping[str, Any], *, baseline: Baseline | None = None) -> int:
+        done = self.flash.append_record(_plain(record), baseline=baseline)
+        self._dropped = done.dropped_total
+        if done.dropped_now:
+            log.warning("%s: outbox full, dropped the %d oldest unsent record(s) (%d since the image was erased)",
+                        self.flash.path, done.dropped_now, done.dropped_total)
+        return done.record.id
+
+    @property
+    def dropped(self) -> int:
+        if self._dropped is None:
+            self._dropped = self.flash.read(lenient=True).outbox_dropped
+        return self._dropped
 
     def pending(self) -> Sequence[OutboxRecord]:
-        return [OutboxRecord(r.id, dict(r.data)) for r in self.flash.outbox_list()]
+        contents = self.flash.read(lenient=True)
+        self._dropped = contents.outbox_dropped
+        return [OutboxRecord(r.id, dict(r.data)) for r in contents.outbox]
 
     def ack(self, id: int) -> None:
         self.flash.outbox_remove([id])

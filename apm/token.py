@@ -240,6 +240,19 @@ def verify_revocation(token: str, public_key: str | bytes | Ed25519PublicKey) ->
     return RevocationVerdict(True, f"revokes {', '.join(revocation.revokes) or 'nothing'}", None, revocation)
 
 
+def verify_revocation_for(
+    token: str, public_key: str | bytes | Ed25519PublicKey, *, serial: str
+) -> RevocationVerdict:
+    """`verify_revocation`, and the revocation must name this APM: one for another serial is refused
+    (`Refusal.SERIAL`) wherever a revocation is taken in (``apm token install``, the device's MQTT topic)."""
+    verdict = verify_revocation(token, public_key)
+    rv = verdict.revocation
+    if verdict.ok and rv is not None and rv.serial != serial:
+        return RevocationVerdict(False, f"revocation is for APM {rv.serial!r}, this APM is {serial!r}",
+                                 Refusal.SERIAL, rv)
+    return verdict
+
+
 def revoked_ids(revocations: Collection[str], public_key: str | bytes | Ed25519PublicKey) -> frozenset[str]:
     """The token ids withdrawn by those of ``revocations`` that verify; forged ones count for nothing."""
     out: set[str] = set()

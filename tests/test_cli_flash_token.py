@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -448,3 +449,105 @@ def test_info_on_a_blank_device(tmp_path):
 
 def test_info_bad_clock(box):
     refused("info", "--now", "noon", "--image", "flash.img", cwd=box, says="apm info: --now 'noon'")
+
+
+# --- room, the pinned issuer key, images of older versions -----------------------------------------------
+
+
+def test_a_full_outbox_leaves_room_for_a_configuration_and_a_revocation(cloud):
+    """70 days of hourly records with the broker away: the oldest are dropped and counted, and
+    `apm flash write` and `apm token install REVOCATION` still work."""
+    from apm import flash as fl
+    from apm.outbox import FlashOutbox
+
+    apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
+    image = Flash(cloud / "flash.img")
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    records = [{"id": f"APM042/{(start + timedelta(hours=h)).isoformat()}", "import_wh": 1000.0 + h * 1.37,
+                "export_wh": 0.0, "hours": 1, "hour_start": (start + timedelta(hours=h)).isoformat(),
+                "hour_end": (start + timedelta(hours=h + 1)).isoformat(), "meter_id": "7359992890941742"}
+               for h in range(70 * 24)]
+    box = FlashOutbox(image)
+    # All but the last hour in one write (short), the last one as the device adds it.
+    queued = tuple(fl.OutboxRecord(i + 1, r) for i, r in enumerate(records[:-1]))
+    image.update(lambda c: replace(c, outbox=queued, next_record_id=len(records)))
+    box.add(records[-1])
+    kept = image.read().outbox
+    dropped = 70 * 24 - len(kept)
+    assert dropped > 0 and image.read().outbox_dropped == box.dropped == dropped and kept[-1].data == records[-1]
+
+    (cloud / "new.toml").write_text(GOOD.replace("hold_s = 20", "hold_s = 30"))
+    apm("flash", "write", "new.toml", "--image", "flash.img", cwd=cloud)
+    later = (NOW + timedelta(hours=1)).isoformat()
+    apm("cloud", "decline", "--state", "cloud.json", "--serial", "APM042", "--now", later, "--out", "rev.jwt",
+        cwd=cloud)
+    assert "subscription: revoked" in apm("token", "install", "rev.jwt", "--image", "flash.img", cwd=cloud).stdout
+    after = image.read()
+    assert after.outbox == kept and after.config.balancer.hold_s == 30 and len(after.revocations) == 1
+    info = json.loads(apm("info", "--json", "--image", "flash.img", cwd=cloud).stdout)
+    assert info["outbox"].startswith(f"{len(kept)} records unsent") and f"{dropped} dropped when full" in info["outbox"]
+    assert f"{dropped} dropped when full" in apm("flash", "verify", "--image", "flash.img", cwd=cloud).stdout
+
+
+def test_the_issuer_key_is_pinned_unless_replaced_on_purpose(cloud):
+    apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
+    apm("cloud", "keygen", "--state", "evil.json", cwd=cloud)
+    apm("cloud", "subscribe", "--state", "evil.json", "--config", "good.toml", "--meter", "aidon", cwd=cloud)
+    forged = apm("cloud", "issue", "--state", "evil.json", "--serial", "APM042", cwd=cloud).stdout.strip()
+    image = cloud / "flash.img"
+    before = image.read_bytes()
+    refused("token", "install", forged, "--issuer-key", "evil.json.pub.pem", "--image", image, cwd=cloud,
+            says="--issuer-key evil.json.pub.pem: the image holds another issuer key, pinned")
+    refused("token", "install", forged, "--replace-issuer-key", "--image", image, cwd=cloud,
+            says="--replace-issuer-key needs --issuer-key")
+    assert image.read_bytes() == before
+    assert "--replace-issuer-key" in apm("token", "install", "--help", cwd=cloud).stdout
+    # The same key again (another copy of the file) is no change.
+    (cloud / "copy.pem").write_text((cloud / "cloud.json.pub.pem").read_text())
+    apm("token", "install", issue(cloud), "--issuer-key", "copy.pem", "--image", image, cwd=cloud)
+    # On purpose: replaced, with a warning.
+    proc = apm("token", "install", forged, "--issuer-key", "evil.json.pub.pem", "--replace-issuer-key",
+               "--image", image, cwd=cloud)
+    assert "warning: replaced the pinned issuer key" in proc.stderr and "subscription: valid" in proc.stdout
+    assert Flash(image).read().issuer_key == (cloud / "evil.json.pub.pem").read_text()
+
+
+def test_token_install_refuses_a_revocation_for_another_apm(cloud):
+    apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
+    apm("cloud", "subscribe", "--state", "cloud.json", "--serial", "APM777", "--installation", "inst-42",
+        "--meter", "kamstrup", "--now", NOW.isoformat(), cwd=cloud)
+    issue(cloud, serial="APM777")
+    apm("cloud", "decline", "--state", "cloud.json", "--serial", "APM777", "--now", NOW.isoformat(), "--out",
+        "other.jwt", cwd=cloud)
+    before = (cloud / "flash.img").read_bytes()
+    refused("token", "install", "other.jwt", "--image", "flash.img", cwd=cloud,
+            says="revocation refused (serial): revocation is for APM 'APM777', this APM is 'APM042'")
+    assert (cloud / "flash.img").read_bytes() == before
+
+
+def test_a_stored_configuration_this_version_refuses(cloud):
+    """An image from another version holds `[balancer] ramp_up_s`: run and read say so; info shows it;
+    flash write replaces it and keeps the token."""
+    from apm import flash as fl
+
+    apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
+    image = cloud / "flash.img"
+    doc = json.loads(fl._encode(Flash(image).read()))
+    doc["config"]["balancer"]["ramp_up_s"] = 5
+    image.write_bytes(fl._slot_bytes(99, json.dumps(doc).encode()).ljust(fl.IMAGE_SIZE, b"\xff"))
+    says = "the stored configuration is refused by this version of apm: balancer.ramp_up_s: unknown setting"
+    refused("flash", "read", "--image", image, cwd=cloud, says=says)
+    refused("run", "--image", image, "--sim", "kaifa", "--plain", cwd=cloud, says=says)
+    info = apm("info", "--image", image, cwd=cloud).stdout
+    assert "configuration:  " + says in info
+    out = apm("flash", "write", "good.toml", "--image", image, cwd=cloud).stdout
+    assert "wrote configuration of APM APM042" in out
+    assert "subscription     valid" in apm("token", "show", "--image", image, cwd=cloud).stdout
+
+
+def test_flash_write_refuses_a_configuration_larger_than_its_room(box):
+    (box / "big.toml").write_text(GOOD.replace('"inst-42"', '"' + "i" * 9000 + '"'))
+    before = (box / "flash.img").read_bytes()
+    refused("flash", "write", "big.toml", "--image", "flash.img", cwd=box,
+            says="the configuration would take 9,")
+    assert (box / "flash.img").read_bytes() == before

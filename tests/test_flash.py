@@ -78,12 +78,16 @@ def test_outbox_append_list_remove(tmp_path):
         image.outbox_append({"not json": object()})
 
 
-def test_outbox_keeps_the_newest_records_when_full(tmp_path, monkeypatch):
-    monkeypatch.setattr(fl, "OUTBOX_LIMIT", 3)
+def test_outbox_keeps_the_newest_records_when_full_and_counts_the_dropped(tmp_path, monkeypatch):
+    three = tuple(fl.OutboxRecord(i, {"i": i}) for i in (7, 8, 9))
+    monkeypatch.setattr(fl, "OUTBOX_BUDGET", fl.outbox_size(three))  # room for three such records
     image = Flash(tmp_path / "flash.img")
-    for i in range(5):
-        image.outbox_append({"i": i})
+    done = [image.append_record({"i": i}) for i in range(5)]
     assert [r.data["i"] for r in image.outbox_list()] == [2, 3, 4]
+    assert [(d.dropped_now, d.dropped_total) for d in done] == [(0, 0), (0, 0), (0, 0), (1, 1), (1, 2)]
+    assert image.read().outbox_dropped == 2
+    image.outbox_remove([4])
+    assert Flash(image.path).read().outbox_dropped == 2  # kept in the image, not only counted in memory
 
 
 def test_revocations_are_stored_once(tmp_path):

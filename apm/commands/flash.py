@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = actions.add_parser("write", help="validate CONFIG.toml and store it as the device configuration",
                            description="Validate CONFIG.toml and store it as the device configuration.\n"
                                        "Anything `apm run` would refuse is refused here (exit status 2),\n"
-                                       "naming the key, and the image is left as it was.",
+                                       "naming the key, and the image is left as it was. The token, issuer\n"
+                                       "key, revocations and outbox are kept; a stored configuration that\n"
+                                       "this version refuses (written by another version) is replaced.",
                            formatter_class=_ConfigKeysHelp)
     w.add_argument("config", metavar="CONFIG.toml")
     add_image_option(w)
@@ -104,7 +106,7 @@ def run_erase(args: argparse.Namespace) -> int:
 @command("flash verify")
 def run_verify(args: argparse.Namespace) -> int:
     from apm import token as tok
-    from apm.flash import Flash, resolve_image_path
+    from apm.flash import Flash, outbox_capacity, resolve_image_path
     from apm.subscription import evaluate
 
     now = now_arg(args)
@@ -139,7 +141,8 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"  token: subscription {state.state.value} ({state.reason})")
     else:
         print(f"  token: {'stored' if contents.token else 'none'}")
-    print(f"  revocations: {len(contents.revocations)}; outbox: {len(contents.outbox)} records")
+    print(f"  revocations: {len(contents.revocations)}; outbox: {len(contents.outbox)} records unsent "
+          f"(room for about {outbox_capacity(contents.outbox)}), {contents.outbox_dropped} dropped when full")
     return 0
 
 

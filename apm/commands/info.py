@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from apm.subscription import evaluate
 
     now = now_arg(args)
-    image, contents = load_image(args, must_exist=False)
+    from apm.flash import outbox_capacity, refused_config_message
+
+    image, contents = load_image(args, must_exist=False, lenient=True)
     config = contents.config
     status = read_status(image.path) or {}
     meter = status.get("meter") if isinstance(status.get("meter"), str) else None
@@ -79,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
         "detected_meter": meter or "no HAN data yet",
         "han_state": _han_state(status),
     }
-    if config is None:
+    if contents.unreadable_config is not None:
+        info["configuration"] = refused_config_message(contents.unreadable_config)
+        info["subscription"] = "unknown: no usable configuration"
+    elif config is None:
         info["configuration"] = "none stored (apm flash write CONFIG.toml)"
         info["subscription"] = "none"
     else:
@@ -91,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         info["fuse"] = f"{config.grid.fuse_a:g} A, {config.grid.network} network, CT ratio {config.grid.ct_ratio:g}"
         info["port"] = port_status(config.port)
         info["broker"] = broker_status(config.broker.url)
-        info["outbox"] = f"{len(contents.outbox)} records"
+    if image.exists():
+        info["outbox"] = (f"{len(contents.outbox)} records unsent (room for about {outbox_capacity() // 24} days), "
+                          f"{contents.outbox_dropped} dropped when full")
     advice = status.get("advice")  # the running device's, from what its meter reports
     if isinstance(advice, list) and advice:
         info["advice"] = [str(a) for a in advice]

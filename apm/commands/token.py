@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = actions.add_parser("install", help="verify TOKEN (a subscription or a revocation) and store it")
     i.add_argument("token", metavar="TOKEN", help="the token itself, or a file holding it")
-    i.add_argument("--issuer-key", metavar="PEM", help="the issuer's public key file (stored with the token)")
+    i.add_argument("--issuer-key", metavar="PEM",
+                   help="the issuer's public key file, stored with the first token and pinned from then on: "
+                        "another key is refused (exit status 2)")
+    i.add_argument("--replace-issuer-key", action="store_true",
+                   help="replace the pinned issuer key with --issuer-key's: from then on only tokens and "
+                        "revocations signed by the new key count, the old key's count for nothing. Only for "
+                        "an issuer that changed its key; prints a warning")
     add_image_option(i)
     add_now_option(i)
     i.set_defaults(func=run_install)
@@ -64,7 +71,7 @@ def _issuer_key(path: str) -> str:
 @command("token install")
 def run_install(args: argparse.Namespace) -> int:
     from apm import token as tok
-    from apm.flash import FlashContents, FlashError
+    from apm.flash import FlashContents, FlashError, IssuerKeyPinned, same_issuer_key, with_issuer_key
     from apm.subscription import evaluate
 
     now = now_arg(args)
@@ -74,18 +81,24 @@ def run_install(args: argparse.Namespace) -> int:
     if config is None:
         raise UsageError(f"{image.path} holds no configuration; `apm flash write CONFIG.toml` first "
                          "(the token is checked against its serial and installation id)")
+    if args.replace_issuer_key and not args.issuer_key:
+        raise UsageError("--replace-issuer-key needs --issuer-key FILE, the new key")
     key_pem = _issuer_key(args.issuer_key) if args.issuer_key else contents.issuer_key
     if key_pem is None:
         raise UsageError("no issuer public key stored; pass --issuer-key FILE")
+    try:  # checked before the token, so that the message says the key is the problem
+        with_issuer_key(contents, key_pem, replace_key=args.replace_issuer_key)
+    except IssuerKeyPinned as exc:
+        raise UsageError(f"--issuer-key {args.issuer_key}: {exc}; nothing stored") from None
 
     if tok.token_kind(text) == tok.KIND_REVOCATION:
-        rv = tok.verify_revocation(text, key_pem)
+        rv = tok.verify_revocation_for(text, key_pem, serial=config.serial)
         if not rv.ok:
             raise UsageError(f"revocation refused ({rv.refusal.value}): {rv.message}; nothing stored")
 
         def change(c: FlashContents) -> FlashContents:
             revs = c.revocations if text in c.revocations else (*c.revocations, text)
-            return replace(c, revocations=revs, issuer_key=key_pem)
+            return with_issuer_key(replace(c, revocations=revs), key_pem, replace_key=args.replace_issuer_key)
 
         done = f"stored revocation: {rv.message}"
     else:
@@ -95,13 +108,17 @@ def run_install(args: argparse.Namespace) -> int:
             raise UsageError(f"token refused ({v.refusal.value}): {v.message}; nothing stored")
 
         def change(c: FlashContents) -> FlashContents:
-            return replace(c, token=text, issuer_key=key_pem)
+            return with_issuer_key(replace(c, token=text), key_pem, replace_key=args.replace_issuer_key)
 
         done = f"installed token {v.claims.token_id} ({v.claims.plan}: {', '.join(v.claims.features)}), {v.message}"
+    replacing = contents.issuer_key is not None and not same_issuer_key(contents.issuer_key, key_pem)
     try:
         contents = image.update(change)
     except FlashError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"{exc}; nothing stored") from None
+    if replacing:
+        print(f"apm token install: warning: replaced the pinned issuer key of {image.path}: only tokens and "
+              "revocations signed by the new key count from now on", file=sys.stderr)
     print(done)
     state = evaluate(now, token=contents.token, public_key=contents.issuer_key, config=config,
                      revocations=contents.revocations, meter=detected_meter(image.path))
