@@ -186,8 +186,9 @@ def test_a_higher_step_never_gives_less(peaks, day, a, b) -> None:
 @given(peaks_st, st.integers(1, 31))
 def test_the_cap_keeps_the_month_in_the_step(peaks, day) -> None:
     """If this hour and every later day of the month reach the cap, the month ends at the goal, or,
-    when the days before had already lost it, at the bound of the step they forced."""
-    log = _log({d: k for d, k in peaks.items() if d < day})
+    when the days before had already lost it, at the bound of the step they forced (every day of the
+    month has its peak, as the meter records one)."""
+    log = _log({d: peaks.get(d, 0.0) for d in range(1, day)})
     now = JAN.replace(day=day, hour=12)
     cap = hour_cap_kwh(GOAL5, log, now)
     full = log
@@ -208,3 +209,18 @@ def test_currents_stay_within_the_cap(cap_kw, spec) -> None:
         assert out[c.id] == 0.0 or c.min_a - 1e-9 <= out[c.id] <= c.max_a + 1e-9
     if cap_kw >= chargers[0].min_a * chargers[0].kw_per_a:
         assert out[chargers[0].id] > 0  # the first charger runs whenever its minimum fits
+
+
+def test_the_planner_takes_the_guards_step() -> None:
+    from apm.config import CapacitySettings
+    from apm.eco.capacity import goal_from_settings
+    from apm.eco.planner import CapacityLimit
+
+    assert goal_from_settings(CapacitySettings()) is None
+    goal = goal_from_settings(CapacitySettings(enabled=True, step_kw=5.0))
+    assert goal == CapacityGoal(5.0, DEFAULT_LADDER, 0.05)
+    log = _log({1: 8.0})
+    now = JAN.replace(day=5, hour=20)
+    limit = CapacityLimit.for_goal(goal, log, now, 2.0)
+    assert limit.goal is goal
+    assert limit.cap_kw == pytest.approx(hour_cap_kwh(goal, log, now) - 0.05) == pytest.approx(3.45)

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 
+from apm.config import CapacitySettings
 from apm.eco.prices import OSLO
 from apm.eco.tariff import ELVIA_CAPACITY, CapacityCharge, CapacityStep, TariffError, hour_of
 
@@ -89,6 +90,13 @@ class CapacityGoal:
     @property
     def nok_per_month(self) -> float:
         return self.step.nok_per_month
+
+
+def goal_from_settings(settings: CapacitySettings, tz: tzinfo = OSLO) -> CapacityGoal | None:
+    """The device config's ``[capacity]`` table as a goal (None when the guard is off)."""
+    if not settings.enabled:
+        return None
+    return CapacityGoal(settings.step_kw, ladder(settings.ladder, settings.peaks_counted), settings.margin_kwh, tz)
 
 
 # --- measuring the hour --------------------------------------------------------------------------
