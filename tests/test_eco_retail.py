@@ -76,3 +76,35 @@ def test_fallback_not_published_and_both_failing() -> None:
     fb = FallbackSource(_Source(OSError("no route")), _Source(PriceApiError("HTTP 500")))
     with pytest.raises(PriceApiError, match="no route.*HTTP 500"):
         asyncio.run(fb.day(date(2026, 1, 13)))
+
+
+def test_savings_under_norgespris_are_grid_and_capacity_only() -> None:
+    from apm.eco.savings import commuter_week, verdict
+
+    out = commuter_week(model=NORGESPRIS)
+    at_once, capped = out[0], out[-1]
+    assert {round(o.spot_nok, 6) for o in out} == {round(120 * 0.40, 6)}  # 120 kWh at 40 øre, whenever
+    assert capped.grid_nok < at_once.grid_nok  # night rate
+    assert capped.capacity_nok_per_month < at_once.capacity_nok_per_month
+    words = verdict(out, NORGESPRIS)
+    assert "saves nothing on the energy price" in words[1]
+    assert "NOK a month on the capacity step" in words[2]
+    spot = verdict(commuter_week(), SPOT)
+    assert "saves nothing" not in spot[1]
+
+
+def test_cli_savings_norgespris() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "apm", "eco", "savings", "--norgespris"], cwd=root,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Norgespris 40 øre/kWh" in r.stdout
+    assert "Smart eco saves nothing on the energy price" in r.stdout
+    assert "on the capacity step" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "apm", "eco", "savings", "--norgespris", "--stromstotte"],
+                       cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2

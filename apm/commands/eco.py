@@ -23,6 +23,7 @@ from apm.eco.planner import (
 )
 from apm.eco.price_api import PriceApiError, PriceClient, PriceFeed
 from apm.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, sample_week
+from apm.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.eco.savings import commuter_week, report
 from apm.eco.tariff import ELVIA, NO_GRID_CHARGE
 
@@ -144,6 +145,11 @@ def register(sub) -> None:
     sv.add_argument("--phases", type=_phases, default=3)
     sv.add_argument("--network", choices=("TN", "IT"), default="TN")
     for q in (pl, sv):
+        how = q.add_mutually_exclusive_group()
+        how.add_argument("--norgespris", action="store_true",
+                         help="the household pays Norgespris (a fixed 40 øre/kWh ex VAT) instead of spot")
+        how.add_argument("--stromstotte", action="store_true",
+                         help="spot with strømstøtte (the state pays 90 %% above 75 øre/kWh, hour by hour)")
         q.set_defaults(func=run)
     p.set_defaults(func=run, eco_parser=p)
 
@@ -228,6 +234,12 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
     return week
 
 
+def _model(args: argparse.Namespace) -> PriceModel:
+    if args.norgespris:
+        return NORGESPRIS
+    return STROMSTOTTE if args.stromstotte else SPOT
+
+
 def _run_show(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -271,7 +283,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         return _run_show(args)
     now = _time(args.now, "--now") if args.now else datetime.now(OSLO)
     requests = _requests(args, now)
-    prices = _prices(args, now)
+    prices = paid(_prices(args, now), _model(args))
     capacity = CapacityLimit(args.capacity_cap_kw, args.household_kw) if args.capacity_cap_kw else None
     options = PlanOptions(
         grid=NO_GRID_CHARGE if args.spot_only else ELVIA.energy,
@@ -353,6 +365,7 @@ def _run_savings(args: argparse.Namespace) -> int:
     prices = load_file(args.prices) if args.prices else sample_week()
     charger = Charger("car", args.max_a, args.phases, args.network)
     print(f"Commuter, arrive 17:00, leave 07:30, {args.energy_kwh:g} kWh/night, {charger.max_kw:.2f} kW;")
-    print(f"prices {prices.area} {_hm(prices.start)} .. {_hm(prices.end)}, grid tariff {ELVIA.name}")
-    print(report(commuter_week(prices, ELVIA, charger, args.energy_kwh)))
+    model = _model(args)
+    print(f"prices {prices.area} {_hm(prices.start)} .. {_hm(prices.end)} ({model.label}), grid tariff {ELVIA.name}")
+    print(report(commuter_week(prices, ELVIA, charger, args.energy_kwh, model=model), model))
     return 0
