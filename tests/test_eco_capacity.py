@@ -224,3 +224,18 @@ def test_the_planner_takes_the_guards_step() -> None:
     limit = CapacityLimit.for_goal(goal, log, now, 2.0)
     assert limit.goal is goal
     assert limit.cap_kw == pytest.approx(hour_cap_kwh(goal, log, now) - 0.05) == pytest.approx(3.45)
+
+
+def test_cli_plan_with_the_guards_step() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    base = [sys.executable, "-m", "apm", "eco", "plan", "--now", "2026-01-12T17:00", "--departure", "07:30",
+            "--energy-kwh", "20", "--household-kw", "2"]
+    r = subprocess.run([*base, "--capacity-step-kw", "5"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "capacity: peak hour 5.00 kWh, cap 5 kW" in r.stdout
+    r = subprocess.run([*base, "--capacity-step-kw", "4"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not a step of the ladder" in r.stderr

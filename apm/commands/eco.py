@@ -11,6 +11,7 @@ from pathlib import Path
 
 from apm import paths
 from apm.cli_support import TIME_HELP, parse_time
+from apm.eco.capacity import CapacityGoal, MonthLog
 from apm.eco.planner import (
     CapacityLimit,
     CarRequest,
@@ -25,7 +26,7 @@ from apm.eco.price_api import PriceApiError, PriceClient, PriceFeed
 from apm.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, sample_week
 from apm.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.eco.savings import commuter_week, report
-from apm.eco.tariff import ELVIA, NO_GRID_CHARGE
+from apm.eco.tariff import ELVIA, NO_GRID_CHARGE, TariffError
 
 DEFAULT_CACHE = paths.price_cache()
 
@@ -116,10 +117,17 @@ def register(sub) -> None:
     pl.add_argument("--now", metavar="TIME", help=f"time to plan from ({TIME_HELP}; default: the clock)")
     pl.add_argument("--continuous", action="store_true", help="one continuous charging window per car")
     pl.add_argument("--spot-only", action="store_true", help="ignore the grid energy charge (as Zaptec does)")
-    pl.add_argument(
+    cap = pl.add_mutually_exclusive_group()
+    cap.add_argument(
         "--capacity-cap-kw",
         type=_positive("capacity cap (kW)"),
         help="keep each hour's energy (household + cars) at or under this, when avoidable",
+    )
+    cap.add_argument(
+        "--capacity-step-kw",
+        type=_positive("capacity step (kW)"),
+        help="stay in this capacity step (an upper bound of the ladder: 2, 5, 10, ...), as the guard does"
+        " for a month with no peaks yet",
     )
     pl.add_argument(
         "--household-kw",
@@ -285,6 +293,12 @@ def _run_plan(args: argparse.Namespace) -> int:
     requests = _requests(args, now)
     prices = paid(_prices(args, now), _model(args))
     capacity = CapacityLimit(args.capacity_cap_kw, args.household_kw) if args.capacity_cap_kw else None
+    if args.capacity_step_kw:
+        try:
+            goal = CapacityGoal(args.capacity_step_kw)
+        except TariffError as exc:
+            raise InputError(f"--capacity-step-kw: {exc}") from None
+        capacity = CapacityLimit.for_goal(goal, MonthLog.of(now), now, args.household_kw)
     options = PlanOptions(
         grid=NO_GRID_CHARGE if args.spot_only else ELVIA.energy,
         budget_a=args.budget_a,
