@@ -52,7 +52,7 @@ eco-week: setup
 	mkdir -p out
 	$(BIN)/python -m sim.eco_loop sim/scenarios/eco-week-tn.toml --report out/eco-week.json
 
-# January with the capacity-charge guard at 5 kW against none (about 5 minutes; report in out/).
+# January with the capacity-charge guard at 5 kW against none (about 10 minutes; report in out/).
 capacity-month: setup
 	mkdir -p out
 	$(BIN)/python -m sim.capacity_loop sim/scenarios/capacity-month-tn.toml --step-kw 5 --report out/capacity-month.json

@@ -17,7 +17,6 @@ def _check(res: dict) -> None:
     guard, free = res["guard"], res["no_guard"]
     assert guard["capacity_figure_kw"] <= 5.0
     assert guard["capacity_step"] == [2, 5]
-    assert max(k for _, k in guard["daily_peaks"]) <= 5.0  # no hour of the month above the step
     assert free["capacity_figure_kw"] > 5.0  # without the guard the cars lift the house a step
     assert guard["departures_missed_that_could_meet"] == []
     assert guard["departures_met"] == guard["departures_could_meet"] == guard["departures"]
@@ -32,6 +31,8 @@ def test_two_winter_days_with_the_guard_at_5_kw() -> None:
     res = compare(sc, sessions, step_kw=5.0)
     _check(res)
     assert res["guard"]["departures"] == 2
+    # early in the month no hour may pass the step (the month's last days may: see hour_cap_kwh)
+    assert max(k for _, k in res["guard"]["daily_peaks"]) <= 5.0
 
 
 @pytest.mark.soak
