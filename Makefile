@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint bench soak fuzz examples sim-days eco-week lifecycle clean
+.PHONY: setup system-deps run test lint bench soak fuzz examples sim-days eco-week capacity-month lifecycle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ sim-days: setup
 eco-week: setup
 	mkdir -p out
 	$(BIN)/python -m sim.eco_loop sim/scenarios/eco-week-tn.toml --report out/eco-week.json
+
+# January with the capacity-charge guard at 5 kW against none (about 10 minutes; report in out/).
+capacity-month: setup
+	mkdir -p out
+	$(BIN)/python -m sim.capacity_loop sim/scenarios/capacity-month-tn.toml --step-kw 5 --report out/capacity-month.json
 
 lifecycle: setup
 	mkdir -p out

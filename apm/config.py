@@ -21,6 +21,10 @@ The TOML form is the Structs' fields by name; a charger is one ``[[chargers]]`` 
     [headroom]          # apm.headroom's options (HeadroomSettings)
     i2_power_factor = 0.95
 
+    [capacity]          # the capacity-charge guard (CapacitySettings, apm.eco.capacity)
+    enabled = true
+    step_kw = 5
+
 Every key is declared here with its type, default and bounds (``Meta(ge=..., le=...)``), and every
 table refuses unknown keys, so the file is validated at its edge: an unknown key, a wrong type, a
 value out of range or a cross-field relation that `apm run` could not work with (a safety margin
@@ -227,6 +231,41 @@ class HeadroomSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
         return convert(dict(options), cls, "headroom")
 
 
+# Elvia's household ladder from 2026-07-01, the common 0-2-5-10-15-20-25-50-75-100 kW steps (research
+# notes balancing-and-fuses.md 4.3; apm.eco.capacity.DEFAULT_LADDER), NOK/month ex VAT.
+DEFAULT_LADDER: tuple[tuple[float, float], ...] = (
+    (0.0, 120.0), (2.0, 200.0), (5.0, 336.0), (10.0, 468.0), (15.0, 604.0), (20.0, 740.0),
+    (25.0, 1408.0), (50.0, 2080.0), (75.0, 2752.0), (100.0, 5440.0),
+)
+LadderStep = tuple[Annotated[float, Meta(ge=0.0, le=10000.0)], Annotated[float, Meta(ge=0.0, le=1e6)]]
+
+
+class CapacitySettings(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The capacity-charge guard (`apm.eco.capacity`); the device config's ``[capacity]`` table."""
+
+    enabled: Annotated[bool, _doc("keep each hour's energy so that the month stays in step_kw")] = False
+    step_kw: Annotated[float, _doc("the step to stay in: one of the ladder's upper bounds",
+                                   ge=0.5, le=10000.0)] = 5.0
+    ladder: Annotated[tuple[LadderStep, ...],
+                      _doc("the grid company's steps, [from_kw, NOK per month] each, the first from 0; "
+                           "the last is open upwards", min_length=1, max_length=30)] = DEFAULT_LADDER
+    peaks_counted: Annotated[int, _doc("daily peaks averaged into the month's figure", ge=1, le=10)] = 3
+    # A car takes a few seconds to follow a lower setpoint; at 11 kW, 10 s is 0.03 kWh.
+    margin_kwh: Annotated[float, _doc("left unused each hour for the chargers' lag", ge=0.0, le=5.0)] = 0.05
+
+    def __post_init__(self) -> None:
+        if self.ladder[0][0] != 0:
+            raise ConfigError("ladder", f"the first step starts at {_fmt(self.ladder[0][0])} kW; it must start at 0")
+        for i, (a, b) in enumerate(zip(self.ladder, self.ladder[1:], strict=False)):
+            if b[0] <= a[0]:
+                raise ConfigError("ladder", f"step {i + 1} starts at {_fmt(b[0])} kW, not above step {i}'s "
+                                            f"{_fmt(a[0])} kW")
+        bounds = [lo for lo, _ in self.ladder[1:]]
+        if self.step_kw not in bounds:
+            raise ConfigError("step_kw", f"{_fmt(self.step_kw)} kW is not a step's upper bound on the ladder "
+                                         f"({', '.join(_fmt(b) for b in bounds) or 'none'})")
+
+
 class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     serial: Annotated[str, _doc("the device's serial number: letters, digits, '-', '_', '.'",
                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "APM000000"
@@ -241,6 +280,7 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     fixed_current_a: FixedAmps = 32.0
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     headroom: HeadroomSettings = field(default_factory=HeadroomSettings)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
 
     def __post_init__(self) -> None:
         check_charger_ids(self.chargers, "chargers")
@@ -340,7 +380,7 @@ def convert(data: Any, type_: type[T], root: str = "") -> T:
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.S)
 _STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
 _OWN = re.compile(r"^(?P<key>[A-Za-z_][\w.\[\]]*): (?P<msg>.*)$", re.S)
-_UNITS = {"_a": "A", "_s": "s", "_w": "W", "_kwh": "kWh", "_c": "C"}
+_UNITS = {"_a": "A", "_s": "s", "_w": "W", "_kwh": "kWh", "_kw": "kW", "_c": "C"}
 _MISSING = object()
 _TYPE_WORDS = {"float": "is not a number", "int": "is not a whole number", "bool": "must be true or false",
                "object": "must be a table", "array": "must be an array", "str": "must be a string"}
@@ -563,7 +603,7 @@ def describe() -> str:
     lines = ["configuration keys (examples/config.toml has them all, commented):",
              f"  {'KEY':<{w0}}  {'DEFAULT':<{w1}}  {'TAKES':<{w2}}  MEANING"]
     lines += [f"  {a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d}" for a, b, c, d in rows]
-    lines.append(f"Tables: [grid], [broker], [balancer], [headroom], and one [[chargers]] per charger "
+    lines.append(f"Tables: [grid], [broker], [balancer], [headroom], [capacity], and one [[chargers]] per charger "
                  f"(at most {MAX_CHARGERS}). Strings: {', '.join(_STRIP)} are trimmed, "
                  "grid.network, country and installation_type taken in upper case.")
     return "\n".join(lines)
@@ -587,7 +627,7 @@ def sample_toml() -> str:
         if k.default is None and not k.required:
             line = "# " + line
         limits = _limits(k)
-        about = f"{k.description} ({limits})" if limits != "text" else k.description
+        about = f"{k.description} ({limits})" if limits not in ("text", "") else k.description
         tables.setdefault(k.table, []).append(f"# {about}\n{line}")
     out = [_SAMPLE_HEAD]
     for table, entries in sorted(tables.items(), key=lambda t: t[0].endswith("[]")):  # [[chargers]] last
@@ -606,7 +646,7 @@ def to_dict(config: DeviceConfig) -> dict[str, Any]:
     the settings tables' defaults left out."""
     d = _drop_none(msgspec.json.decode(msgspec.json.encode(config)))  # tuples as lists
     d.get("balancer", {}).pop("fixed_current_a", None)  # the top-level fixed_current_a
-    for key in ("chargers", "balancer", "headroom"):
+    for key in ("chargers", "balancer", "headroom", "capacity"):
         if not d.get(key):
             d.pop(key, None)
     return d

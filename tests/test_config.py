@@ -188,6 +188,7 @@ ROOM = {
     "balancer.min_increase_a": {"balancer.max_step_up_a": 80},
     "balancer.max_step_up_a": {"balancer.min_increase_a": 0},
     "balancer.min_a": {"chargers[].max_a": 80},
+    "capacity.step_kw": {"capacity.ladder": [[0, 100], [0.5, 200], [10000, 300]]},
 }
 NUMERIC = [k for k in cfg.schema_keys() if k.bounds != (None, None)]
 
@@ -209,7 +210,9 @@ def _bound_cases() -> list[Any]:
         lo, hi = k.bounds
         for bound, outside in ((lo, -math.inf), (hi, math.inf)):
             if bound is not None:
-                cases.append(pytest.param(k, bound, math.nextafter(bound, outside), id=f"{k.path}={bound}"))
+                beyond = bound + int(math.copysign(1, outside)) if k.type.__class__.__name__ == "IntType" \
+                    else math.nextafter(bound, outside)
+                cases.append(pytest.param(k, bound, beyond, id=f"{k.path}={bound}"))
     return cases
 
 

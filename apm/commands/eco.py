@@ -11,6 +11,7 @@ from pathlib import Path
 
 from apm import paths
 from apm.cli_support import TIME_HELP, parse_time
+from apm.eco.capacity import CapacityGoal, MonthLog
 from apm.eco.planner import (
     CapacityLimit,
     CarRequest,
@@ -23,8 +24,9 @@ from apm.eco.planner import (
 )
 from apm.eco.price_api import PriceApiError, PriceClient, PriceFeed
 from apm.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, sample_week
+from apm.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.eco.savings import commuter_week, report
-from apm.eco.tariff import ELVIA, NO_GRID_CHARGE
+from apm.eco.tariff import ELVIA, NO_GRID_CHARGE, TariffError
 
 DEFAULT_CACHE = paths.price_cache()
 
@@ -115,10 +117,17 @@ def register(sub) -> None:
     pl.add_argument("--now", metavar="TIME", help=f"time to plan from ({TIME_HELP}; default: the clock)")
     pl.add_argument("--continuous", action="store_true", help="one continuous charging window per car")
     pl.add_argument("--spot-only", action="store_true", help="ignore the grid energy charge (as Zaptec does)")
-    pl.add_argument(
+    cap = pl.add_mutually_exclusive_group()
+    cap.add_argument(
         "--capacity-cap-kw",
         type=_positive("capacity cap (kW)"),
         help="keep each hour's energy (household + cars) at or under this, when avoidable",
+    )
+    cap.add_argument(
+        "--capacity-step-kw",
+        type=_positive("capacity step (kW)"),
+        help="stay in this capacity step (an upper bound of the ladder: 2, 5, 10, ...), as the guard does"
+        " for a month with no peaks yet",
     )
     pl.add_argument(
         "--household-kw",
@@ -144,6 +153,11 @@ def register(sub) -> None:
     sv.add_argument("--phases", type=_phases, default=3)
     sv.add_argument("--network", choices=("TN", "IT"), default="TN")
     for q in (pl, sv):
+        how = q.add_mutually_exclusive_group()
+        how.add_argument("--norgespris", action="store_true",
+                         help="the household pays Norgespris (a fixed 40 øre/kWh ex VAT) instead of spot")
+        how.add_argument("--stromstotte", action="store_true",
+                         help="spot with strømstøtte (the state pays 90 %% above 75 øre/kWh, hour by hour)")
         q.set_defaults(func=run)
     p.set_defaults(func=run, eco_parser=p)
 
@@ -230,6 +244,12 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
     return week
 
 
+def _model(args: argparse.Namespace) -> PriceModel:
+    if args.norgespris:
+        return NORGESPRIS
+    return STROMSTOTTE if args.stromstotte else SPOT
+
+
 def _run_show(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -273,8 +293,14 @@ def _run_plan(args: argparse.Namespace) -> int:
         return _run_show(args)
     now = _time(args.now, "--now") if args.now else datetime.now(OSLO)
     requests = _requests(args, now)
-    prices = _prices(args, now)
+    prices = paid(_prices(args, now), _model(args))
     capacity = CapacityLimit(args.capacity_cap_kw, args.household_kw) if args.capacity_cap_kw else None
+    if args.capacity_step_kw:
+        try:
+            goal = CapacityGoal(args.capacity_step_kw)
+        except TariffError as exc:
+            raise InputError(f"--capacity-step-kw: {exc}") from None
+        capacity = CapacityLimit.for_goal(goal, MonthLog.of(now), now, args.household_kw)
     options = PlanOptions(
         grid=NO_GRID_CHARGE if args.spot_only else ELVIA.energy,
         budget_a=args.budget_a,
@@ -355,6 +381,7 @@ def _run_savings(args: argparse.Namespace) -> int:
     prices = load_file(args.prices) if args.prices else sample_week()
     charger = Charger("car", args.max_a, args.phases, args.network)
     print(f"Commuter, arrive 17:00, leave 07:30, {args.energy_kwh:g} kWh/night, {charger.max_kw:.2f} kW;")
-    print(f"prices {prices.area} {_hm(prices.start)} .. {_hm(prices.end)}, grid tariff {ELVIA.name}")
-    print(report(commuter_week(prices, ELVIA, charger, args.energy_kwh)))
+    model = _model(args)
+    print(f"prices {prices.area} {_hm(prices.start)} .. {_hm(prices.end)} ({model.label}), grid tariff {ELVIA.name}")
+    print(report(commuter_week(prices, ELVIA, charger, args.energy_kwh, model=model), model))
     return 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from apm.eco.capacity import CapacityGoal, MonthLog, hour_cap_kwh
 from apm.eco.flow import FlowNetwork
 from apm.eco.prices import OSLO, PriceSeries, local_iso
 from apm.eco.tariff import EnergyCharge, hour_of
@@ -119,14 +120,25 @@ class CarRequest:
 @dataclass(frozen=True, slots=True)
 class CapacityLimit:
     """Keep each clock hour's energy at or under ``cap_kw`` (kWh/h) when the cars can still be served;
-    tariff.CapacityCharge.cap_kw gives the cap that keeps the month in its current step."""
+    `for_goal` takes the owner's step as the live guard does (tariff.CapacityCharge.cap_kw: the cap that
+    keeps the month in the step it is in now)."""
 
     cap_kw: float  # may be inf (top step): then nothing is capped
     household_kw: PerTime = 0.0  # expected household load besides the chargers
 
+    goal: CapacityGoal | None = None  # the owner's step this cap comes from (the guard's too)
+
     def __post_init__(self) -> None:
         if math.isnan(self.cap_kw) or self.cap_kw < 0:
             raise PlanError(f"capacity cap {self.cap_kw} kW must be >= 0")
+
+    @classmethod
+    def for_goal(cls, goal: CapacityGoal, log: MonthLog, now: datetime,
+                 household_kw: PerTime = 0.0) -> CapacityLimit:
+        """The cap the live guard holds this hour (apm.eco.capacity.hour_cap_kwh less its margin),
+        for every hour of the plan: later days may only have more room while the hours stay under it."""
+        cap = hour_cap_kwh(goal, log, now)
+        return cls(max(0.0, cap - goal.margin_kwh), household_kw, goal)
 
 
 @dataclass(frozen=True, slots=True)

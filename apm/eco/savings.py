@@ -15,6 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 
 from apm.eco.planner import CapacityLimit, CarRequest, Charger, Plan, PlanOptions, plan, plan_at_once
 from apm.eco.prices import OSLO, PriceSeries, sample_week
+from apm.eco.retail import SPOT, PriceModel, paid
 from apm.eco.schedule import EcoSchedule, change_times
 from apm.eco.tariff import ELVIA, GridTariff, hour_of
 
@@ -77,9 +78,11 @@ def commuter_week(
     arrive: time = time(17, 0),
     leave: time = time(7, 30),
     household: Callable[[datetime], float] = winter_household_kw,
+    model: PriceModel = SPOT,
 ) -> list[Outcome]:
-    """Replay every night of the price series (arrival to next morning's departure)."""
-    prices = prices or sample_week()
+    """Replay every night of the price series (arrival to next morning's departure); the energy is
+    priced as ``model`` says (spot, Norgespris, strømstøtte), and the plans see those prices."""
+    prices = paid(prices or sample_week(), model)
     charger = charger or Charger("car", 16.0, 3, "TN")
     first = prices.start.astimezone(OSLO).date()
     nights = []
@@ -132,11 +135,12 @@ def commuter_week(
     return out
 
 
-def report(outcomes: list[Outcome]) -> str:
+def report(outcomes: list[Outcome], model: PriceModel = SPOT) -> str:
     base = outcomes[0]
+    price = "energy NOK" if model.kind == "spot" else "price NOK"
     lines = [
-        f"{'strategy':34} {'kWh':>7} {'spot NOK':>9} {'grid NOK':>9} {'energy NOK':>10} {'saved':>7}"
-        f" {'peak kW':>8} {'cap. NOK/mo':>11} short",
+        f"{'strategy':34} {'kWh':>7} {price.replace('energy', 'spot'):>9} {'grid NOK':>9} {'energy NOK':>10}"
+        f" {'saved':>7} {'peak kW':>8} {'cap. NOK/mo':>11} short",
     ]
     for o in outcomes:
         saved = 100 * (1 - o.energy_nok / base.energy_nok) if base.energy_nok else 0.0
@@ -144,7 +148,25 @@ def report(outcomes: list[Outcome]) -> str:
             f"{o.name:34} {o.energy_kwh:7.2f} {o.spot_nok:9.2f} {o.grid_nok:9.2f} {o.energy_nok:10.2f}"
             f" {saved:6.1f}% {o.capacity_kw:8.2f} {o.capacity_nok_per_month:11.2f} {o.nights_short:5d}"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *verdict(outcomes, model)])
+
+
+def verdict(outcomes: list[Outcome], model: PriceModel = SPOT) -> list[str]:
+    """What Smart eco saves against charging at once, in words: on the energy price, on the grid's
+    energy charge, and on the capacity step (per month); says so when it saves nothing on energy."""
+    at_once, best = outcomes[0], outcomes[-1]
+    on_price = at_once.spot_nok - best.spot_nok
+    on_grid = at_once.grid_nok - best.grid_nok
+    on_capacity = at_once.capacity_nok_per_month - best.capacity_nok_per_month
+    out = [f"prices: {model.label}"]
+    if model.flat or abs(on_price) < 0.005:
+        out.append("Smart eco saves nothing on the energy price: it is the same at every hour.")
+    else:
+        out.append(f"Smart eco saves {on_price:.2f} NOK on the energy price.")
+    out.append(f"It saves {on_grid:.2f} NOK on the grid's day/night energy charge and keeps the month at"
+               f" {best.capacity_kw:.2f} kW instead of {at_once.capacity_kw:.2f} kW: {on_capacity:.2f} NOK a"
+               " month on the capacity step.")
+    return out
 
 
 if __name__ == "__main__":
