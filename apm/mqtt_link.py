@@ -429,6 +429,7 @@ class MqttLink:
             self._client = None
             self._connected.clear()
             await self._drain(client)
+            await self._drain_records(client)
             if self._status_topic is not None:
                 await client.publish(self._status_topic, OFFLINE.encode(), qos=1, retain=True)
 
@@ -498,17 +499,23 @@ class MqttLink:
             self._published += 1
 
     async def _flush(self, client: aiomqtt.Client) -> None:
-        assert self._outbox is not None and self._outbox_topic is not None
         while True:
             self._records_wake.clear()
-            entries = self._outbox.pending()
-            for entry in entries:
-                # Returns after the PUBACK; only then may the record leave the outbox.
-                await client.publish(self._outbox_topic, encode_json(entry.data), qos=1, timeout=self._timeout_s)
-                self._outbox.ack(entry.id)
-                self._records_sent += 1
-            if not entries:
+            if not await self._drain_records(client):
                 await self._records_wake.wait()
+
+    async def _drain_records(self, client: aiomqtt.Client) -> int:
+        """Publish every pending record, each acked in the outbox only after its PUBACK. On closing this
+        runs once more, so a record whose PUBACK the stop cut off is sent again (consumers dedupe by id)
+        rather than left waiting for the next start."""
+        if self._outbox is None or self._outbox_topic is None:
+            return 0
+        entries = self._outbox.pending()
+        for entry in entries:
+            await client.publish(self._outbox_topic, encode_json(entry.data), qos=1, timeout=self._timeout_s)
+            self._outbox.ack(entry.id)
+            self._records_sent += 1
+        return len(entries)
 
 
 async def _until_first_failure(jobs: Sequence[Awaitable[None]]) -> None:
