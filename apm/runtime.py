@@ -18,26 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from apm.balancer_service import BalancerService
+from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock, ScaledClock
-from apm.config import DeviceConfig
+from apm.config import ChargerConfig, DeviceConfig, OcppConfig
 from apm.device import Device, SubscriptionSource
 from apm.meter_state import BaselineStore
 from apm.outbox import Outbox
 
 if TYPE_CHECKING:
+    import ssl
+
     import serial
 
     from apm.broker_auth import UserTable
     from apm.eco.prices import PriceSeries
+    from apm.goe import GoeAdapter
+    from apm.ocpp_server import OcppCentral
     from apm.replay import Capture
 
 log = logging.getLogger("apm.run")
@@ -92,6 +98,7 @@ class Running:
     balancer: BalancerService
     work: Work
     nodes: Sequence[object] = ()  # the demo's simulated chargers, for the live view
+    chargers: ChargerEdges | None = None  # the OCPP and go-e edges
     broker_url: str = ""
     embedded: bool = False
 
@@ -123,6 +130,7 @@ class RunPlan:
     storage: Storage
     broker: EmbeddedBrokerPlan | None = None  # None: the configuration's broker (config.broker.url)
     eco: EcoPlan | None = None
+    ocpp_passwords: Mapping[str, str] = field(default_factory=dict)  # charge point id -> its password
 
 
 # --- starting ---------------------------------------------------------------------------------------------
@@ -172,8 +180,11 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
         plan.config, url=url, clock=source.clock, outbox=s.outbox, subscription=s.subscription,
         status_file=s.status_file, baseline_store=s.baseline))
     balancer = await stack.enter_async_context(BalancerService.beside(device, url=url))
+    b = plan.config.broker
+    login = {"username": b.username, "password": b.password} if b.username else {}
+    edges = await attach_chargers(stack, device, balancer, url, passwords=plan.ocpp_passwords, mqtt_login=login)
     work = await source.attach(stack, device)
-    return Running(device, balancer, beside(balancer.run(), work))
+    return Running(device, balancer, beside(balancer.run(), work), chargers=edges)
 
 
 async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work) -> Work:
@@ -344,3 +355,121 @@ class SerialSource:
         now = device.clock.now()
         for r in detection.readings:
             device.on_reading(now, r)
+
+
+# --- real chargers: OCPP 1.6J and go-e beside the MQTT ones ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerEdges:
+    """The protocol edges of the chargers that are not "mqtt" ones (None: no such charger)."""
+
+    ocpp: OcppCentral | None = None
+    goe: GoeAdapter | None = None
+    ids: Mapping[str, str] = field(default_factory=dict)  # charger id -> its OCPP id / go-e serial
+
+    def set_limits(self, setpoints: Mapping[str, float]) -> None:
+        for cid, amps in setpoints.items():
+            if cid not in self.ids:
+                continue  # an MQTT charger: its setpoint topic carries it
+            edge = self.ocpp if self.ocpp is not None and self.ids[cid] in self.ocpp.chargers else self.goe
+            if edge is not None:
+                edge.set_limit(self.ids[cid] if edge is self.ocpp else cid, amps)
+
+    def links(self) -> dict[str, dict[str, object]]:
+        """Per charger id: its protocol, connection, last report and current limit (for `apm info`)."""
+        out: dict[str, dict[str, object]] = {}
+        for cid, ext in self.ids.items():
+            if self.ocpp is not None and ext in self.ocpp.chargers:
+                o = self.ocpp.links()[ext]
+                out[cid] = {"protocol": "ocpp", "connected": o.connected, "last_report_at": o.last_report_at,
+                            "limit_a": o.limit_a, "wanted_a": o.wanted_a, "status": o.status}
+            elif self.goe is not None:
+                g = self.goe.links()[cid]
+                out[cid] = {"protocol": "goe", "connected": g.connected, "last_report_at": g.last_report_at,
+                            "limit_a": g.limit_a, "wanted_a": g.wanted_a}
+        return out
+
+
+def safe_current(config: DeviceConfig, charger: ChargerConfig) -> float:
+    """The failsafe's current: the configuration's fixed current, capped by the charger's rating."""
+    return min(config.fixed_current_a, charger.max_a)
+
+
+async def attach_chargers(stack: contextlib.AsyncExitStack, device: Device, balancer: BalancerService, url: str,
+                          *, passwords: Mapping[str, str] | None = None, ocpp_port: int | None = None,
+                          mqtt_login: Mapping[str, str] | None = None) -> ChargerEdges:
+    """Start the OCPP central system and the go-e adapter for the configured chargers of those protocols:
+    the balancer's setpoints go to them, their reports to the device's Controller as the MQTT ones do."""
+    config = device.config
+    ocpp = await _ocpp(stack, device, passwords or {}, ocpp_port)
+    goe = await _goe(stack, device, url, mqtt_login or {})
+    ids = {c.id: c.charge_point_id for c in config.chargers if c.protocol == "ocpp"}
+    ids.update({c.id: c.id for c in config.chargers if c.protocol == "goe"})
+    edges = ChargerEdges(ocpp, goe, ids)
+    if ids:
+        balancer.setpoint_listeners.append(edges.set_limits)
+    return edges
+
+
+def _report_to(device: Device, rename: Mapping[str, str]) -> Callable[[ChargerState], None]:
+    def report(state: ChargerState) -> None:
+        if state.id in rename:
+            state = dataclasses.replace(state, id=rename[state.id])
+        device.on_charger_state(device.clock.now(), state)
+
+    return report
+
+
+async def _ocpp(stack: contextlib.AsyncExitStack, device: Device, passwords: Mapping[str, str],
+                port: int | None) -> OcppCentral | None:
+    from apm.ocpp_policy import OcppCharger
+    from apm.ocpp_server import OcppCentral
+
+    config = device.config
+    mine = [c for c in config.chargers if c.protocol == "ocpp"]
+    if not mine:
+        return None
+    chargers = {c.charge_point_id: OcppCharger(password=passwords.get(c.charge_point_id),
+                                               safe_current_a=safe_current(config, c), phases=c.phases)
+                for c in mine}
+    o = config.ocpp
+    central = OcppCentral(chargers, host=o.listen, port=o.port if port is None else port, ssl=_ocpp_tls(o),
+                          clock=device.clock,
+                          on_report=_report_to(device, {c.charge_point_id: c.id for c in mine}))
+    try:
+        await stack.enter_async_context(central)
+    except OSError as exc:
+        raise PlanError(f"the OCPP central system on {o.listen}:{o.port}: {exc}") from None
+    log.info("OCPP central system on %s for %s", central.url, ", ".join(chargers))
+    return central
+
+
+def _ocpp_tls(o: OcppConfig) -> ssl.SSLContext | None:
+    if o.cert_file is None or o.key_file is None:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(o.cert_file, o.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise PlanError(f"ocpp.cert_file/key_file: {exc}") from None
+    return context
+
+
+async def _goe(stack: contextlib.AsyncExitStack, device: Device, url: str,
+               login: Mapping[str, str]) -> GoeAdapter | None:
+    from apm.goe import MIN_A, GoeAdapter, GoeCharger
+
+    config = device.config
+    mine = [c for c in config.chargers if c.protocol == "goe" and c.goe_serial is not None]
+    if not mine:
+        return None
+    # A go-e takes 6 A at least: below that the failsafe can only park it at 6 A.
+    chargers = {c.id: GoeCharger(c.goe_serial, safe_current_a=max(MIN_A, safe_current(config, c)), max_a=c.max_a)
+                for c in mine if c.goe_serial is not None}
+    adapter = GoeAdapter(chargers, url, clock=device.clock, on_report=_report_to(device, {}),
+                         client_prefix=f"apm-{config.serial}-goe", **login)
+    await stack.enter_async_context(adapter)
+    return adapter
