@@ -36,7 +36,7 @@ import msgspec
 
 from apm.balancer_service import BalancerService
 from apm.clock import Clock, ScaledClock
-from apm.config import BalancerSettings, BrokerConfig, ChargerConfig, DeviceConfig, GridConfig
+from apm.config import BalancerSettings, BrokerConfig, ChargerConfig, DeviceConfig, GridConfig, OcppConfig
 from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
 from apm.mqtt_link import link_settings
 from apm.outbox import MemoryOutbox, Outbox
@@ -73,7 +73,8 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
                                         safety_margin_a=sc.safety_margin_a),
                         chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
-                        balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings)
+                        balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings,
+                        ocpp=OcppConfig(listen="127.0.0.1"))  # the simulated charge points are local
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ class Pipeline:
         point: SimOcppChargePoint | SimGoeCharger
         if config.protocol == "ocpp":
             assert self.edges.ocpp is not None
-            point = SimOcppChargePoint(charger, self.edges.ocpp.url.replace("0.0.0.0", "127.0.0.1"),
+            point = SimOcppChargePoint(charger, self.edges.ocpp.url,
                                        cp_id=config.charge_point_id, clock=self.clock, origin=self.origin,
                                        steps=False)
         else:

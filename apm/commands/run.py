@@ -413,6 +413,8 @@ def _logging(verbose: bool, live: bool) -> tuple[Console | None, logging.Handler
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    if not verbose:  # the ocpp library logs every frame at INFO
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
     return console, handler
 
 
