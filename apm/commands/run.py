@@ -415,6 +415,9 @@ def _logging(verbose: bool, live: bool) -> tuple[Console | None, logging.Handler
     root.setLevel(level)
     if not verbose:  # the ocpp library logs every frame at INFO
         logging.getLogger("ocpp").setLevel(logging.WARNING)
+        # A charge point's handshake cut short (at a stop, a port scan) is logged with a traceback;
+        # the refusals that matter (unknown id, wrong password) are apm.ocpp_server's own lines.
+        logging.getLogger("websockets.server").setLevel(logging.CRITICAL)
     return console, handler
 
 
