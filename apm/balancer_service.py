@@ -31,7 +31,7 @@ and at least every ``refresh_s``, so a charger that restarted learns its setpoin
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,8 @@ class BalancerService(MqttNode):
         self.sent_at: dict[str, float] = {}
         self.published = 0
         self.updates = 0
+        # Told every decision's setpoints (charger id -> A): the OCPP and go-e edges (apm.runtime).
+        self.setpoint_listeners: list[Callable[[Mapping[str, float]], None]] = []
         t = self.topics
         listen = [(t.eco_plan, 1)]
         if self.alone:
@@ -228,6 +230,8 @@ class BalancerService(MqttNode):
                 self.sent_at[cid] = now
                 self.published += 1
         self.setpoints = d.as_dict()
+        for listener in self.setpoint_listeners:
+            listener(self.setpoints)
         return self.setpoints
 
     async def _tick(self) -> None:

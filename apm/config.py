@@ -60,6 +60,7 @@ from msgspec import inspect as mi
 Network = Literal["IT", "TN"]
 Line = Literal["L1", "L2", "L3"]
 Sharing = Literal["fair", "max_energy"]
+ChargerProtocol = Literal["mqtt", "ocpp", "goe"]
 LINES: tuple[Line, Line, Line] = ("L1", "L2", "L3")
 
 MAX_CHARGERS = 3
@@ -102,10 +103,40 @@ class ChargerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     phases: Annotated[Literal[1, 3], _doc("phases the charger is wired for")] = 3
     rotation: Annotated[tuple[Line, Line, Line],
                         _doc("the grid lines its L1, L2, L3 terminals are wired to")] = LINES
+    protocol: Annotated[ChargerProtocol, _doc("how the device limits it: mqtt (the generic topics), ocpp "
+                                              "(OCPP 1.6J: the charger connects to [ocpp]), goe (a go-e "
+                                              "on the MQTT broker)")] = "mqtt"
+    ocpp_id: Annotated[Annotated[str, Meta(min_length=1, max_length=64)] | None,
+                       _doc("protocol ocpp: its charge point id (unset: the charger's id)",
+                            examples=["ZAP000123"])] = None
+    goe_serial: Annotated[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] | None,
+                          _doc("protocol goe: the go-e's serial number", examples=["012345"])] = None
 
     def __post_init__(self) -> None:
         if sorted(self.rotation) != list(LINES):
             raise ConfigError("rotation", f"{list(self.rotation)!r} is not a permutation of L1, L2, L3")
+        if self.protocol == "goe" and self.goe_serial is None:
+            raise ConfigError("goe_serial", "a go-e charger (protocol goe) needs its serial number")
+
+    @property
+    def charge_point_id(self) -> str:
+        """The id an OCPP charger connects with."""
+        return self.ocpp_id or self.id
+
+
+class OcppConfig(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The OCPP 1.6J central system chargers with ``protocol = "ocpp"`` connect to (docs/chargers.md)."""
+
+    # The chargers are on the LAN: unknown ids are refused, passwords from `apm ocpp add-charger`.
+    listen: Annotated[str, _doc("address the central system listens on", min_length=1)] = "0.0.0.0"
+    port: Annotated[int, _doc("its TCP port (ws://HOST:PORT/<charge point id>)", ge=1, le=65535)] = 9000
+    cert_file: Annotated[str | None, _doc("PEM certificate (chain) for wss:// (OCPP Security Profile 2); "
+                                          "unset: ws://", examples=["/etc/apm/ocpp-cert.pem"])] = None
+    key_file: Annotated[str | None, _doc("PEM private key of cert_file", examples=["/etc/apm/ocpp-key.pem"])] = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("cert_file", "give both cert_file and key_file for TLS, or neither")
 
 
 # Declared once, used by GridConfig and by the simulator's scenarios (sim.closed_loop).
@@ -281,6 +312,7 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     headroom: HeadroomSettings = field(default_factory=HeadroomSettings)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    ocpp: OcppConfig = field(default_factory=OcppConfig)
 
     def __post_init__(self) -> None:
         check_charger_ids(self.chargers, "chargers")
@@ -297,6 +329,15 @@ def check_charger_ids(chargers: tuple[ChargerConfig, ...], key: str) -> None:
         if c.id in seen:
             raise ConfigError(f"{key}[{i}].id", f"duplicate charger id {c.id!r}")
         seen.add(c.id)
+    # Two chargers answering to one charge point id or go-e serial: the second could never be limited.
+    for name, ids in (("ocpp_id", [c.charge_point_id if c.protocol == "ocpp" else None for c in chargers]),
+                      ("goe_serial", [c.goe_serial if c.protocol == "goe" else None for c in chargers])):
+        taken: set[str] = set()
+        for i, v in enumerate(ids):
+            if v is not None and v in taken:
+                raise ConfigError(f"{key}[{i}].{name}", f"{v!r} is used by another charger")
+            if v is not None:
+                taken.add(v)
 
 
 def check_balancer_table(data: Mapping[str, Any]) -> None:
@@ -646,14 +687,21 @@ def to_dict(config: DeviceConfig) -> dict[str, Any]:
     the settings tables' defaults left out."""
     d = _drop_none(msgspec.json.decode(msgspec.json.encode(config)))  # tuples as lists
     d.get("balancer", {}).pop("fixed_current_a", None)  # the top-level fixed_current_a
-    for key in ("chargers", "balancer", "headroom", "capacity"):
+    for c in d.get("chargers", ()):
+        if c.get("protocol") == "mqtt":  # the default, as images before the protocols stored it
+            del c["protocol"]
+    for key in ("chargers", "balancer", "headroom", "capacity", "ocpp"):
         if not d.get(key):
             d.pop(key, None)
     return d
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, list):  # the chargers' tables
+        return [_drop_none(v) for v in d]
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
 
 
 def dumps(config: DeviceConfig) -> str:

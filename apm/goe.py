@@ -167,7 +167,8 @@ class GoeAdapter:
     def __init__(self, chargers: Mapping[str, GoeCharger], url: str, *,
                  on_report: Callable[[ChargerState], None] | None = None,
                  clock: Clock | None = None, tick_s: float = 1.0,
-                 client_prefix: str = "apm-goe") -> None:
+                 client_prefix: str = "apm-goe", username: str | None = None,
+                 password: str | None = None) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
         self.controls = {cid: GoeControl(cid, ch) for cid, ch in chargers.items()}
@@ -175,6 +176,7 @@ class GoeAdapter:
         self.now = (clock or RealClock()).now
         self.tick_s = tick_s
         self.client_prefix = client_prefix
+        self.login = {"username": username, "password": password}  # the device's own, on a broker with logins
         self._wanted: dict[str, float | None] = {}
         self._wake = {cid: asyncio.Event() for cid in chargers}
         self._links = {cid: GoeLink() for cid in chargers}
@@ -205,7 +207,7 @@ class GoeAdapter:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=f"{self.client_prefix}-{cid}",
                                           will=aiomqtt.Will(will_topic, will_payload, qos=1),
-                                          timeout=10, keepalive=10) as client:
+                                          timeout=10, keepalive=10, **self.login) as client:
                     await client.subscribe(control.subscription, qos=0)
                     self._links[cid] = replace(self._links[cid], connected=True)
                     await self._serve(cid, client)

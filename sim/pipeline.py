@@ -36,16 +36,20 @@ import msgspec
 
 from apm.balancer_service import BalancerService
 from apm.clock import Clock, ScaledClock
-from apm.config import BalancerSettings, BrokerConfig, DeviceConfig, GridConfig
+from apm.config import BalancerSettings, BrokerConfig, ChargerConfig, DeviceConfig, GridConfig, OcppConfig
 from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
 from apm.mqtt_link import link_settings
 from apm.outbox import MemoryOutbox, Outbox
+from apm.runtime import ChargerEdges, attach_chargers
 from apm.serial_link import VENDOR_SETTINGS, open_port
 from apm.topics import Topics
+from sim.charger import SimCharger
 from sim.charger_node import ChargerNode
 from sim.closed_loop import Scenario, Trace
+from sim.goe_charger import SimGoeCharger
 from sim.grid import GridState
 from sim.meter import Meter, Push, scenario_meter
+from sim.ocpp_charger import SimOcppChargePoint
 from sim.serial_line import VirtualSerialPort
 from sim.world import World
 
@@ -69,7 +73,8 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
                                         safety_margin_a=sc.safety_margin_a),
                         chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
-                        balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings)
+                        balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings,
+                        ocpp=OcppConfig(listen="127.0.0.1"))  # the simulated charge points are local
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -222,6 +227,8 @@ class Pipeline:
         self.device: Device | None = None
         self.balancer: BalancerService | None = None
         self.nodes: list[ChargerNode] = []
+        self.points: list[SimOcppChargePoint | SimGoeCharger] = []  # chargers behind OCPP or go-e
+        self.edges: ChargerEdges | None = None
         self.feed: MeterFeed | None = None
         self.line: VirtualSerialPort | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -264,7 +271,12 @@ class Pipeline:
         # the device's own Controller decides: the balancer service only publishes its setpoints
         self.balancer = await stack.enter_async_context(
             BalancerService.beside(self.device, url=url, link_options=opts))
+        cfg = {c.id: c for c in self.config.chargers}
+        self.edges = await attach_chargers(stack, self.device, self.balancer, url, ocpp_port=0)
         for charger in self.world.chargers.values():
+            if cfg[charger.id].protocol != "mqtt":
+                self.points.append(self._real_charger(charger, cfg[charger.id], url))
+                continue
             login = self.charger_logins.get(charger.id)
             node_opts = {**opts, **link_settings(self.config.broker)}
             if login is not None:  # each charger logs in as itself: it may touch only its own topics
@@ -281,6 +293,22 @@ class Pipeline:
             raise PipelineError(f"cannot reach the MQTT broker at {url} within {CONNECT_TIMEOUT_S:g} s"
                                 + (f": {err}" if err else ""))
 
+    def _real_charger(self, charger: SimCharger, config: ChargerConfig, url: str) -> SimOcppChargePoint | SimGoeCharger:
+        """The simulated charger behind the real protocol: an OCPP 1.6J charge point or a go-e on MQTT."""
+        assert self.edges is not None
+        point: SimOcppChargePoint | SimGoeCharger
+        if config.protocol == "ocpp":
+            assert self.edges.ocpp is not None
+            point = SimOcppChargePoint(charger, self.edges.ocpp.url,
+                                       cp_id=config.charge_point_id, clock=self.clock, origin=self.origin,
+                                       steps=False)
+        else:
+            assert config.goe_serial is not None
+            point = SimGoeCharger(charger, config.goe_serial, url, clock=self.clock, origin=self.origin,
+                                  steps=False)
+        self.world.after_step.append(point.after_step)
+        return point
+
     def _stale_after(self) -> float:
         from apm.balancer_service import balancer_settings
 
@@ -296,6 +324,7 @@ class Pipeline:
             asyncio.create_task(self.balancer.run(), name="balancer"),
             asyncio.create_task(self.feed.run(self.duration_s), name="meter"),
             *(asyncio.create_task(n.run(), name=f"charger {n.id}") for n in self.nodes),
+            *(asyncio.create_task(p.run(), name=f"charger {p.charger.id}") for p in self.points),
         ]
         world = asyncio.create_task(self.world.run(self.clock, self.origin, self.duration_s), name="world")
         try:

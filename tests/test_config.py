@@ -210,8 +210,9 @@ def _bound_cases() -> list[Any]:
         lo, hi = k.bounds
         for bound, outside in ((lo, -math.inf), (hi, math.inf)):
             if bound is not None:
-                beyond = bound + int(math.copysign(1, outside)) if k.type.__class__.__name__ == "IntType" \
-                    else math.nextafter(bound, outside)
+                # a whole number (a port) steps by one; a float by the smallest step there is
+                beyond = (int(bound + math.copysign(1, outside)) if isinstance(k.type, msgspec.inspect.IntType)
+                          else math.nextafter(bound, outside))
                 cases.append(pytest.param(k, bound, beyond, id=f"{k.path}={bound}"))
     return cases
 

@@ -37,26 +37,27 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apm.arguments import positive
-from apm.cli_support import add_image_option, image_arg
+from apm.cli_support import UsageError, add_image_option, command, image_arg
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from apm.config import DeviceConfig
+    from apm.eco.prices import PriceSeries
+    from apm.runtime import ByteSource, EcoPlan, EmbeddedBrokerPlan, Running, RunPlan, Storage
 
 PROG = "apm run"
 VIEW_REFRESH_S = 0.25
 LOG_EVERY_S = 10.0
-PORT_RETRY_S = 2.0  # a missing or lost serial port is tried again this often
-DEMO_SERIAL = "APMDEMO01"
 
 log = logging.getLogger("apm.run")
-
-
-class BadInput(Exception):
-    """Bad options or files: the message goes to stderr, exit status 2."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,194 +105,125 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --- setting up (synchronous: every bad input is found before anything starts) -------------------------
+# --- from arguments to a plan (synchronous: every bad input is found before anything starts) -----------
 
 
-@dataclass(slots=True)
-class Setup:
-    source: str  # "port" | "replay" | "sim" | "demo"
-    config: Any  # DeviceConfig
-    url: str | None  # None: the embedded broker
-    broker_port: int
-    image: Path | None = None  # flash image the configuration came from (status file, token, outbox)
-    outbox: Any = None
-    baseline: Any = None  # where the hourly energy baseline is kept (the flash image)
-    subscription: Any = None
-    capture: Any = None
-    sim: tuple[str, str] | None = None
-    port: Any = None  # an open serial.Serial
-    port_path: str | None = None
-    scenario: Any = None
-    status_file: Path | None = None
-    users: Any = None  # apm.broker_auth.UserTable of the embedded broker
-    users_path: Path | None = None
-    charger_logins: dict[str, Any] = field(default_factory=dict)  # the demo's simulated chargers
-    guests: Any = None  # their users, for this run only
-    closers: list[Callable[[], None]] = field(default_factory=list)
-
-
+@command("run")
 def run(args: argparse.Namespace) -> int:
+    closers: list[Callable[[], None]] = []  # what the plan opened (a port, an outbox file)
     try:
-        setup = _setup(args)
-    except BadInput as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(args, setup))
-    except BadInput as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+        plan = _demo_plan(args, closers) if args.demo else _plan(args, closers)
+        return asyncio.run(_main(args, plan))
     finally:
-        for close in reversed(setup.closers):
+        for close in reversed(closers):
             with contextlib.suppress(Exception):
                 close()
 
 
-def _setup(args: argparse.Namespace) -> Setup:
-    from apm import config as cfg
-    from apm.device import flash_subscription, granted_subscription, no_subscription
-    from apm.flash import Flash, FlashBaseline, FlashError, resolve_image_path, status_path
-    from apm.mqtt_link import BrokerAddress, LinkError
-    from apm.outbox import FileOutbox, FlashOutbox, OutboxError
+def _plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPlan:
+    from apm.runtime import RunPlan
 
+    _check_options(args)
+    config, image = _config(args)
+    config, broker = _broker(_broker_options(config, args), args)
+    source = _source(args, config, closers)
+    return RunPlan(config, source, _storage(args, config, image, closers), broker=broker,
+                   eco=_eco(args, None))
+
+
+def _demo_plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPlan:
+    """The demo's own installation: its simulated meter, world and chargers (`apm.demo`)."""
+    from dataclasses import replace
+
+    from apm.demo import Demo, DemoError, demo_prices
+    from apm.device import granted_subscription
+    from apm.runtime import RunPlan, Storage
+
+    _check_options(args)
+    if args.config or image_arg(args):
+        raise UsageError("--demo brings its own installation: leave out --config and --image")
+    try:
+        demo = Demo.load(args.speed)
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+    config, broker = _broker(_broker_options(demo.config, args), args)
+    if broker is not None:  # the simulated chargers log in as themselves, for this run only
+        guests, demo = demo.guests()
+        broker = replace(broker, guests=guests, any_port_if_taken=True)
+    outbox = _file_outbox(args.outbox, closers) if args.outbox else None
+    return RunPlan(config, demo, Storage(granted_subscription(), outbox), broker=broker,
+                   eco=_eco(args, demo_prices))
+
+
+def _check_options(args: argparse.Namespace) -> None:
     if not 0 <= args.broker_port <= 65535:
-        raise BadInput(f"--broker-port {args.broker_port} is out of range (0..65535)")
-    if args.demo and (args.config or image_arg(args)):
-        raise BadInput("--demo brings its own installation: leave out --config and --image")
-    image: Path | None = None
-    if args.demo:
-        from sim.closed_loop import ScenarioError, load_scenario
-        from sim.pipeline import DEMO_SCENARIO, device_config
+        raise UsageError(f"--broker-port {args.broker_port} is out of range (0..65535)")
 
+
+def _config(args: argparse.Namespace) -> tuple[DeviceConfig, Path | None]:
+    """The configuration (--config, else the flash image's, else the defaults) and the image it goes with."""
+    from apm import config as cfg
+    from apm.flash import Flash, FlashError, resolve_image_path
+
+    given = image_arg(args)
+    if args.config:
         try:
-            scenario = load_scenario(DEMO_SCENARIO)
-        except ScenarioError as exc:
-            raise BadInput(f"the demo scenario: {exc}") from None
-        config = device_config(scenario, DEMO_SERIAL)
-    else:
-        scenario = None
-        if args.config:
-            try:
-                config = cfg.load(args.config)
-            except cfg.ConfigError as exc:
-                raise BadInput(str(exc)) from None
-            if image_arg(args):
-                image = resolve_image_path(image_arg(args))
-        else:
-            image = resolve_image_path(image_arg(args))
-            try:
-                contents = Flash(image).read()
-            except FlashError as exc:
-                raise BadInput(str(exc)) from None
-            config = contents.config
-            if config is None:
-                given = image_arg(args) is not None
-                print(f"{PROG}: no configuration in {image}" + ("" if image.exists() else " (no image)")
-                      + ": running with the defaults (TN 25 A, no chargers); `apm flash write CONFIG.toml` "
-                      "stores one", file=sys.stderr)
-                config = cfg.DeviceConfig()
-                if not given:
-                    image = None  # nothing of ours there: no status file in the per-user default place
+            config = cfg.load(args.config)
+        except cfg.ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return config, resolve_image_path(given) if given else None
+    image = resolve_image_path(given)
+    try:
+        stored = Flash(image).read().config
+    except FlashError as exc:
+        raise UsageError(str(exc)) from None
+    if stored is not None:
+        return stored, image
+    print(f"{PROG}: no configuration in {image}" + ("" if image.exists() else " (no image)")
+          + ": running with the defaults (TN 25 A, no chargers); `apm flash write CONFIG.toml` "
+          "stores one", file=sys.stderr)
+    # Nothing of ours in the per-user default place: no status file there either.
+    return cfg.DeviceConfig(), image if given is not None else None
+
+
+def _broker_options(config: DeviceConfig, args: argparse.Namespace) -> DeviceConfig:
+    """The configuration's broker with the command line's options over it."""
+    from msgspec.structs import replace
+
+    from apm.mqtt_link import BrokerAddress, LinkError
+
     url = args.broker or config.broker.url
     if url is not None:
         try:
             BrokerAddress.parse(url, username=args.username, password=args.password, tls=args.tls)
         except LinkError as exc:
-            raise BadInput(str(exc)) from None
-    if url is not None or args.username or args.password or args.tls or args.ca_file:
-        from msgspec.structs import replace
-
-        b = config.broker
-        config = replace(config, broker=replace(b, url=url, username=args.username or b.username,
-                                                password=args.password or b.password, tls=args.tls or b.tls,
-                                                ca_file=args.ca_file or b.ca_file))
-    setup = Setup("demo" if args.demo else "port", config, url, args.broker_port, image=image,
-                  scenario=scenario)
-    _broker_login(setup)
-
-    # where the meter's bytes come from
-    if args.demo:
-        pass
-    elif args.replay:
-        from apm.replay import CaptureError, open_capture
-
-        try:
-            setup.capture = open_capture(args.replay)
-        except CaptureError as exc:
-            raise BadInput(str(exc)) from None
-        setup.source = "replay"
-    elif args.sim:
-        from han.profiles import METER_KINDS, SUPPORTED_METERS
-
-        vendor, _, kind = args.sim.lower().partition(":")
-        kind = kind or "3p-tn"
-        if vendor not in SUPPORTED_METERS or kind not in METER_KINDS:
-            raise BadInput(f"--sim {args.sim!r}: VENDOR:KIND with VENDOR one of "
-                           f"{', '.join(SUPPORTED_METERS)} and KIND one of {', '.join(METER_KINDS)} "
-                           "(e.g. aidon:3p-it)")
-        setup.sim = (vendor, kind)
-        setup.source = "sim"
-    else:
-        path = args.port or config.port
-        if not path:
-            raise BadInput("no meter: give --port DEV (or `port` in the configuration), --replay DUMP, "
-                           "--sim VENDOR:KIND or --demo")
-        setup.port_path = path
-        if args.port:
-            # Given on the command line: a wrong path is a typo, said at once. From the configuration (the
-            # service), the adapter may be plugged in later: the device runs and waits for it (`_serial`).
-            from apm.serial_link import PortError, SettingsCache, candidates, open_port
-
-            try:
-                setup.port = open_port(path, candidates(SettingsCache(args.cache).get(path))[0])
-            except PortError as exc:
-                raise BadInput(str(exc)) from None
-            setup.closers.append(setup.port.close)
-
-    # what the device keeps, and what it may do
-    if args.demo:
-        setup.subscription = granted_subscription()
-    elif image is not None:
-        setup.subscription = flash_subscription(image, config)
-    else:
-        setup.subscription = no_subscription(config)
-    if args.outbox:
-        try:
-            box = FileOutbox(args.outbox)
-        except (OutboxError, OSError) as exc:
-            raise BadInput(f"--outbox {args.outbox}: {exc}") from None
-        setup.outbox = box
-        setup.closers.append(box.close)
-    elif image is not None and not args.demo:
-        setup.outbox = FlashOutbox(Flash(image))
-    elif not args.demo:
-        print(f"{PROG}: hourly energy records wait in memory only (no flash image, no --outbox)",
-              file=sys.stderr)
-    if image is not None and not args.demo:
-        setup.baseline = FlashBaseline(Flash(image))
-    setup.image = image
-    if image is not None:
-        setup.status_file = status_path(image)
-    return setup
+            raise UsageError(str(exc)) from None
+    if url is None and not (args.username or args.password or args.tls or args.ca_file):
+        return config
+    b = config.broker
+    return replace(config, broker=replace(b, url=url, username=args.username or b.username,
+                                          password=args.password or b.password, tls=args.tls or b.tls,
+                                          ca_file=args.ca_file or b.ca_file))
 
 
-def _broker_login(setup: Setup) -> None:
+def _broker(config: DeviceConfig, args: argparse.Namespace) -> tuple[DeviceConfig, EmbeddedBrokerPlan | None]:
     """The device's login and TLS: for an external broker a CA file that reads; for the embedded one its
-    own user (created, with a random password, on the first start) and, for the demo, its chargers'."""
+    own user (created, with a random password, on the first start)."""
     from msgspec.structs import replace
 
     from apm import paths
-    from apm.broker_auth import AuthError, Role, UserTable
+    from apm.broker_auth import AuthError, UserTable
     from apm.mqtt_link import LinkError, make_tls_context
+    from apm.runtime import EmbeddedBrokerPlan
 
-    b = setup.config.broker
-    if setup.url is not None:
+    b = config.broker
+    if b.url is not None:
         if b.ca_file is not None:
             try:
                 make_tls_context(b.ca_file)
             except LinkError as exc:
-                raise BadInput(str(exc)) from None
-        return
+                raise UsageError(str(exc)) from None
+        return config, None
     path = paths.broker_users()
     try:
         table = UserTable.load(path)
@@ -300,27 +232,133 @@ def _broker_login(setup: Setup) -> None:
             updated.save(path)
             print(f"{PROG}: created the device's broker user {login.username} in {path}", file=sys.stderr)
     except (AuthError, OSError) as exc:
-        raise BadInput(f"the embedded broker's users: {exc}") from None
-    setup.users, setup.users_path = updated, path
-    setup.config = replace(setup.config, broker=replace(b, username=login.username, password=login.password))
-    if setup.source == "demo":
-        guests = UserTable()
-        for c in setup.config.chargers:
-            guests, setup.charger_logins[c.id] = guests.add(f"sim-charger-{c.id}", Role("charger", c.id))
-        setup.guests = guests
+        raise UsageError(f"the embedded broker's users: {exc}") from None
+    config = replace(config, broker=replace(b, username=login.username, password=login.password))
+    return config, EmbeddedBrokerPlan(args.broker_port, args.listen, updated, path)
 
 
-def _policy(setup: Setup) -> Any:
-    from apm.broker_auth import Policy, UserTable
+def _source(args: argparse.Namespace, config: DeviceConfig, closers: list[Callable[[], None]]) -> ByteSource:
+    """Where the meter's bytes come from."""
+    from apm.runtime import ReplaySource, SerialSource
 
-    return Policy(setup.config.serial, setup.users, path=setup.users_path,
-                  guests=setup.guests if setup.guests is not None else UserTable())
+    if args.replay:
+        from apm.replay import CaptureError, open_capture
+
+        try:
+            return ReplaySource.paced(open_capture(args.replay), args.speed)
+        except CaptureError as exc:
+            raise UsageError(str(exc)) from None
+    if args.sim:
+        return _sim_meter(args.sim, args.speed)
+    path = args.port or config.port
+    if not path:
+        raise UsageError("no meter: give --port DEV (or `port` in the configuration), --replay DUMP, "
+                         "--sim VENDOR:KIND or --demo")
+    if not args.port:
+        # From the configuration (the service), the adapter may be plugged in later: the device runs and
+        # waits for it. Given on the command line, a wrong path is a typo, said at once.
+        return SerialSource(path, cache=args.cache, probe_s=args.probe_seconds)
+    from apm.serial_link import PortError, SettingsCache, candidates, open_port
+
+    try:
+        port = open_port(path, candidates(SettingsCache(args.cache).get(path))[0])
+    except PortError as exc:
+        raise UsageError(str(exc)) from None
+    closers.append(port.close)
+    return SerialSource(path, port, cache=args.cache, probe_s=args.probe_seconds)
+
+
+def _sim_meter(text: str, speed: float) -> ByteSource:
+    from apm.demo import SimMeter
+    from han.profiles import METER_KINDS, SUPPORTED_METERS
+
+    vendor, _, kind = text.lower().partition(":")
+    kind = kind or "3p-tn"
+    if vendor not in SUPPORTED_METERS or kind not in METER_KINDS:
+        raise UsageError(f"--sim {text!r}: VENDOR:KIND with VENDOR one of "
+                         f"{', '.join(SUPPORTED_METERS)} and KIND one of {', '.join(METER_KINDS)} "
+                         "(e.g. aidon:3p-it)")
+    return SimMeter.paced(vendor, kind, speed)
+
+
+def _storage(args: argparse.Namespace, config: DeviceConfig, image: Path | None,
+             closers: list[Callable[[], None]]) -> Storage:
+    """What the device keeps (outbox, hourly baseline, status file) and what it may do (its token)."""
+    from apm.device import flash_subscription, no_subscription
+    from apm.flash import Flash, FlashBaseline, status_path
+    from apm.outbox import FlashOutbox
+    from apm.runtime import Storage
+
+    outbox = _file_outbox(args.outbox, closers) if args.outbox else None
+    if image is None:
+        if outbox is None:
+            print(f"{PROG}: hourly energy records wait in memory only (no flash image, no --outbox)",
+                  file=sys.stderr)
+        return Storage(no_subscription(config), outbox)
+    flash = Flash(image)
+    return Storage(flash_subscription(image, config), outbox if outbox is not None else FlashOutbox(flash),
+                   FlashBaseline(flash), status_path(image))
+
+
+def _file_outbox(path: str, closers: list[Callable[[], None]]) -> Any:
+    from apm.outbox import FileOutbox, OutboxError
+
+    try:
+        box = FileOutbox(path)
+    except (OutboxError, OSError) as exc:
+        raise UsageError(f"--outbox {path}: {exc}") from None
+    closers.append(box.close)
+    return box
+
+
+def _eco(args: argparse.Namespace, fallback: Callable[[datetime], PriceSeries] | None) -> EcoPlan | None:
+    """Smart eco's prices: --prices FILE, --price-api URL (refreshed in the background), else ``fallback``."""
+    from apm.runtime import EcoPlan
+
+    if args.prices:
+        from apm.eco.prices import PriceError, load_file
+
+        try:
+            series = load_file(args.prices, args.area)
+        except (OSError, PriceError) as exc:
+            raise UsageError(f"--prices {args.prices}: {exc}") from None
+        return EcoPlan(lambda _now: series)
+    if args.price_api:
+        return _price_feed(args.area, args.price_api)
+    return EcoPlan(fallback) if fallback is not None else None
+
+
+def _price_feed(area: str, url: str) -> EcoPlan:
+    from apm import paths
+    from apm.eco.planner import PlanError
+    from apm.eco.price_api import PriceClient, PriceFeed
+    from apm.eco.prices import OSLO
+    from apm.runtime import EcoPlan
+
+    feed = PriceFeed(PriceClient(area, url, paths.price_cache()))
+
+    def known(now: datetime) -> PriceSeries:
+        series = feed.latest.series if feed.latest is not None else None
+        if series is None:
+            raise PlanError(f"no prices for {area} from {url} yet")
+        return series
+
+    return EcoPlan(known, feed.run(lambda: datetime.now(OSLO)))
 
 
 # --- running ---------------------------------------------------------------------------------------------
 
 
-async def _main(args: argparse.Namespace, setup: Setup) -> int:
+@dataclass(slots=True)
+class Outcome:
+    run: Running | None = None
+    error: BaseException | None = None
+    signal: bool = False  # stopped by Ctrl-C or SIGTERM
+
+
+async def _main(args: argparse.Namespace, plan: RunPlan) -> int:
+    from apm.runtime import PlanError, running
+
     live = sys.stdout.isatty() and not args.plain
     console, handler = _logging(args.verbose, live)
     stop = asyncio.Event()
@@ -328,291 +366,39 @@ async def _main(args: argparse.Namespace, setup: Setup) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
-    outcome: dict[str, Any] = {}
+    outcome = Outcome()
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            url = setup.url
-            if url is None:
-                from apm.broker import EmbeddedBroker, EmbeddedBrokerError  # amqtt: only when embedded
-
-                policy = _policy(setup)
-                broker = EmbeddedBroker(port=setup.broker_port, host=args.listen, policy=policy)
-                try:
-                    await broker.start()
-                except EmbeddedBrokerError as exc:
-                    if setup.source != "demo" or setup.broker_port == 0:
-                        raise BadInput(str(exc)) from None
-                    log.warning("%s; the demo takes any free port instead", exc)
-                    broker = EmbeddedBroker(port=0, host=args.listen, policy=policy)
-                    await broker.start()
-                stack.push_async_callback(broker.stop)
-                url = broker.url
-                print(f"{PROG}: embedded MQTT broker on {url}", file=sys.stderr, flush=True)
-            parts = await _start(stack, setup, url, args)
-            work = asyncio.create_task(parts.work, name="apm run")
-            view = asyncio.create_task(_show(parts, live, console), name="view")
-            waits = [work, asyncio.create_task(stop.wait())]
-            if args.duration:
-                waits.append(asyncio.create_task(asyncio.sleep(args.duration)))
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if work in done and work.exception() is not None:
-                outcome["error"] = work.exception()
-            elif work in done:
-                outcome["finished"] = True
-            outcome["signal"] = stop.is_set()
-            for t in (*waits, view):
-                t.cancel()
-            await asyncio.gather(*waits, view, return_exceptions=True)
-            outcome["parts"] = parts
+        async with running(plan) as run:
+            if run.embedded:
+                print(f"{PROG}: embedded MQTT broker on {run.broker_url}", file=sys.stderr, flush=True)
+            outcome = await _until_done(run, args.duration, stop, live, console)
+    except PlanError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         logging.getLogger().removeHandler(handler)
-    return _summary(outcome, time.monotonic() - started, setup)
+    return _summary(outcome, time.monotonic() - started)
 
 
-@dataclass(slots=True)
-class Parts:
-    device: Any
-    balancer: Any
-    nodes: list[Any]
-    work: Any  # the coroutine that runs the source (and, for the demo, the world)
-
-
-async def _start(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args: argparse.Namespace) -> Parts:
-    from apm.balancer_service import BalancerService
-    from apm.clock import RealClock, ScaledClock
-    from apm.device import Device
-
-    config = setup.config
-    if setup.source == "demo":
-        from sim.pipeline import Pipeline
-
-        now = datetime.now().astimezone().replace(microsecond=0)
-        midnight = now.replace(hour=0, minute=0, second=0)
-        p = Pipeline(setup.scenario, speed=args.speed, broker_url=url, duration_s=None, start=now,
-                     house_offset_s=(now - midnight).total_seconds(), serial=DEMO_SERIAL, oracles=False,
-                     subscription=setup.subscription, broker=config.broker,
-                     charger_logins=setup.charger_logins)
-        await stack.enter_async_context(p)
-        return Parts(p.device, p.balancer, p.nodes,
-                     await _with_eco(stack, setup, url, args, _demo_prices, p.run()))
-    if setup.source == "port":
-        clock = RealClock()
-    else:
-        clock = ScaledClock(args.speed, start=datetime.now().astimezone().replace(microsecond=0))
-    device = await stack.enter_async_context(Device(
-        config, url=url, clock=clock, outbox=setup.outbox, subscription=setup.subscription,
-        status_file=setup.status_file, baseline_store=setup.baseline))
-    balancer = await stack.enter_async_context(BalancerService.beside(device, url=url))
-    if setup.source == "replay":
-        work = _replay(device, setup.capture, args.speed)
-    elif setup.source == "sim":
-        work = await _sim(stack, device, clock, setup.sim, args.speed)  # type: ignore[arg-type]
-    else:
-        work = _serial(device, setup, args)
-    return Parts(device, balancer, [],
-                 await _with_eco(stack, setup, url, args, None, _with(balancer.run(), work)))
-
-
-def _demo_prices(now: datetime) -> Any:
-    """The bundled sample week moved by whole weeks to cover ``now`` (a demo has no price service)."""
-    from apm.eco.prices import PriceSeries, PriceSlot, sample_week
-
-    week = sample_week()
-    shift = timedelta(weeks=(now - week.start) // timedelta(weeks=1))
-    return PriceSeries(week.area, tuple(PriceSlot(s.start + shift, s.end + shift, s.nok_per_kwh)
-                                        for s in week.slots))
-
-
-async def _with_eco(stack: contextlib.AsyncExitStack, setup: Setup, url: str, args: argparse.Namespace,
-                    fallback: Any, work: Any) -> Any:
-    """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
-    planned jointly and published on ``eco/plan``, which the balancer follows."""
-    from apm.eco.planner import Charger
-    from apm.eco_service import EcoPlanner, EcoService, request_topic
-    from apm.mqtt_link import MqttLink, link_settings
-    from apm.topics import Topics
-
-    prices, refresh = _price_source(args)
-    prices = prices or fallback
-    config = setup.config
-    if prices is None or not config.chargers:
-        log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
-        return work
-    if refresh is not None:  # prices fetched in the background: the planner never waits for the network
-        work = _with(refresh, work)
-    network = config.grid.network
-    chargers = {c.id: Charger(c.id, max_a=c.max_a, phases=c.phases, network=network) for c in config.chargers}
-    link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
-                                                    **link_settings(config.broker)))
-    budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
-    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, prices, budget_a=budget))
-    log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
-    return _with(service.run(), work)
-
-
-def _price_source(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The planner's prices (a function of now) and, for a price service, the coroutine that keeps
-    them fresh in the background."""
-    from apm.eco.prices import PriceError, load_file
-
-    if args.prices:
-        try:
-            series = load_file(args.prices, args.area)
-        except (OSError, PriceError) as exc:
-            raise BadInput(f"--prices {args.prices}: {exc}") from None
-        return (lambda _now: series), None
-    if args.price_api:
-        from apm import paths
-        from apm.eco.planner import PlanError
-        from apm.eco.price_api import PriceClient, PriceFeed
-        from apm.eco.prices import OSLO
-
-        feed = PriceFeed(PriceClient(args.area, args.price_api, paths.price_cache()))
-
-        def known(now: datetime) -> Any:
-            series = feed.latest.series if feed.latest is not None else None
-            if series is None:
-                raise PlanError(f"no prices for {args.area} from {args.price_api} yet")
-            return series
-
-        return known, feed.run(lambda: datetime.now(OSLO))
-    return None, None
-
-
-async def _with(background: Any, work: Any) -> None:
-    """Run ``work`` with ``background`` beside it; a failure of either ends both."""
-    bg = asyncio.ensure_future(background)
-    main = asyncio.ensure_future(work)
-    try:
-        done, _ = await asyncio.wait([bg, main], return_when=asyncio.FIRST_COMPLETED)
-        if bg in done:
-            main.cancel()
-            await asyncio.gather(main, return_exceptions=True)
-            bg.result()
-        await main
-    finally:
-        # Cancelled from outside (stop asked): the work must stop too, not run on while the parts
-        # it feeds are being closed.
-        for t in (bg, main):
-            t.cancel()
-        await asyncio.gather(bg, main, return_exceptions=True)
-
-
-async def _replay(device: Any, capture: Any, speed: float) -> None:
-    from apm.replay import paced
-
-    async def chunks() -> AsyncIterator[bytes]:
-        async for _, data in paced(capture.chunks(), speed):
-            yield data
-
-    for d in capture.damage:
-        log.warning("%s: %s: %s", capture.path, d.where, d.reason)
-    await device.run(chunks())
-    device.reader.close()
-    log.info("replay of %s finished", capture.path)
-
-
-async def _sim(stack: contextlib.AsyncExitStack, device: Any, clock: Any, sim: tuple[str, str],
-               speed: float) -> Any:
-    from apm.device import serial_chunks
-    from apm.serial_link import VENDOR_SETTINGS, open_port
-    from sim.frames import MeterSpec
-    from sim.meter import Meter
-    from sim.pipeline import MeterFeed
-    from sim.serial_line import VirtualSerialPort
-
-    vendor, kind = sim
-    settings = VENDOR_SETTINGS[vendor]
-    line = await stack.enter_async_context(VirtualSerialPort(settings, pace=speed))
-    port = stack.enter_context(open_port(line.path, settings))
-    device.char_time_s = settings.bits_per_char / settings.baud
-    start = clock.datetime().astimezone()
-    meter = Meter(MeterSpec(vendor, kind), start)
-    feed = MeterFeed(meter, line.awrite, clock, start.timestamp())
-    log.info("simulated %s %s meter on %s (%s)", vendor, kind, line.path, settings)
-    return _with(feed.run(None), device.run(serial_chunks(port.fileno())))
-
-
-async def _serial(device: Any, setup: Setup, args: argparse.Namespace) -> None:
-    """Read the HAN port for as long as the device runs: a port that is missing or goes away (an
-    unplugged adapter) is waited for, while the device and the balancer go on without meter data."""
-    import serial
-
-    from apm.device import PortLost, serial_chunks
-    from apm.serial_link import PortError, SettingsCache, candidates, open_port
-
-    path = setup.port_path
-    assert path is not None
-    port = setup.port
-    said: str | None = None
-    while True:
-        if port is None:
-            try:
-                port = open_port(path, candidates(SettingsCache(args.cache).get(path))[0])
-            except PortError as exc:
-                if str(exc) != said:
-                    said = str(exc)
-                    log.warning("%s; retrying every %g s", exc, PORT_RETRY_S)
-                await asyncio.sleep(PORT_RETRY_S)
-                continue
-            setup.closers.append(port.close)
-        said = None
-        try:
-            await _detect(device, port, args)
-            await device.run(serial_chunks(port.fileno()))
-        except (PortLost, serial.SerialException, OSError) as exc:
-            log.warning("%s: %s; waiting for the port to come back", path, exc)
-        finally:
-            port.close()
-        port = None
-        await asyncio.sleep(PORT_RETRY_S)
-
-
-async def _detect(device: Any, port: Any, args: argparse.Namespace) -> None:
-    """Find the serial settings (the remembered ones first), hand the reader to the device."""
-    from apm.serial_link import SettingsCache, autodetect, candidates, diagnose
-
-    cache = SettingsCache(args.cache)
-    path = port.port
-    remembered = cache.get(path)
-    order = candidates(remembered)
-    attempts: list[Any] = []
-    said = None
-    while True:
-        deadline = time.monotonic() + args.probe_seconds * len(order)
-        try:
-            detection = await asyncio.to_thread(
-                autodetect, port, order, args.probe_seconds, deadline=deadline,
-                ct_ratio=device.config.grid.ct_ratio, on_attempt=attempts.append)
-        except asyncio.CancelledError:
-            port.close()  # ends the probing thread's read at once
-            raise
-        if detection.link is not None:
-            break
-        diagnosis = diagnose(attempts, path)
-        if diagnosis is not None and diagnosis.code != said:
-            said = diagnosis.code
-            log.warning("%s: nothing decodes yet [%s]: %s; still trying", path, diagnosis.code, diagnosis)
-    link = detection.link
-    how = "remembered" if link.settings == remembered else "auto-detected"
-    log.info("reading %s at %s (%s)", path, link.settings, how)
-    if link.settings != remembered:
-        try:
-            cache.put(path, link.settings)
-        except OSError as exc:
-            log.warning("cannot remember the serial settings in %s: %s", cache.path, exc)
-    s = link.settings
-    device.reader = link.reader
-    device.char_time_s = (1 + s.bytesize + (s.parity != "N") + s.stopbits) / s.baud
-    now = device.clock.now()
-    for r in detection.readings:
-        device.on_reading(now, r)
+async def _until_done(run: Running, duration: float | None, stop: asyncio.Event, live: bool,
+                      console: Console | None) -> Outcome:
+    """Run until the work ends, a signal comes or ``duration`` (wall seconds) is over."""
+    work = asyncio.create_task(run.work, name="apm run")
+    view = asyncio.create_task(_show(run, live, console), name="view")
+    waits = [work, asyncio.create_task(stop.wait())]
+    if duration:
+        waits.append(asyncio.create_task(asyncio.sleep(duration)))
+    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    error = work.exception() if work in done else None
+    for t in (*waits, view):
+        t.cancel()
+    await asyncio.gather(*waits, view, return_exceptions=True)
+    return Outcome(run, error, stop.is_set())
 
 
 # --- showing ---------------------------------------------------------------------------------------------
 
 
-def _logging(verbose: bool, live: bool) -> tuple[Any, logging.Handler]:
+def _logging(verbose: bool, live: bool) -> tuple[Console | None, logging.Handler]:
     level = logging.DEBUG if verbose else logging.INFO
     console = None
     if live:
@@ -627,10 +413,15 @@ def _logging(verbose: bool, live: bool) -> tuple[Any, logging.Handler]:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    if not verbose:  # the ocpp library logs every frame at INFO
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
+        # A charge point's handshake cut short (at a stop, a port scan) is logged with a traceback;
+        # the refusals that matter (unknown id, wrong password) are apm.ocpp_server's own lines.
+        logging.getLogger("websockets.server").setLevel(logging.CRITICAL)
     return console, handler
 
 
-async def _show(parts: Parts, live: bool, console: Any) -> None:
+async def _show(parts: Running, live: bool, console: Console | None) -> None:
     from apm.device_view import render, summary_line
 
     if not live:
@@ -648,27 +439,27 @@ async def _show(parts: Parts, live: bool, console: Any) -> None:
             view.update(render(parts.device, parts.balancer, parts.nodes), refresh=True)
 
 
-def _summary(outcome: dict[str, Any], wall: float, setup: Setup) -> int:
-    parts: Parts | None = outcome.get("parts")
+def _summary(outcome: Outcome, wall: float) -> int:
+    parts = outcome.run
     if parts is None:
         return 1
     device = parts.device
     counts = device.state.counts
     lists = ", ".join(f"list {k}: {v}" for k, v in sorted(counts.items()) if v) or "none"
     stats = device.link.stats
-    setpoints = parts.balancer.published if parts.balancer is not None else 0
+    setpoints = parts.balancer.published
     print(f"{PROG}: stopped after {wall:.1f} s: {device.readings} readings ({lists}), "
           f"{len(device.hourly)} hourly records, {device.headroom_seq} headroom messages, "
           f"{setpoints} setpoints; broker {stats.broker}: "
           f"{stats.connects} connection(s)" + (f", {stats.records_pending} records still in the outbox"
                                                 if stats.records_pending else ""), file=sys.stderr)
     status = 0
-    error = outcome.get("error")
+    error = outcome.error
     if error is not None:
         print(f"{PROG}: {error}", file=sys.stderr)
         status = 1
     # Stopped by Ctrl-C or SIGTERM (a service manager), the run ended as asked: only a failure counts then.
-    asked = outcome.get("signal", False)
+    asked = outcome.signal
     if device.readings == 0:
         print(f"{PROG}: no HAN data was decoded" + (f" (last problem: {device.last_problem})"
                                                     if device.last_problem else ""), file=sys.stderr)
