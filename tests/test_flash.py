@@ -213,43 +213,54 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 # --- power loss ----------------------------------------------------------------------------------
 
 # A fork server: imports apm once, then for each request forks a child that runs `apm flash write`
-# (the CLI's own main()) in a loop, alternating the two configurations, one byte on a pipe after
-# each completed write. The test SIGKILLs the child at a random moment; the server reports how
-# many writes completed. Forking keeps the cost of one kill at a few milliseconds.
+# (the CLI's own main()) in a loop, alternating the two configurations. The child reports on a pipe
+# where it is: b"p" before each page it programs, b"f" once a write's fsync returned, b"." after each
+# completed `apm flash write`. The server SIGKILLs the child once it has seen the requested number of
+# one marker, so the kill lands at a random moment shortly after, and sends the test everything the
+# child reported. The kill's position comes from the markers, not the clock: a slow machine only
+# changes where the kills land, and the test counts the ones that landed inside a write.
 WRITER_SERVER = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
     import apm.config, apm.flash
     from apm.cli import build_parser, main
     build_parser()  # import every command module once, before forking
     image, configs = sys.argv[1], sys.argv[2:4]
     for line in sys.stdin:
-        first = int(line)
+        first, marker, count = line.split()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
             # Emulate flash programmed one 256-byte page at a time, so that a kill can land inside a write.
-            real_pwrite = os.pwrite
+            real_pwrite, real_fsync = os.pwrite, os.fsync
             def page_pwrite(fd, data, offset):
+                os.write(w, b"p")
                 time.sleep(0.0001)
                 return real_pwrite(fd, bytes(data[:256]), offset)
-            os.pwrite = page_pwrite
+            def reporting_fsync(fd):
+                real_fsync(fd)
+                os.write(w, b"f")
+                time.sleep(0.001)  # the write is on the medium, not yet acknowledged
+            os.pwrite, os.fsync = page_pwrite, reporting_fsync
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
-            i = first
+            i = int(first)
             while True:
                 if main(["flash", "write", configs[i % 2], "--image", image]) != 0:
                     os._exit(3)
                 os.write(w, b".")
                 i += 1
         os.close(w)
-        print(pid, flush=True)
+        seen, left = b"", int(count)
+        while left > 0 and (chunk := os.read(r, 65536)):
+            seen += chunk
+            left -= chunk.count(marker.encode())
+        os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        done = 0
         while chunk := os.read(r, 65536):
-            done += len(chunk)
+            seen += chunk
         os.close(r)
-        print(done, status, flush=True)
+        print(seen.decode() or "-", status, flush=True)
 """)
 
 
@@ -271,8 +282,8 @@ def _check_after_kill(image: Flash, before_seq: int, done: int, written: list[cf
     return seq == before_seq + done + 1
 
 
-def _power_loss(tmp_path: Path, kills: int, writes: int, seed: int) -> None:
-    """At least ``kills`` kills, and on until ``writes`` writes completed (a loaded machine writes less per round)."""
+def _power_loss(tmp_path: Path, inside: int, seed: int) -> None:
+    """Kill the writer until ``inside`` kills landed inside a write; check the image after every kill."""
     paths, configs = _write_configs(tmp_path)
     image = Flash(tmp_path / "flash.img")
     image.write_config(CONFIG_A)
@@ -282,35 +293,43 @@ def _power_loss(tmp_path: Path, kills: int, writes: int, seed: int) -> None:
     rng = random.Random(seed)
     server = subprocess.Popen([sys.executable, "-c", WRITER_SERVER, str(image.path), *paths],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env())
-    total_writes = unreported = rounds = 0
+    torn = unreported = kills = 0
     try:
-        while (rounds < kills or total_writes < writes) and rounds < 4 * kills:
-            rounds += 1
+        while torn + unreported < inside:
+            kills += 1
+            # Only a broken writer (or checker) misses this many; a slow machine does not.
+            assert kills <= 4 * inside, f"only {torn + unreported} of {kills} kills landed inside a write"
             before = image.read().config
             before_seq = image.inspect().active.sequence
             first = 1 if before == CONFIG_A else 0
-            server.stdin.write(f"{first}\n")
+            # Most kills go after a random page; some just after a write reached the medium.
+            target = ("f", rng.randint(1, 3)) if rng.random() < 0.25 else ("p", rng.randint(1, 40))
+            server.stdin.write(f"{first} {target[0]} {target[1]}\n")
             server.stdin.flush()
-            pid = int(server.stdout.readline())
-            time.sleep(rng.uniform(0, 0.02))
-            os.kill(pid, signal.SIGKILL)
-            done, status = map(int, server.stdout.readline().split())
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "writer failed"
-            total_writes += done
+            seen, status = server.stdout.readline().split()
+            assert os.WIFSIGNALED(int(status)) and os.WTERMSIG(int(status)) == signal.SIGKILL, "writer failed"
+            done = seen.count(".")
+            tail = seen[seen.rfind(".") + 1:]  # what the child did of the write it was killed in
             # written[k]: what version before_seq + k holds (k = 0: the version before this round)
             written = [before] + [configs[(first + k) % 2] for k in range(done + 1)]
-            unreported += _check_after_kill(image, before_seq, done, written)
+            landed_new = _check_after_kill(image, before_seq, done, written)
+            if "f" in tail:  # synced: the write must survive the kill
+                assert landed_new, f"a synced write was lost ({seen!r})"
+                unreported += 1
+            elif "p" in tail:  # killed between its first page and its fsync: either version is right
+                torn += 1
+            else:  # killed between two writes: nothing of the next one may show
+                assert not landed_new, f"a write that never started shows in the image ({seen!r})"
             assert image.outbox_list() == outbox
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-    assert total_writes >= writes, f"only {total_writes} writes in {rounds} rounds"
-    # Some kills landed after a write reached the disk but before the writer could report it.
-    assert unreported > 0
+    # Both kinds of kill inside a write happened: mid-write, and after the sync but before the report.
+    assert torn > 0 and unreported > 0, (torn, unreported)
 
 
 def test_power_loss_500_kills_during_flash_writes(tmp_path):
-    _power_loss(tmp_path, kills=500, writes=500, seed=5)
+    _power_loss(tmp_path, inside=500, seed=5)
 
 
 def test_power_loss_killing_real_apm_processes(tmp_path):
