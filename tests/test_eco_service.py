@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,29 @@ def test_planner_plans_jointly_and_rejects_bad_requests() -> None:
     assert p.handle({"charger": "b", "clear": True}, NOW) is None
 
 
+async def _until_listening(user: aiomqtt.Client, service: EcoService, within_s: float = 20) -> None:
+    """Publish a bad request until the service has logged one: from then on it receives what we send."""
+    probe = json.dumps({"charger": "probe-before-requests"}).encode()
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not any("probe-before-requests" in e for e in service.errors):
+        assert asyncio.get_running_loop().time() < deadline, "the service never received a request"
+        await user.publish(request_topic(T), probe, qos=1)
+        await asyncio.sleep(0.05)  # between probes; the loop ends on the service's reaction
+
+
+async def _until_plan(url: str, want: Callable[[dict[str, Any] | None], bool], what: str,
+                      within_s: float = 20) -> dict[str, Any] | None:
+    """The retained plan once ``want`` holds for it: by a deadline, not by a count of fetches."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        plan = await fetch_plan(url, SERIAL, 0.5)
+        if want(plan):
+            return plan
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(what)
+        await asyncio.sleep(0.05)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "apm", "eco", "plan", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
@@ -75,17 +99,13 @@ def test_service_publishes_a_retained_plan_the_balancer_and_cli_read(mosquitto: 
             task = asyncio.create_task(service.run())
             assert await link.wait_connected(10)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="eco-user") as user:
-                await asyncio.sleep(0.3)  # the service's subscription is in place
+                await _until_listening(user, service)
                 for req in ({"charger": "a", "departure": DEPART, "energy_kwh": 20},
                             {"charger": "nope", "departure": DEPART, "energy_kwh": 1},
                             {"charger": "b", "departure": DEPART, "energy_kwh": 20, "charge_now": True}):
                     await user.publish(request_topic(T), json.dumps(req).encode(), qos=1)
-                plan: dict[str, Any] | None = None
-                for _ in range(50):
-                    plan = await fetch_plan(mosquitto.url, SERIAL, 2.0)
-                    if plan is not None and len(plan["chargers"]) == 2:
-                        break
-                    await asyncio.sleep(0.1)
+                plan = await _until_plan(mosquitto.url, lambda p: p is not None and len(p["chargers"]) == 2,
+                                         "no plan for both chargers")
                 assert plan is not None and len(plan["chargers"]) == 2
                 assert any("nope" in e for e in service.errors)
                 # what the balancer service does with it (apm.balancer_service._on_plan)
@@ -105,11 +125,7 @@ def test_service_publishes_a_retained_plan_the_balancer_and_cli_read(mosquitto: 
                 for cid in ("a", "b"):
                     await user.publish(request_topic(T), json.dumps({"charger": cid, "clear": True}).encode(),
                                        qos=1)
-                for _ in range(50):
-                    if await fetch_plan(mosquitto.url, SERIAL, 0.5) is None:
-                        break
-                else:
-                    pytest.fail("the plan was not cleared")
+                await _until_plan(mosquitto.url, lambda p: p is None, "the plan was not cleared")
             task.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 45))
@@ -124,21 +140,12 @@ def test_service_replans_and_clears_the_plan_once_the_cars_have_left(mosquitto: 
             task = asyncio.create_task(service.run())
             assert await link.wait_connected(10)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="eco-user2") as user:
-                await asyncio.sleep(0.3)
+                await _until_listening(user, service)
                 await user.publish(request_topic(T), json.dumps(
                     {"charger": "a", "departure": DEPART, "energy_kwh": 10}).encode(), qos=1)
-                for _ in range(50):
-                    if await fetch_plan(mosquitto.url, SERIAL, 0.5) is not None:
-                        break
-                else:
-                    pytest.fail("no plan published")
+                await _until_plan(mosquitto.url, lambda p: p is not None, "no plan published")
                 clock[0] = datetime.fromisoformat("2026-01-13T08:00:00+01:00")  # after the departure
-                # By time, not by count: a fetch of a retained message takes milliseconds.
-                deadline = asyncio.get_running_loop().time() + 10
-                while await fetch_plan(mosquitto.url, SERIAL, 0.5) is not None:
-                    if asyncio.get_running_loop().time() > deadline:
-                        pytest.fail("the plan outlived the departure")
-                    await asyncio.sleep(0.05)
+                await _until_plan(mosquitto.url, lambda p: p is None, "the plan outlived the departure")
             task.cancel()
 
     asyncio.run(asyncio.wait_for(main(), 45))
