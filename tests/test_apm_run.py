@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,7 +64,7 @@ def wait_port(port: int, proc: subprocess.Popen[str], timeout: float = 15) -> No
 
 
 def observe(port: int, proc: subprocess.Popen[str], serial: str, seconds: float) -> Observer:
-    """Watch the device's whole topic tree on the embedded broker for ``seconds`` (or until it ends)."""
+    """Watch the device's whole topic tree on the embedded broker until it ends (at most ``seconds``)."""
 
     async def main() -> Observer:
         obs = Observer(f"mqtt://127.0.0.1:{port}", f"apm/{serial}/#", client_id="test-observer")
@@ -89,13 +90,41 @@ def run_observed(args: list[str], serial: str, seconds: float) -> tuple[int, Obs
     return proc.returncode, obs, out, err
 
 
+class StderrLines:
+    """The lines a process writes to stderr, collected by a thread, so a test can wait for one."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Until a line contains ``text``; the timeout only matters when the device is broken."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: any(text in line for line in self.lines), timeout):
+                raise AssertionError(f"no {text!r} on stderr within {timeout} s: {''.join(self.lines[-20:])}")
+
+    def text(self) -> str:
+        """Everything, once the process has ended."""
+        self._thread.join(timeout=20)
+        return "".join(self.lines)
+
+
 def topics(obs: Observer, serial: str, kind: str) -> list[bytes]:
     prefix = f"apm/{serial}/{kind}"
     return [p for t, p, _ in obs.messages if t.startswith(prefix)]
 
 
 def test_demo_runs_the_whole_product_and_stops_after_its_duration() -> None:
-    status, obs, out, err = run_observed(["--demo", "--duration", "5", "--speed", "10"], "APMDEMO01", 10)
+    status, obs, out, err = run_observed(["--demo", "--duration", "5", "--speed", "10"], "APMDEMO01", 60)
     assert status == 0, err
     readings = [json.loads(p) for p in topics(obs, "APMDEMO01", "reading/")]
     assert {r["list"] for r in readings} >= {1, 2}
@@ -154,7 +183,7 @@ def test_replay_publishes_readings_and_setpoints_and_the_status_apm_info_reads(t
     config.write_text(CONFIG, encoding="utf-8")
     image = tmp_path / "flash.img"
     status, obs, _, err = run_observed(["--replay", str(DUMPS / "aidon-3p-it.hex"), "--speed", "40", "--config",
-                                        str(config), "--image", str(image), "--plain"], "APMRUN01", 20)
+                                        str(config), "--image", str(image), "--plain"], "APMRUN01", 60)
     assert status == 0, err
     assert "replay of" in err and "finished" in err
     readings = [json.loads(p) for p in topics(obs, "APMRUN01", "reading/")]
@@ -179,18 +208,28 @@ def test_replay_publishes_readings_and_setpoints_and_the_status_apm_info_reads(t
 
 def test_simulated_meter_on_a_pty() -> None:
     port = free_port()
-    r = apm("run", "--sim", "kamstrup:3p-tn", "--speed", "10", "--duration", "3", "--broker-port", str(port))
-    assert r.returncode == 0, r.stderr
-    assert "simulated kamstrup 3p-tn meter on /dev/pts/" in r.stderr
-    assert "list 2:" in r.stderr
+    proc = start("run", "--sim", "kamstrup:3p-tn", "--speed", "10", "--broker-port", str(port))
+    stderr = StderrLines(proc)
+    try:
+        stderr.wait_for("HAN data arriving", timeout=60)  # stopped once frames came through, not after a time
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    err = stderr.text()
+    assert proc.returncode == 0, err
+    assert "simulated kamstrup 3p-tn meter on /dev/pts/" in err
+    assert "list 2:" in err
+    assert "never retrieved" not in err and "Traceback" not in err  # shutdown awaited every task
 
 
 def test_an_unreachable_broker_does_not_stop_the_device(tmp_path: Path) -> None:
     config = tmp_path / "apm.toml"
     config.write_text(CONFIG, encoding="utf-8")
     nobody = free_port()
+    # No --duration: the replay ends by itself, so the count of readings does not depend on the machine.
     r = apm("run", "--replay", str(DUMPS / "kaifa-3p-it.hex"), "--speed", "30", "--config", str(config),
-            "--broker", f"mqtt://127.0.0.1:{nobody}", "--duration", "3", "--outbox", str(tmp_path / "o.jsonl"))
+            "--broker", f"mqtt://127.0.0.1:{nobody}", "--outbox", str(tmp_path / "o.jsonl"))
     assert r.returncode == 1, r.stderr
     assert f"never reached the broker at mqtt://127.0.0.1:{nobody}" in r.stderr
     assert "the device kept reading the meter" in r.stderr
@@ -250,7 +289,6 @@ def test_a_missing_port_is_waited_for_while_the_balancer_runs(tmp_path: Path) ->
 
 
 def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path: Path) -> None:
-    import threading
     from datetime import datetime
 
     from apm.serial_link import SerialSettings
@@ -271,17 +309,30 @@ def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path
 
     config = tmp_path / "apm.toml"
     config.write_text(f'port = "{line.path}"\n' + CONFIG, encoding="utf-8")
-    proc = start("run", "--config", str(config), "--broker-port", str(free_port()), "--duration", "6",
-                 "--probe-seconds", "2")
+    port = free_port()
+    proc = start("run", "--config", str(config), "--broker-port", str(port), "--probe-seconds", "2")
+    stderr = StderrLines(proc)
     sender = threading.Thread(target=meter)
     sender.start()
     try:
-        time.sleep(3.5)
+        wait_port(port, proc, timeout=60)
+
+        async def readings() -> None:  # unplugged once the device has decoded some frames, not after a time
+            async with Observer(f"mqtt://127.0.0.1:{port}", "apm/APMRUN01/reading/#", client_id="unplug") as obs:
+                await obs.wait_until(lambda: len(obs.messages) >= 6, timeout=60)
+
+        asyncio.run(readings())
     finally:
         unplugged.set()
         sender.join()
         line.close()
-    _, err = proc.communicate(timeout=20)
+    try:
+        stderr.wait_for("waiting for the port to come back", timeout=60)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    err = stderr.text()
     assert proc.returncode == 0, err
     assert "at 2400 8E1 (auto-detected)" in err
     assert "waiting for the port to come back" in err

@@ -413,8 +413,8 @@ def _price_source(args: argparse.Namespace) -> Any:
 async def _with(background: Any, work: Any) -> None:
     """Run ``work`` with ``background`` beside it; a failure of either ends both."""
     bg = asyncio.ensure_future(background)
+    main = asyncio.ensure_future(work)
     try:
-        main = asyncio.ensure_future(work)
         done, _ = await asyncio.wait([bg, main], return_when=asyncio.FIRST_COMPLETED)
         if bg in done:
             main.cancel()
@@ -422,8 +422,11 @@ async def _with(background: Any, work: Any) -> None:
             bg.result()
         await main
     finally:
+        # Cancelled from outside (a stop, --duration), both must end here: a `main` left running reads
+        # the port after shutdown closed it and dies as "Task exception was never retrieved".
         bg.cancel()
-        await asyncio.gather(bg, return_exceptions=True)
+        main.cancel()
+        await asyncio.gather(bg, main, return_exceptions=True)
 
 
 async def _replay(device: Any, capture: Any, speed: float) -> None:
