@@ -132,7 +132,7 @@ def test_live_table(tmp_path):
                       cache=tmp_path / "c.json", json_mode=False)
     assert run.rc == 0, run.stderr
     out = run.stdout
-    for words in ("Power", "Phases", "Voltage (V)", "list 1:", "list 2:", "2400 8E1", "frames:"):
+    for words in ("Power", "Grid line", "Voltage (V)", "list 1:", "list 2:", "2400 8E1", "frames:"):
         assert words in out
     assert f"{rec['expected']['voltage_l1_v']:.1f}" in out
     assert f"{rec['expected']['current_l1_a']:.2f}" in out
