@@ -205,7 +205,7 @@ def test_silent_port(tmp_path):
     assert "[silent]" in run.stderr
     for words in ("no bytes at all", "grid company", "HAN port", "Kamstrup", "HAN module", "external power"):
         assert words in run.stderr
-    assert 2.5 <= run.seconds < 6
+    assert 2.5 <= run.seconds < 30  # waits its --timeout; the upper bound only catches a hang
     assert not (tmp_path / "c.json").exists()  # nothing worked, nothing remembered
 
 
