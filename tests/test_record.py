@@ -105,7 +105,11 @@ def test_writer_killed_mid_write_leaves_every_complete_record(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"ready\n"
-    time.sleep(0.3)
+    # Killed once a dozen records are in the file, whatever the machine's speed.
+    deadline = time.monotonic() + 60
+    while path.stat().st_size < 12 * 64_000:
+        assert time.monotonic() < deadline and proc.poll() is None, "the writer wrote nothing"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rec = read_recording(path.read_bytes())
@@ -123,8 +127,9 @@ def test_apm_record_killed_with_sigkill_replays_up_to_the_last_chunk(tmp_path):
         try:
             assert "Ctrl-C to stop" in proc.stderr.readline()
             meter.start()
-            deadline = time.monotonic() + 10
-            while len(meter.sent) < 12 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 60
+            while len(meter.sent) < 12:
+                assert time.monotonic() < deadline, "the meter did not get 12 frames out"
                 time.sleep(0.01)
             time.sleep(0.05)  # in the middle of the next frame's bytes, most likely
             proc.send_signal(signal.SIGKILL)

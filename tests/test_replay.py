@@ -195,6 +195,14 @@ def test_damage_in_a_recording_is_reported_at_its_file_byte(tmp_path):
     assert record.t == pytest.approx(pushes[4].t + 0.01)
 
 
+def _until_recorded(path: Path, size: int, within_s: float = 60) -> None:
+    """Until the recording holds ``size`` bytes of line data (what the meter sent)."""
+    deadline = time.monotonic() + within_s
+    while sum(len(r.data) for r in read_recording(path.read_bytes()).records) < size:
+        assert time.monotonic() < deadline, f"{path} never held the {size} bytes sent"
+        time.sleep(0.05)
+
+
 def _record(tmp_path: Path, vendor: str, speed: float, duration: float) -> tuple[Path, list]:
     """A real recording: the emulator on a pty, `apm record` reading it, stopped with SIGTERM."""
     out = tmp_path / f"{vendor}.apmrec"
@@ -204,8 +212,8 @@ def _record(tmp_path: Path, vendor: str, speed: float, duration: float) -> tuple
         try:
             assert "Ctrl-C to stop" in proc.stderr.readline()  # the port is open: start pushing
             meter.start()
-            meter.wait(duration / speed + 5)
-            time.sleep(0.3)
+            meter.wait(duration / speed + 60)
+            _until_recorded(out, sum(len(p.frame) for p in meter.sent))
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0
         finally:
@@ -238,7 +246,8 @@ def test_recording_replays_readings_and_relative_timing(tmp_path):
     assert got == [p.reading.to_json_dict() for p in sent]
     assert len(got) == len(done) >= 9
     for k in range(1, len(got)):
-        assert abs((arrived[k] - arrived[0]) - (done[k] - done[0])) < 0.05, (k, arrived, done)
+        # Paced as recorded (an unpaced replay would be seconds early); the bound allows a loaded machine.
+        assert abs((arrived[k] - arrived[0]) - (done[k] - done[0])) < 0.5, (k, arrived, done)
 
 
 def test_replay_onto_a_pty(tmp_path):
@@ -253,7 +262,7 @@ def test_replay_onto_a_pty(tmp_path):
         try:
             link = HanLink(port, s)
             got = []
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while len(got) < 7 and time.monotonic() < deadline:
                 got += link.poll()
         finally:
