@@ -8,7 +8,7 @@ It runs in the device's own event loop, listens on 127.0.0.1 by default (anonymo
 not offered to the network unless ``host`` says so), holds retained messages in memory and has no
 $SYS topics. Checked with amqtt 0.12.1 on Python 3.11 against aiomqtt 2.5 clients: publish and
 subscribe, QoS 1 acknowledgements, retained messages for late subscribers, and the last will on an
-abrupt disconnect (tests/test_broker.py).
+abrupt disconnect (tests/integration/test_broker.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 from apm.flash import OutboxRecord
 from apm.outbox import FileOutbox, FlashOutbox, MemoryOutbox, Outbox, OutboxLocked
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rec(i: int) -> dict:

@@ -29,7 +29,7 @@ from apm.outbox import FileOutbox, MemoryOutbox
 from apm.topics import ChargerStatePayload, HeadroomPayload, Topics
 from tests.mqtt_broker import Mosquitto, Observer, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = Backoff(initial_s=0.05, max_s=0.4)
 T = Topics("APMTEST1")
 

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "sim" / "scenarios"
 # The report keys of sim/closed_loop.py, which both modes give (the list and the oracles).
 REPORT_KEYS = {"scenario", "mode", "network", "fuse_a", "duration_s", "trips", "trip_events", "max_ratio",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_eco_price_api import TODAY, TOMORROW, PriceServer
+from tests.integration.test_eco_price_api import TODAY, TOMORROW, PriceServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-01-12T17:00+01:00"
 
 

@@ -20,7 +20,7 @@ from tests.mqtt_broker import Observer, accepts, free_port
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DUMPS = ROOT / "examples" / "dumps"
 CONFIG = """
 serial = "APMRUN01"

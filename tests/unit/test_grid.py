@@ -14,7 +14,7 @@ from sim.charger import SimCharger
 from sim.grid import Grid
 from sim.household import HouseSample, SyntheticHome, slot_lines
 from sim.loop_meter import LoopMeter, Measurement
-from tests.test_three_wire import world
+from tests.unit.test_three_wire import world
 
 
 def house(network: str, slots_w, slots_var) -> HouseSample:

@@ -25,7 +25,7 @@ from sim.grid import Grid
 from sim.household import SyntheticHome
 from sim.oracle import best_allocation, fair_allocation, reports_i2, rule_house
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "sim" / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "sim" / "scenarios"
 
 
 def step_scenario(tmp_path: Path, step_a: float, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 from apm.eco.price_api import PriceApiError, PriceClient, PriceFeed
 from apm.eco.prices import OSLO
 
-FIXTURES = Path(__file__).parent / "eco_fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "eco_fixtures"
 TODAY = date(2026, 1, 12)
 TOMORROW = date(2026, 1, 13)
 

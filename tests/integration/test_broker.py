@@ -21,7 +21,7 @@ from apm.outbox import MemoryOutbox
 from apm.topics import Topics
 from tests.mqtt_broker import Observer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T = Topics("APMEMB1")
 
 

@@ -19,7 +19,7 @@ from apm.eco.prices import (
     sample_week,
 )
 
-FIXTURES = Path(__file__).parent / "eco_fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "eco_fixtures"
 
 
 def test_sample_week_is_a_plausible_no1_winter_week() -> None:

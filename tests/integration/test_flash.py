@@ -18,7 +18,7 @@ from apm import config as cfg
 from apm import flash as fl
 from apm.flash import CorruptImage, Flash, FlashContents, FlashFull
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG_A = cfg.DeviceConfig(serial="APMA", installation_id="inst-a", port="/dev/ttyAPM",
                             grid=cfg.GridConfig(network="IT", fuse_a=40.0),
                             chargers=(cfg.ChargerConfig("garage", rotation=("L2", "L3", "L1")),))

@@ -24,7 +24,7 @@ from tests.mqtt_broker import Mosquitto
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERIAL = "APMECO01"
 T = Topics(SERIAL)
 NOW = datetime.fromisoformat("2026-01-12T17:00:00+01:00")

@@ -22,7 +22,7 @@ from apm import token as tok
 from apm.flash import Flash, status_path
 from sim.cloud import Installation, Issuer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 GOOD = """\

@@ -25,7 +25,7 @@ from sim.subscription_loop import (
     run_lifecycle,
     run_phase,
 )
-from tests.test_subscription import HOME, T0, expect
+from tests.unit.test_subscription import HOME, T0, expect
 
 SC = load_scenario(DEFAULT_SCENARIO)
 FIXED = SC.fixed_current_a  # 20 A

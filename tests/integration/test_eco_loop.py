@@ -11,7 +11,7 @@ import pytest
 from sim.closed_loop import ScenarioError
 from sim.eco_loop import compare, from_dict
 
-WEEK = Path(__file__).resolve().parent.parent / "sim" / "scenarios" / "eco-week-tn.toml"
+WEEK = Path(__file__).resolve().parents[2] / "sim" / "scenarios" / "eco-week-tn.toml"
 DURATION_S = 129_600  # Mon 00:00 .. Tue 12:00: the Monday-morning and the Monday-evening sessions
 
 

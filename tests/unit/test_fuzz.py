@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from han import HanReader
-from tests.test_hdlc_properties import mangled_frame
+from tests.unit.test_hdlc_properties import mangled_frame
 from tests.vectors import frame, records
 
 pytestmark = pytest.mark.fuzz

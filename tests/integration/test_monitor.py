@@ -22,7 +22,7 @@ from han import HanReader
 from tests.serial_sender import Sender
 from tests.vectors import SCHEMA, frame, mismatches, records
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
 E8 = SerialSettings(2400, "E")
 N8 = SerialSettings(2400, "N")
