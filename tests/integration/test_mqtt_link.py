@@ -173,6 +173,8 @@ def test_no_hourly_record_lost_when_the_broker_is_killed_and_restarted(tmp_path:
                 for rid in records[:4]:
                     link.add_record({"id": rid, "import_wh": 1500.0, "export_wh": 0.0})
                 await cloud.wait_until(lambda: len(cloud.payloads(T.energy_hourly)) == 4)
+                # The cloud having them is not the device having their PUBACKs: wait for those too.
+                await wait_for(lambda: not box.pending(), timeout=20)
 
                 broker.kill()
                 await wait_for(lambda: not link.is_connected)
