@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint bench soak fuzz examples sim-days eco-week capacity-month lifecycle clean
+.PHONY: setup system-deps run test unit lint bench soak fuzz examples sim-days eco-week capacity-month lifecycle clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ system-deps:
 run: setup
 	$(BIN)/apm run --demo
 
+# The unit tests, then the integration tests (processes, mosquitto, ptys, sockets): tests/unit, tests/integration.
 test: setup system-deps lint
 	$(BIN)/python -m pytest -q
+
+# Only the fast tests of pure code (no subprocess, broker, pty or network): seconds.
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: setup
 	$(BIN)/ruff check .

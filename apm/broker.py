@@ -15,7 +15,7 @@ it asks the auth plugins: anyone could cut the device off its own subscriptions 
 client id and no password. `_GuardedBroker` checks the login first, and refuses a client id that another
 user's session holds. Checked with amqtt 0.12.1 on Python 3.11 against aiomqtt 2.5 clients: publish and
 subscribe, QoS 1 acknowledgements, retained messages for late subscribers, and the last will on an
-abrupt disconnect (tests/test_broker.py).
+abrupt disconnect (tests/integration/test_broker.py).
 """
 
 from __future__ import annotations

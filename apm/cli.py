@@ -4,7 +4,7 @@ Each module in ``apm.commands`` adds its own sub-command through ``register(subp
 ``func`` (returning the exit status) as the parser default. Only the command being run is imported:
 the others are listed from ``COMMANDS`` (name and one-line help), so `apm --help` and `apm decode`
 do not pay for asyncio, MQTT, rich or the simulator. A new command is a new module and a line here
-(tests/test_cli_conventions.py checks that the two agree).
+(tests/integration/test_cli_conventions.py checks that the two agree).
 
 Conventions shared by every command: bad input exits 2 with one line ``apm CMD: what is wrong`` on
 stderr; a runtime failure exits 1; a time without a UTC offset is Europe/Oslo local time.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -61,46 +62,59 @@ def summary_line(device: Device, balancer: BalancerService | None) -> str:
     return "; ".join(parts)
 
 
+# A charger's own terminals: its phase k is wired to some grid line (the rotation), so not named L1-L3.
+TERMINALS = ("T1", "T2", "T3")
+WHY_WIDTH = 26  # 80 columns less charger id, state, three currents and the setpoint
+
+
+def _table(*columns: str, numeric: int = 3) -> Table:
+    """A borderless table (header and one rule): the whole view must fit an 80x24 terminal."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if 0 < i <= numeric else "left", no_wrap=True)
+    return t
+
+
+def _line(text: str, style: str = "") -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
 def render(device: Device, balancer: BalancerService | None, nodes: Sequence[ChargerNode] = (),
            title: str = "APM") -> Group:
+    """The live view: fits 80x24 with a few chargers (grid lines L1-L3, charger terminals T1-T3)."""
     now = device.clock.now()
     st = device.state
     sub = device.tracker.current
     head = Text.assemble(
         (f"{title} {device.config.serial}", "bold"),
-        f"  ·  {st.meter or 'no meter yet'} {st.meter_type or ''}".rstrip(),
-        f"  ·  {_han(device, now)}",
-        f"  ·  subscription {sub.state.value if sub else '-'}",
-        f"\n{_broker(device)}",
+        f" · {st.meter or 'no meter yet'} {st.meter_type or ''}".rstrip(),
+        f" · subscription {sub.state.value if sub else '-'}",
+        no_wrap=True, overflow="ellipsis",
     )
-    meter = Table(title="Meter", title_justify="left")
-    meter.add_column("")
-    for name in LINES:
-        meter.add_column(name, justify="right")
-    meter.add_row("Current (A)", *(_a(st.value(f"current_l{k}_a"), 2) for k in (1, 2, 3)))
-    meter.add_row("Voltage (V)", *(_a(st.value(f"voltage_l{k}_v")) for k in (1, 2, 3)))
+    grid = _table("Grid line", *LINES)
+    grid.add_row("Current (A)", *(_a(st.value(f"current_l{k}_a"), 2) for k in (1, 2, 3)))
+    grid.add_row("Voltage (V)", *(_a(st.value(f"voltage_l{k}_v")) for k in (1, 2, 3)))
+    h = device.headroom
+    if h is not None:
+        grid.add_row("Measured (A)", *(_a(v) for v in h.measured_a))
+        grid.add_row("House (A)", *(_a(v) for v in h.house_a))
+        grid.add_row("Our chargers (A)", *(_a(v) for v in h.own_a))
+        grid.add_row("Available (A)", *(_a(v) for v in h.available_a))
+        room = f"headroom: limit {h.limit_a:g} A · {'fresh' if h.fresh else 'STALE'} · {h.reason}"
+    else:
+        room = "headroom: no per-phase list yet"
     power = st.value("active_import_w")
     energy = st.value("active_import_wh")
     kwh = None if energy is None else energy / 1000
-    meter.caption = (f"import {_a(power, 0)} W · energy {_a(kwh, 2)} kWh · "
-                     f"lists {st.counts.get(1, 0)}/{st.counts.get(2, 0)}/{st.counts.get(3, 0)} · "
-                     f"hourly records {len(device.hourly)}")
-    room = Table(title="Headroom", title_justify="left")
-    room.add_column("")
-    for name in LINES:
-        room.add_column(name, justify="right")
-    h = device.headroom
-    if h is not None:
-        room.add_row("Measured (A)", *(_a(v) for v in h.measured_a))
-        room.add_row("House (A)", *(_a(v) for v in h.house_a))
-        room.add_row("Our chargers (A)", *(_a(v) for v in h.own_a))
-        room.add_row("Available (A)", *(_a(v) for v in h.available_a))
-        room.caption = f"limit {h.limit_a:g} A · {'fresh' if h.fresh else 'STALE'} · {h.reason}"
-    else:
-        room.caption = "no per-phase list yet"
-    chargers = Table(title="Chargers", title_justify="left")
-    for col in ("", "state", "L1", "L2", "L3", "setpoint", "why"):
-        chargers.add_column(col, justify="right" if col in ("L1", "L2", "L3", "setpoint") else "left")
+    meter = (f"import {_a(power, 0)} W · energy {_a(kwh, 2)} kWh · "
+             f"lists {st.counts.get(1, 0)}/{st.counts.get(2, 0)}/{st.counts.get(3, 0)} · "
+             f"hourly records {len(device.hourly)}")
+    chargers = _table("Charger", "state", *TERMINALS, "setpoint", "why", numeric=0)
+    # The reason is cut to what an 80-column terminal leaves beside the other columns.
+    for col in chargers.columns[2:6]:
+        col.justify = "right"
+    chargers.columns[-1].overflow = "ellipsis"
+    chargers.columns[-1].max_width = WHY_WIDTH
     decision = balancer.balancer.last if balancer is not None else None
     for c in device.config.chargers:
         s = device.chargers.get(c.id)
@@ -109,13 +123,14 @@ def render(device: Device, balancer: BalancerService | None, nodes: Sequence[Cha
         cur = s.currents_a if s is not None else (None, None, None)
         chargers.add_row(c.id, s.mode if s is not None else "no report", *(_a(v) for v in cur),
                          _a(setpoint), why)
+    parts: list = [head, _line(f"{_han(device, now)} · {_broker(device)}"), Text(), grid, _line(meter),
+                   _line(room), Text(), chargers]
     if decision is not None:
         sent = balancer.published if balancer else 0
-        chargers.caption = f"balancer: {decision.mode} · {sent} setpoints sent"
-    parts: list = [head, meter, room, chargers]
-    parts.extend(Text(f"Advice: {line}", style="yellow") for line in device.advice)
+        parts.append(_line(f"balancer: {decision.mode} · {sent} setpoints sent · T1-T3: charger terminals"))
+    parts.extend(_line(f"Advice: {line}", "yellow") for line in device.advice)
     evs = [n.charger.ev for n in nodes if n.charger.ev is not None]
     if evs:
-        parts.append(Text("EVs: " + ", ".join(f"{ev.id} {ev.soc * 100:.0f} % ({ev.energy_kwh:.2f} kWh)"
-                                              for ev in evs if ev is not None)))
+        parts.append(_line("EVs: " + ", ".join(f"{ev.id} {ev.soc * 100:.0f} % ({ev.energy_kwh:.2f} kWh)"
+                                               for ev in evs if ev is not None)))
     return Group(*parts)

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -78,6 +79,7 @@ class Board:
         return f"{mark}{v.value / divisor:,.{digits}f}", f"list {v.list}", f"{now - v.at:.0f} s"
 
     def render(self, status: LinkStatus, now: float | None = None) -> Group:
+        """Fits an 80x24 terminal: borderless tables, power beside energy, one line per counter."""
         now = time.monotonic() if now is None else now
         ident = self.identity
         head = Text.assemble(
@@ -86,24 +88,14 @@ class Board:
             f"  ·  id {ident['meter_id']}" if "meter_id" in ident else "",
             f"  ·  meter time {ident['meter_time']}" if "meter_time" in ident else "",
         )
-        power = Table(title="Power", title_justify="left")
-        for col in ("", "value", "unit", "from", "age"):
-            power.add_column(col, justify="right" if col in ("value", "age") else "left")
-        for key, label, unit, div in POWER:
+        values = _table("", "Power", "", "from", "age", "Energy (list 3)", "", "age")
+        for (key, label, unit, div), (ekey, _, eunit, ediv) in zip(POWER, ENERGY, strict=True):
             value, src, age = self._cell(key, div, now, 0)
-            power.add_row(label, value, unit, src, age)
-        phases = Table(title="Phases", title_justify="left")
-        phases.add_column("")
-        for name in PHASES:
-            phases.add_column(name.upper(), justify="right")
+            evalue, _, eage = self._cell(ekey, ediv, now, 3)
+            values.add_row(label, value, unit, src, age, evalue, eunit, eage)
+        phases = _table("Grid line", *(name.upper() for name in PHASES))
         phases.add_row("Current (A)", *(self._cell(f"current_{p}_a", 1, now, 2)[0] for p in PHASES))
         phases.add_row("Voltage (V)", *(self._cell(f"voltage_{p}_v", 1, now, 1)[0] for p in PHASES))
-        energy = Table(title="Energy (hourly list 3)", title_justify="left")
-        for col in ("", "value", "unit", "age"):
-            energy.add_column(col, justify="right" if col in ("value", "age") else "left")
-        for key, label, unit, div in ENERGY:
-            value, _, age = self._cell(key, div, now, 3)
-            energy.add_row(label, value, unit, age)
         lists = ", ".join(f"list {n}: {self.lists[n]}" for n in sorted(self.lists)) or "none yet"
         errors = ", ".join(f"{n} {kind}" for kind, n in status.errors) or "none"
         counters = Text(
@@ -113,4 +105,15 @@ class Board:
             + (f"\nlast problem: {status.last_problem}" if status.last_problem else "")
             + ("\n≈ estimated by the decoder, not measured" if any(v.estimated for v in self.values.values()) else "")
         )
-        return Group(head, power, phases, energy, counters)
+        return Group(head, Text(), values, Text(), phases, Text(), counters)
+
+
+_RIGHT = {"Power", "age", "Energy (list 3)", "L1", "L2", "L3"}
+
+
+def _table(*columns: str) -> Table:
+    """A borderless table (a header and one rule), so the whole view fits 80x24."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+    for col in columns:
+        t.add_column(col, justify="right" if col in _RIGHT else "left", no_wrap=True)
+    return t

@@ -23,7 +23,7 @@ class Problem:
 class HanReader:
     """``feed(bytes) -> list[Reading]``. Corrupt frames are counted and dropped, never decoded; a
     frame that passes its checks gives a reading within the physical ranges or a counted problem,
-    never an exception (``han.plausibility``, ``tests/test_han_armour.py``)."""
+    never an exception (``han.plausibility``, ``tests/integration/test_han_armour.py``)."""
 
     def __init__(self, ct_ratio: float = 1.0) -> None:
         self.frames = FrameReader()

@@ -135,66 +135,93 @@ def uart_receive(data: bytes, sender: SerialSettings, receiver: Receiver) -> byt
     if table is None:
         table = _TABLES[sender] = _char_table(sender)
     bits = b"".join(table[b] for b in data)
-    n = len(bits)
-
-    def level(t: float) -> int:
-        i = int(t)
-        return bits[i] if i < n else 1  # idle after the burst
-
     r = sender.baud / receiver.baud  # the receiver's bit, in sender bit times
-    step = r / 16
-    nbits = receiver.bytesize
-    parity = receiver.parity
     out = bytearray()
     t = 0.0
     start: float | None = None
     while True:
         if start is None:
-            i = int(t)
-            if i >= n:
+            start = _find_start(bits, t, r)
+            if start is None:
                 break
-            if bits[i]:
-                j = bits.find(0, i + 1)
-                if j < 0:
-                    break
-                t += max(1, math.ceil((j - t) / step)) * step
-                continue
-            if level(t + r / 2):
-                t += step  # a glitch, not a start bit
-                continue
-            start = t
-        value = 0
-        for k in range(nbits):
-            if level(start + (1.5 + k) * r):
-                value |= 1 << k
-        pos = start + (1.5 + nbits) * r
-        parity_bit = 0
-        parity_error = False
-        if parity != "N":
-            parity_bit = level(pos)
-            ones = value.bit_count() + parity_bit
-            parity_error = (ones & 1) != (parity == "O")
-            pos += r
-        framing_error = not level(pos)
-        if framing_error and value == 0 and parity_bit == 0:  # a break: the line held low
+        char = _sample(bits, start, r, receiver)
+        pos = char.stop_at
+        if char.framing_error and char.value == 0 and char.parity_bit == 0:  # a break: the line held low
             if not receiver.ignore_break:
                 out += b"\xff\x00\x00" if receiver.mark_errors else b"\x00"
             # After a break the receiver waits for the line to return to idle before hunting again.
             j = bits.find(1, int(pos))
-            t = float(j if j >= 0 else n)
+            t = float(j if j >= 0 else len(bits))
             start = None
             continue
-        if (parity_error or framing_error) and receiver.check_parity:
-            if not receiver.ignore_errors:
-                out += b"\xff\x00" + bytes((value,)) if receiver.mark_errors else b"\x00"
+        if (char.parity_error or char.framing_error) and receiver.check_parity:
+            out += _errored(char.value, receiver)
         else:
-            out.append(value)
-        if framing_error:
-            start = pos - r / 2
+            out.append(char.value)
+        if char.framing_error:
+            start = pos - r / 2  # the low stop bit is taken as the next start bit
         else:
             start = None
             t = pos
     return bytes(out)
+
+
+def _level(bits: bytes, t: float) -> int:
+    i = int(t)
+    return bits[i] if i < len(bits) else 1  # idle after the burst
+
+
+def _find_start(bits: bytes, t: float, r: float) -> float | None:
+    """The next start bit at or after ``t`` (hunting in steps of 1/16 of the receiver's bit ``r``)."""
+    step = r / 16
+    n = len(bits)
+    while True:
+        i = int(t)
+        if i >= n:
+            return None
+        if bits[i]:
+            j = bits.find(0, i + 1)
+            if j < 0:
+                return None
+            t += max(1, math.ceil((j - t) / step)) * step
+            continue
+        if _level(bits, t + r / 2):
+            t += step  # a glitch, not a start bit
+            continue
+        return t
+
+
+@dataclass(frozen=True, slots=True)
+class _Char:
+    value: int
+    parity_bit: int
+    parity_error: bool
+    framing_error: bool
+    stop_at: float  # where the stop bit was sampled
+
+
+def _sample(bits: bytes, start: float, r: float, receiver: Receiver) -> _Char:
+    """One character from the start bit at ``start``: data bits, parity and stop bit in their middles."""
+    value = 0
+    for k in range(receiver.bytesize):
+        if _level(bits, start + (1.5 + k) * r):
+            value |= 1 << k
+    pos = start + (1.5 + receiver.bytesize) * r
+    parity_bit = 0
+    parity_error = False
+    if receiver.parity != "N":
+        parity_bit = _level(bits, pos)
+        ones = value.bit_count() + parity_bit
+        parity_error = (ones & 1) != (receiver.parity == "O")
+        pos += r
+    return _Char(value, parity_bit, parity_error, not _level(bits, pos), pos)
+
+
+def _errored(value: int, receiver: Receiver) -> bytes:
+    """What Linux hands over for a character with a parity or framing error when INPCK is on."""
+    if receiver.ignore_errors:
+        return b""
+    return b"\xff\x00" + bytes((value,)) if receiver.mark_errors else b"\x00"
 
 
 def read_receiver(fd: int) -> Receiver:

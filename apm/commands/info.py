@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import socket
+import time
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +15,9 @@ from apm.cli_support import add_image_option, add_now_option, command, load_imag
 
 FIRMWARE_FALLBACK = "0.1.0"
 BROKER_TIMEOUT_S = 1.0
+# A running device rewrites its status every 2 s (apm.device.STATUS_EVERY_S); older than this, it is not running.
+STATUS_STALE_S = 10.0
+FUTURE_SLACK_S = 2.0  # clock steps between two processes on one machine, not a simulated clock
 EMBEDDED_BROKER = "embedded broker (started by apm run)"
 
 
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     image, contents = load_image(args, must_exist=False, lenient=True)
     config = contents.config
     status = read_status(image.path) or {}
+    written = _written_at(image.path) if status else None
     meter = status.get("meter") if isinstance(status.get("meter"), str) else None
     info: dict[str, Any] = {
         "firmware": f"apm {firmware_version()}",
@@ -79,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         "serial": config.serial if config else None,
         "installation": config.installation_id if config else None,
         "detected_meter": meter or "no HAN data yet",
-        "han_state": _han_state(status),
+        "han_state": han_state(status, time.time(), written, _pid_running(status.get("pid"))),
     }
+    if written is not None:
+        info["status_written"] = _iso(written)
     if contents.unreadable_config is not None:
         info["configuration"] = refused_config_message(contents.unreadable_config)
         info["subscription"] = "unknown: no usable configuration"
@@ -116,11 +124,64 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _han_state(status: dict[str, Any]) -> str:
-    """The device loop writes ``han_state`` (e.g. "fresh", "stale") and ``last_frame_at`` in its status file."""
+def han_state(status: dict[str, Any], now: float, written: float | None, running: bool | None) -> str:
+    """The HAN state the device last wrote (``han_state``, ``last_frame_at``), judged by the reader.
+
+    ``now`` and ``written`` (when the status file was written) are POSIX times; ``running``: whether the
+    writer's pid is alive (None: not known). The device's own verdict holds only while it runs and keeps
+    its status current, and never for a last frame after ``now`` (a replay or simulation runs its own
+    clock): then it is "stale", or "simulated", with the reason.
+    """
     if not status:
         return "no HAN data yet"
-    state = status.get("han_state") or status.get("han") or "unknown"
+    state = str(status.get("han_state") or status.get("han") or "unknown")
     last = status.get("last_frame_at")
-    return f"{state} (last frame {last})" if last else str(state)
+    frame = f"last frame {last}" if last else "no frame"
+    if running is False:
+        when = f", status written {_iso(written)}" if written is not None else ""
+        return f"stale: the device is not running (pid {status.get('pid')} ended{when}; {frame})"
+    if written is not None and now - written > STATUS_STALE_S:
+        return f"stale: the status was last written {_iso(written)}, {now - written:.0f} s ago ({frame})"
+    last_at = _parse_time(last)
+    if last_at is not None and last_at > now + FUTURE_SLACK_S:
+        return f"simulated: the device's clock is ahead of this one ({state}, {frame})"
+    return f"{state} ({frame})" if last else state
+
+
+def _written_at(image: Any) -> float | None:
+    from apm.flash import status_path
+
+    try:
+        return status_path(image).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _pid_running(pid: object) -> bool | None:
+    """Whether a process ``pid`` exists (a reused pid is caught by the status's age)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, but it exists
+    except OverflowError:
+        return False
+    return True
+
+
+def _parse_time(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
