@@ -306,7 +306,7 @@ class Balancer:
 
     def _want(self, now: float, c: _Charger, st: ChargerState, cap: float, demand: _Demand) -> None:
         cid = c.config.id
-        phases = c.config.phases
+        phases: int = c.config.phases
         if st.mode == "charging" and st.phases_in_use in (1, 3):
             c.ev_phases = st.phases_in_use
         if c.ev_phases is not None:
