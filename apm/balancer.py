@@ -209,6 +209,9 @@ class Balancer:
 
     def update(self, now: float, headroom: Headroom | None, charger_states: Mapping[str, ChargerState],
                mode: Mode = "protect", allowed_a: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Every charger's setpoint now (0: paused); ``self.last`` explains it. Steps: the mode and
+        supply, the holds that ran out, the chargers' sessions and caps, the shares and restarts, then
+        decreases, pauses and increases, and last the commit (module doc, steps 1-4)."""
         self._moves = []
         reasons: dict[str, str] = {}
         if headroom is not None:
@@ -226,14 +229,7 @@ class Balancer:
                        if how == "protect" else {})
         new = self._decrease(now, how, targets, provisional, demand.use, avail, why, dropped, reasons)
         self._pause(now, dropped, provisional, reasons)
-        for cid in self._order:
-            c = self._c[cid]
-            t = targets[cid]
-            if t <= c.setpoint + _EPS:
-                if t > 0 and cid not in reasons:
-                    reasons[cid] = why.get(cid, "share")
-                continue
-            reasons[cid] = self._increase(now, cid, c, t, demand, new, avail, why.get(cid, "share"))
+        self._raise(now, targets, demand, new, avail, why, reasons)
         return self._emit(now, how, avail, new, targets, reasons)
 
     # --- the steps of an update --------------------------------------------------------------------
@@ -377,6 +373,18 @@ class Balancer:
             rise_only = provisional.get(cid, 0.0) >= self.settings.min_a - _EPS
             self._fire(now, self._c[cid], Event.PAUSE_RISE if rise_only else Event.PAUSE)
             reasons[cid] = text
+
+    def _raise(self, now: float, targets: dict[str, float], demand: _Demand, new: dict[str, float],
+               avail: tuple[float, ...], why: dict[str, str], reasons: dict[str, str]) -> None:
+        """Increases (and starts), each as its charger's rate limits allow, into ``new``."""
+        for cid in self._order:
+            c = self._c[cid]
+            t = targets[cid]
+            if t <= c.setpoint + _EPS:
+                if t > 0 and cid not in reasons:
+                    reasons[cid] = why.get(cid, "share")
+                continue
+            reasons[cid] = self._increase(now, cid, c, t, demand, new, avail, why.get(cid, "share"))
 
     def _emit(self, now: float, how: str, avail: tuple[float, ...], new: dict[str, float],
               targets: dict[str, float], reasons: dict[str, str]) -> dict[str, float]:
