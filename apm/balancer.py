@@ -41,6 +41,11 @@ How it decides, per update:
    ``min_increase_a``, and only use current that is free now: other chargers count with the larger
    of their new setpoint and what they still draw (an EV takes seconds to follow a decrease).
 
+Each charger is in one of the `Stage`s below; what moves it is an `Event`, and `TRANSITIONS` lists
+every move there is (as h11's ``_state.py`` does for HTTP): `transition` refuses any other, since it
+would be a bug in the steps of ``update``. The hold and the restart delay are timers on top of the
+stage (``last_decrease``, ``since``, ``ok_since``), so ``Decision.stages`` can say until when.
+
 Cost: O(chargers^2 x lines) per update, no allocation beyond a few small dicts.
 """
 
@@ -49,7 +54,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from apm.charger_state import ChargerState
@@ -60,6 +66,79 @@ from apm.lines import LINES, Network, Triple, charging_power_w, usage
 Mode = Literal["fixed", "protect"]
 SHARING: tuple[str, ...] = ("fair", "max_energy")
 _EPS = 1e-9
+
+
+# --- the per-charger state machine -----------------------------------------------------------------
+
+
+class Stage(StrEnum):
+    """Where the balancer has one charger (its own view; the charger's report is `ChargerState`)."""
+
+    IDLE = "idle"  # no EV, or one that wants no current: no session (nothing remembered)
+    RUNNING = "running"  # in the sharing: its setpoint follows its share (0 until it can start)
+    HOLDING = "holding"  # running at > 0 A, cut less than hold_s ago: it may not rise yet
+    PAUSED = "paused"  # below min_a: waits restart_delay_s, then min_a + hysteresis for restart_confirm_s
+    PAUSED_RISE = "paused_rise"  # paused only for list 1's unplaced power rise: restarts without the delay
+    ECO_PAUSED = "eco_paused"  # the eco plan allows less than min_a now
+
+
+class Event(StrEnum):
+    ARRIVE = "arrive"  # its EV wants current
+    LEAVE = "leave"  # its EV no longer wants current (or left): the session is over
+    ECO_CAP = "eco_cap"  # the eco plan allows less than min_a
+    ECO_LIFT = "eco_lift"  # the eco plan allows min_a again (no restart delay: we did not cut for lack of current)
+    PAUSE = "pause"  # its share is below min_a
+    PAUSE_RISE = "pause_rise"  # ... only because of list 1's unplaced rise
+    RESTART = "restart"  # a paused charger may have current again
+    HOLD = "hold"  # a decrease's hold applies to a setpoint above 0
+    HOLD_OVER = "hold_over"  # hold_s has passed since the last decrease (or the setpoint is 0 again)
+
+
+_ACTIVE = (Stage.RUNNING, Stage.HOLDING)
+_PAUSED = (Stage.PAUSED, Stage.PAUSED_RISE)
+
+# Every move there is: stage -> event -> next stage. Anything else is a bug (`IllegalTransition`).
+TRANSITIONS: Mapping[Stage, Mapping[Event, Stage]] = {
+    Stage.IDLE: {Event.ARRIVE: Stage.RUNNING},
+    Stage.RUNNING: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.PAUSE: Stage.PAUSED,
+                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.HOLD: Stage.HOLDING},
+    Stage.HOLDING: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.PAUSE: Stage.PAUSED,
+                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.HOLD_OVER: Stage.RUNNING},
+    Stage.PAUSED: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.RESTART: Stage.RUNNING},
+    Stage.PAUSED_RISE: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED,
+                        Event.RESTART: Stage.RUNNING},
+    Stage.ECO_PAUSED: {Event.LEAVE: Stage.IDLE, Event.ECO_LIFT: Stage.RUNNING},
+}
+
+
+class IllegalTransition(RuntimeError):
+    """An event the charger's stage has no transition for: a bug in the balancer, not bad input."""
+
+
+def transition(stage: Stage, event: Event) -> Stage:
+    """The stage ``event`` moves a charger in ``stage`` to; `IllegalTransition` if the table has none."""
+    nxt = TRANSITIONS[stage].get(event)
+    if nxt is None:
+        raise IllegalTransition(f"{event.value} in stage {stage.value}")
+    return nxt
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    charger: str
+    before: Stage
+    event: Event
+    after: Stage
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerStage:
+    """A charger's stage for status pages: since when, and until when at the earliest (the hold's end
+    when HOLDING; when PAUSED, the restart delay's or confirmation's end, if current allows it then)."""
+
+    stage: Stage
+    since: float
+    until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +152,32 @@ class Decision:
     targets: dict[str, float]  # what the shares allowed before rate limits
     reasons: dict[str, str]
     changed: tuple[str, ...] = ()
+    stages: dict[str, ChargerStage] = field(default_factory=dict)
+    transitions: tuple[Transition, ...] = ()  # this update's, in order
 
 
 @dataclass(slots=True)
 class _Charger:
     config: ChargerConfig
+    stage: Stage = Stage.IDLE
+    since: float = -math.inf  # when it entered its stage (PAUSED: the restart delay counts from here)
     setpoint: float = 0.0
     last_change: float = -math.inf
-    last_decrease: float = -math.inf
-    paused_at: float | None = None  # paused by us for lack of current
-    ok_since: float | None = None  # a paused charger's restart condition has held since
+    last_decrease: float = -math.inf  # the hold counts from here
+    ok_since: float | None = None  # PAUSED: the restart condition has held since
     soft_cap: float | None = None  # learned: its EV limits itself to about this (kept over pauses)
     ev_phases: int | None = None  # the EV's phases this session, once seen charging (kept over pauses)
-    was_wanting: bool = False
-    provisional_pause: bool = False  # paused only for list 1's unplaced power rise
+
+
+@dataclass(slots=True)
+class _Demand:
+    """The chargers that want current now: their caps (hard: max_a and the eco plan's; soft: also what
+    the EV is seen to limit itself to), the lines they use and what they draw on each."""
+
+    hard: dict[str, float] = field(default_factory=dict)
+    soft: dict[str, float] = field(default_factory=dict)
+    use: dict[str, Triple] = field(default_factory=dict)
+    draws: dict[str, Triple] = field(default_factory=dict)
 
 
 class Balancer:
@@ -104,20 +195,61 @@ class Balancer:
         self.changes = 0  # setpoint changes so far (all chargers)
         self.last: Decision | None = None
         self._over_since: float | None = None  # some line's allocation has exceeded its headroom since
+        self._moves: list[Transition] = []  # this update's transitions
 
     @property
     def setpoints(self) -> dict[str, float]:
         return {cid: c.setpoint for cid, c in self._c.items()}
 
+    @property
+    def stages(self) -> dict[str, Stage]:
+        return {cid: c.stage for cid, c in self._c.items()}
+
     # --- the update ------------------------------------------------------------------------------
 
     def update(self, now: float, headroom: Headroom | None, charger_states: Mapping[str, ChargerState],
                mode: Mode = "protect", allowed_a: Mapping[str, float] | None = None) -> dict[str, float]:
-        s = self.settings
+        """Every charger's setpoint now (0: paused); ``self.last`` explains it. Steps: the mode and
+        supply, the holds that ran out, the chargers' sessions and caps, the shares and restarts, then
+        decreases, pauses and increases, and last the commit (module doc, steps 1-4)."""
+        self._moves = []
         reasons: dict[str, str] = {}
         if headroom is not None:
             self.supply_phases = headroom.supply_phases
-        # 1. what our chargers may draw on each line
+        how, avail = self._supply(now, headroom, mode)  # 1. the mode, and what each line may carry
+        self._sync_holds(now)  # holds that ran out
+        demand = self._observe(now, charger_states, allowed_a, reasons)  # who wants current, their caps
+        running, shares, why, dropped = self._share(now, demand, avail, reasons)  # 2./3. shares, restarts
+        s = self.settings
+        targets = {cid: 0.0 for cid in self._order}
+        for cid, a in shares.items():
+            targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
+        # 4. rate limits: decreases first (they free current), then pauses, then increases
+        provisional = (self._provisional(headroom, running, dropped, demand.hard, demand.soft, demand.use)
+                       if how == "protect" else {})
+        new = self._decrease(now, how, targets, provisional, demand.use, avail, why, dropped, reasons)
+        self._pause(now, dropped, provisional, reasons)
+        self._raise(now, targets, demand, new, avail, why, reasons)
+        return self._emit(now, how, avail, new, targets, reasons)
+
+    # --- the steps of an update --------------------------------------------------------------------
+
+    def _fire(self, now: float, c: _Charger, event: Event) -> None:
+        """Apply ``event`` to ``c`` (`transition` refuses what the table does not have)."""
+        after = transition(c.stage, event)
+        self._moves.append(Transition(c.config.id, c.stage, event, after))
+        c.stage = after
+        c.since = now
+        c.ok_since = None  # a restart condition holds only within one pause
+        if after is Stage.IDLE:  # session over: a new EV starts without a restart delay, unknown
+            c.soft_cap = None
+            c.ev_phases = None
+
+    def _supply(self, now: float, headroom: Headroom | None,
+                mode: Mode) -> tuple[str, tuple[float, ...]]:
+        """The decision's mode ("protect", or "fixed..." and why) and what our chargers may draw on each
+        line: the headroom when it is fresh, else the fixed current shared by all."""
+        s = self.settings
         if mode == "fixed":
             how = "fixed"
         elif headroom is None:
@@ -125,74 +257,88 @@ class Balancer:
         elif now - headroom.measured_at > s.stale_after_s:
             how = f"fixed: stale meter data ({now - headroom.measured_at:.0f} s)"
         else:
-            how = "protect"
-        if how == "protect":
-            assert headroom is not None
-            avail = tuple(math.inf if a is None else max(0.0, a) for a in headroom.available_a)
-        else:
-            f = s.fixed_current_a
-            avail = (f, f, f) if self.supply_phases == 3 else (f, math.inf, math.inf)
+            return "protect", tuple(math.inf if a is None else max(0.0, a) for a in headroom.available_a)
+        f = s.fixed_current_a
+        return how, ((f, f, f) if self.supply_phases == 3 else (f, math.inf, math.inf))
 
-        # who wants current, and their caps and line usage
-        hard: dict[str, float] = {}
-        soft: dict[str, float] = {}
-        use: dict[str, Triple] = {}
-        draws: dict[str, Triple] = {}
+    def _sync_holds(self, now: float) -> None:
+        """RUNNING <-> HOLDING: a setpoint above 0 holds for hold_s after its charger's last decrease
+        (a start from 0 is not held; a restart inherits a hold that still runs)."""
+        for c in self._c.values():
+            if c.stage not in _ACTIVE:
+                continue
+            held = c.setpoint > 0 and now - c.last_decrease < self.settings.hold_s
+            if held and c.stage is Stage.RUNNING:
+                self._fire(now, c, Event.HOLD)
+            elif not held and c.stage is Stage.HOLDING:
+                self._fire(now, c, Event.HOLD_OVER)
+
+    def _observe(self, now: float, charger_states: Mapping[str, ChargerState],
+                 allowed_a: Mapping[str, float] | None, reasons: dict[str, str]) -> _Demand:
+        """Sessions that begin and end, eco pauses, and the caps and lines of who wants current."""
+        demand = _Demand()
         for cid in self._order:
             c = self._c[cid]
             st = charger_states.get(cid)
-            wants = st is not None and st.wants_current
-            if not wants:
-                if c.was_wanting:
-                    c.paused_at = None  # session over: a new one starts without a restart delay
-                    c.ok_since = None
-                    c.soft_cap = None
-                    c.ev_phases = None
-                c.was_wanting = False
+            if st is None or not st.wants_current:
+                if c.stage is not Stage.IDLE:
+                    self._fire(now, c, Event.LEAVE)
                 reasons[cid] = "no EV" if st is None or st.mode == "disconnected" else f"EV {st.mode}"
                 continue
-            assert st is not None
-            c.was_wanting = True
+            if c.stage is Stage.IDLE:
+                self._fire(now, c, Event.ARRIVE)
             cap = c.config.max_a
             if allowed_a is not None and cid in allowed_a:
                 cap = min(cap, allowed_a[cid])
-                if cap < s.min_a:
+                if cap < self.settings.min_a:
                     reasons[cid] = f"eco plan: {allowed_a[cid]:g} A now"
-                    c.paused_at = None
+                    if c.stage is not Stage.ECO_PAUSED:
+                        self._fire(now, c, Event.ECO_CAP)
                     continue
-            phases = c.config.phases
-            if st.mode == "charging" and st.phases_in_use in (1, 3):
-                c.ev_phases = st.phases_in_use
-            if c.ev_phases is not None:
-                # a paused 1-phase EV still needs one phase only: do not count it on lines it cannot use
-                phases = min(phases, c.ev_phases)
-            use[cid] = usage(self.network, phases, c.config.rotation, self.supply_phases)
-            hard[cid] = cap
-            soft[cid] = min(cap, self._learn_soft_cap(now, c, st))
-            draws[cid] = use_scaled(use[cid], st.draw_a)
+            if c.stage is Stage.ECO_PAUSED:
+                self._fire(now, c, Event.ECO_LIFT)
+            self._want(now, c, st, cap, demand)
+        return demand
 
-        # 2./3. shares, and who cannot get min_a (paused below, unless that waits in the deadband)
-        running = [cid for cid in hard if self._c[cid].paused_at is None]
-        shares, why, dropped = self._shares(running, hard, soft, use, avail)
-        for cid in list(hard):
-            c = self._c[cid]
-            if c.paused_at is None:
+    def _want(self, now: float, c: _Charger, st: ChargerState, cap: float, demand: _Demand) -> None:
+        cid = c.config.id
+        phases: int = c.config.phases
+        if st.mode == "charging" and st.phases_in_use in (1, 3):
+            c.ev_phases = st.phases_in_use
+        if c.ev_phases is not None:
+            # a paused 1-phase EV still needs one phase only: do not count it on lines it cannot use
+            phases = min(phases, c.ev_phases)
+        demand.use[cid] = usage(self.network, phases, c.config.rotation, self.supply_phases)
+        demand.hard[cid] = cap
+        demand.soft[cid] = min(cap, self._learn_soft_cap(now, c, st))
+        demand.draws[cid] = use_scaled(demand.use[cid], st.draw_a)
+
+    def _share(self, now: float, d: _Demand, avail: tuple[float, ...], reasons: dict[str, str]
+               ) -> tuple[list[str], dict[str, float], dict[str, str], dict[str, str]]:
+        """Shares of the running chargers, then of each paused one that may restart. Returns who runs,
+        the shares (0 for the paused), why each stopped where it did, and who cannot get min_a."""
+        running = [cid for cid in d.hard if self._c[cid].stage not in _PAUSED]
+        shares, why, dropped = self._shares(running, d.hard, d.soft, d.use, avail)
+        for cid in list(d.hard):
+            if self._c[cid].stage not in _PAUSED:
                 continue
-            if self._restart_ok(now, cid, running, hard, soft, use, avail, reasons):
+            if self._restart_ok(now, cid, running, d.hard, d.soft, d.use, avail, reasons):
                 running.append(cid)
-                shares, why, more = self._shares(running, hard, soft, use, avail)
+                shares, why, more = self._shares(running, d.hard, d.soft, d.use, avail)
                 dropped.update(more)
-        for cid in hard:
+        for cid in d.hard:
             if cid not in running and cid not in shares:
                 shares[cid] = 0.0
+        return running, shares, why, dropped
 
-        # 4. rate limits: decreases first (they free current), then increases
-        targets = {cid: 0.0 for cid in self._order}
-        for cid, a in shares.items():
-            targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
-        provisional = self._provisional(headroom, running, dropped, hard, soft, use) if how == "protect" else {}
+    def _decrease(self, now: float, how: str, targets: dict[str, float], provisional: dict[str, float],
+                  use: dict[str, Triple], avail: tuple[float, ...], why: dict[str, str],
+                  dropped: dict[str, str], reasons: dict[str, str]) -> dict[str, float]:
+        """The new setpoints with the decreases applied, at once unless they wait in the deadband (a
+        pause that waits leaves ``dropped``). A decrease starts a hold unless only list 1's rise asks
+        for it."""
+        s = self.settings
         new = {cid: c.setpoint for cid, c in self._c.items()}
-        changed: list[str] = []
         excess = self._excess(use, avail) if how == "protect" else math.inf
         if excess <= _EPS:
             self._over_since = None
@@ -218,13 +364,19 @@ class Balancer:
             c.last_decrease = now
             if cid not in reasons:
                 reasons[cid] = "decrease: " + why.get(cid, "share")
+        return new
+
+    def _pause(self, now: float, dropped: dict[str, str], provisional: dict[str, float],
+               reasons: dict[str, str]) -> None:
+        """Pause who cannot get min_a: provisionally when list 1's rise alone is the cause."""
         for cid, text in dropped.items():
-            c = self._c[cid]
-            if c.paused_at is None:
-                c.paused_at = now
-                c.provisional_pause = provisional.get(cid, 0.0) >= s.min_a - _EPS
-            c.ok_since = None
+            rise_only = provisional.get(cid, 0.0) >= self.settings.min_a - _EPS
+            self._fire(now, self._c[cid], Event.PAUSE_RISE if rise_only else Event.PAUSE)
             reasons[cid] = text
+
+    def _raise(self, now: float, targets: dict[str, float], demand: _Demand, new: dict[str, float],
+               avail: tuple[float, ...], why: dict[str, str], reasons: dict[str, str]) -> None:
+        """Increases (and starts), each as its charger's rate limits allow, into ``new``."""
         for cid in self._order:
             c = self._c[cid]
             t = targets[cid]
@@ -232,8 +384,12 @@ class Balancer:
                 if t > 0 and cid not in reasons:
                     reasons[cid] = why.get(cid, "share")
                 continue
-            reasons[cid] = self._increase(now, cid, c, t, hard[cid], new, draws, use, avail,
-                                          why.get(cid, "share"))
+            reasons[cid] = self._increase(now, cid, c, t, demand, new, avail, why.get(cid, "share"))
+
+    def _emit(self, now: float, how: str, avail: tuple[float, ...], new: dict[str, float],
+              targets: dict[str, float], reasons: dict[str, str]) -> dict[str, float]:
+        """Commit the new setpoints and explain them in ``self.last``."""
+        changed: list[str] = []
         for cid in self._order:
             c = self._c[cid]
             if new[cid] != c.setpoint:
@@ -241,6 +397,7 @@ class Balancer:
                 c.last_change = now
                 changed.append(cid)
         self.changes += len(changed)
+        self._sync_holds(now)  # a decrease shows as HOLDING at once
         self.last = Decision(
             at=now,
             mode=how,
@@ -249,8 +406,21 @@ class Balancer:
             targets=targets,
             reasons=reasons,
             changed=tuple(changed),
+            stages={cid: self._stage(self._c[cid]) for cid in self._order},
+            transitions=tuple(self._moves),
         )
         return dict(new)
+
+    def _stage(self, c: _Charger) -> ChargerStage:
+        s = self.settings
+        until: float | None = None
+        if c.stage is Stage.HOLDING:
+            until = c.last_decrease + s.hold_s
+        elif c.stage is Stage.PAUSED:
+            until = c.since + s.restart_delay_s
+            if c.ok_since is not None:
+                until = max(until, c.ok_since + s.restart_confirm_s)
+        return ChargerStage(c.stage, c.since, until)
 
     # --- pieces ----------------------------------------------------------------------------------
 
@@ -359,49 +529,50 @@ class Balancer:
             return False
         if c.ok_since is None:
             c.ok_since = now
-        assert c.paused_at is not None
-        wait = max(c.paused_at + s.restart_delay_s, c.ok_since + s.restart_confirm_s) - now
-        if c.provisional_pause:
+        wait = max(c.since + s.restart_delay_s, c.ok_since + s.restart_confirm_s) - now
+        if c.stage is Stage.PAUSED_RISE:
             wait = 0.0  # paused for a rise the next per-phase list placed elsewhere
         if wait > _EPS:
             reasons[cid] = f"paused: restart in {wait:.0f} s"
             return False
-        c.paused_at = None
-        c.ok_since = None
-        c.provisional_pause = False
+        self._fire(now, c, Event.RESTART)
         reasons.pop(cid, None)
         return True
 
-    def _increase(self, now: float, cid: str, c: _Charger, target: float, cap: float, new: dict[str, float],
-                  draws: dict[str, Triple], use: dict[str, Triple], avail: tuple[float, ...],
-                  why: str) -> str:
+    def _increase(self, now: float, cid: str, c: _Charger, target: float, d: _Demand, new: dict[str, float],
+                  avail: tuple[float, ...], why: str) -> str:
+        """Raise ``c`` towards ``target`` as the rate limits allow; returns the reason."""
         s = self.settings
         cur = c.setpoint
-        if cur > 0:
-            if now - c.last_decrease < s.hold_s:
-                return f"hold: {c.last_decrease + s.hold_s - now:.0f} s after a decrease"
-            if now - c.last_change < s.min_interval_s:
-                return f"hold: {c.last_change + s.min_interval_s - now:.0f} s since last change"
+        if c.stage is Stage.HOLDING:
+            return f"hold: {c.last_decrease + s.hold_s - now:.0f} s after a decrease"
+        if cur > 0 and now - c.last_change < s.min_interval_s:
+            return f"hold: {c.last_change + s.min_interval_s - now:.0f} s since last change"
         step = min(target, cur + s.max_step_up_a) if cur > 0 else target
-        # only current that is free now: others count with max(new setpoint, present draw)
-        u = use[cid]
-        for i in range(3):
-            if u[i] == 0.0 or math.isinf(avail[i]):
-                continue
-            taken = 0.0
-            for o, uo in use.items():
-                if o != cid and uo[i] > 0.0:
-                    taken += max(uo[i] * new[o], draws[o][i])
-            step = min(step, avail[i] - taken)
-        step = _floor(step, s.resolution_a)
+        step = _floor(min(step, self._free(cid, d, new, avail)), s.resolution_a)
         if cur == 0 and step < s.min_a:
             return "waiting for current to be released"
-        if step - cur < s.min_increase_a - _EPS and step < cap - _EPS:
+        if step - cur < s.min_increase_a - _EPS and step < d.hard[cid] - _EPS:
             return f"{why} (increase of {step - cur:.1f} A not worth a change)"
         if step <= cur:
             return f"{why} (waiting for current to be released)"
         new[cid] = step
         return ("start: " if cur == 0 else "increase: ") + why
+
+    def _free(self, cid: str, d: _Demand, new: dict[str, float], avail: tuple[float, ...]) -> float:
+        """The most ``cid`` may have of current that is free now: the others count with the larger of
+        their new setpoint and what they still draw (an EV takes seconds to follow a decrease)."""
+        free = math.inf
+        u = d.use[cid]
+        for i in range(3):
+            if u[i] == 0.0 or math.isinf(avail[i]):
+                continue
+            taken = 0.0
+            for o, uo in d.use.items():
+                if o != cid and uo[i] > 0.0:
+                    taken += max(uo[i] * new[o], d.draws[o][i])
+            free = min(free, avail[i] - taken)
+        return free
 
 
 def priority_fill(order: Sequence[str], caps: Mapping[str, float], use: Mapping[str, Triple],

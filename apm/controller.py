@@ -60,6 +60,8 @@ class Setpoint:
     current_a: float
     reason: str
     changed: bool
+    stage: str = ""  # the balancer's `apm.balancer.Stage` for it ("running", "paused", ...)
+    until: float | None = None  # when that stage ends at the earliest (clock s; `ChargerStage.until`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +226,10 @@ class Controller:
         if self.last is not None and self.last.mode.startswith("fixed:"):
             self.stale_s += max(0.0, now - self.last.at)  # the time since a decision on the fallback
         reasons = d.reasons if d is not None else {}
-        out = tuple(Setpoint(cid, a, reasons.get(cid, how), before.get(cid) != a) for cid, a in values.items())
+        stages = d.stages if d is not None else {}
+        out = tuple(Setpoint(cid, a, reasons.get(cid, how), before.get(cid) != a,
+                             str(stages[cid].stage) if cid in stages else "",
+                             stages[cid].until if cid in stages else None) for cid, a in values.items())
         self.last = Setpoints(now, how, out, self.headroom)
         return self.last
 

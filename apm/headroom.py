@@ -215,34 +215,7 @@ class HeadroomEstimator:
         i2_a: float | None = None
         i2_method: str | None = None
         if supply == 3 and measured[1] is None:
-            h1, h3, m1, m3 = house[0], house[2], measured[0], measured[2]
-            if self.network == "IT" and h1 is not None and h3 is not None and m1 is not None and m3 is not None:
-                # every bound that applies, as (house L2, method, note); the smallest is used
-                bounds: list[tuple[float, str, str]] = []
-                if self.refine_i2:
-                    bounds.append((h1 + h3, "kirchhoff", "I2 not reported: house L2 <= house L1 + house L3"))
-                else:
-                    bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
-                if self.two_wattmeter:
-                    est = i2_from_reading(r, k, self.accuracy)
-                    if est.method == "two-wattmeter":
-                        bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
-                                       f"I2 not reported: {est.value_a:.1f} A by the two-wattmeter triangle"))
-                    else:
-                        notes.append(f"two-wattmeter estimate not used ({est.reason})")
-                by_power = self._i2_from_power(r, own_m.power_w, h1, h3)
-                if by_power is not None:
-                    pf = self.i2_power_factor
-                    note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
-                    bounds.append((by_power, "power", note))
-                best = min(bounds, key=lambda b: b[0])
-                house[1] = best[0]
-                i2_method = best[1]
-                i2_a = best[0] + own[1]
-                notes.append(best[2])
-            else:
-                house[1] = self.limit_a  # no bound on four wires: nothing for our chargers on L2
-                notes.append("I2 not reported and not bounded: no headroom on L2")
+            house[1], i2_a, i2_method = self._house_l2(r, measured, house, own_m, notes)
         for i in range(n_lines):
             if house[i] is None:
                 house[i] = self.limit_a
@@ -281,6 +254,37 @@ class HeadroomEstimator:
             i2_a=i2_a,
             i2_method=i2_method,
         )
+
+    def _house_l2(self, r: Reading, measured: list[float | None], house: list[float | None], own_m: _Own,
+                  notes: list[str]) -> tuple[float, float | None, str | None]:
+        """The household's L2 current when the meter does not report I2: on IT the smallest bound that
+        applies, with the whole line's estimate and its method; on four wires none (the limit)."""
+        own = own_m.lines
+        h1, h3, m1, m3 = house[0], house[2], measured[0], measured[2]
+        if self.network != "IT" or h1 is None or h3 is None or m1 is None or m3 is None:
+            notes.append("I2 not reported and not bounded: no headroom on L2")
+            return self.limit_a, None, None  # nothing for our chargers on L2
+        # every bound that applies, as (house L2, method, note); the smallest is used
+        bounds: list[tuple[float, str, str]] = []
+        if self.refine_i2:
+            bounds.append((h1 + h3, "kirchhoff", "I2 not reported: house L2 <= house L1 + house L3"))
+        else:
+            bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
+        if self.two_wattmeter:
+            est = i2_from_reading(r, self.ct_ratio, self.accuracy)
+            if est.method == "two-wattmeter":
+                bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
+                               f"I2 not reported: {est.value_a:.1f} A by the two-wattmeter triangle"))
+            else:
+                notes.append(f"two-wattmeter estimate not used ({est.reason})")
+        by_power = self._i2_from_power(r, own_m.power_w, h1, h3)
+        if by_power is not None:
+            pf = self.i2_power_factor
+            note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
+            bounds.append((by_power, "power", note))
+        best = min(bounds, key=lambda b: b[0])
+        notes.append(best[2])
+        return best[0], best[0] + own[1], best[1]
 
     def _i2_from_power(self, r: Reading, own_power_w: float, h1: float, h3: float) -> float | None:
         """The power bound on the household's I2 (IT), or None when it does not apply."""
