@@ -1,5 +1,5 @@
 import sys
 
-from apm.cli import main
+from apm.cli.main import main
 
 sys.exit(main())

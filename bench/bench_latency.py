@@ -6,7 +6,7 @@ when it is installed, else its own embedded amqtt broker. This process is the me
 it writes Aidon 3p-it list 2 frames (each one reading with per-phase currents, so each gives a
 headroom and a setpoint) to a pty without line pacing, notes when each write returned (the last byte
 is in the pty), and subscribes to ``charger/+/setpoint``. A setpoint names the reading it answers
-(``reading_seq``, see apm/messages.py); its arrival at the observer is taken as its arrival at the
+(``reading_seq``, see apm/io/mqtt/messages.py); its arrival at the observer is taken as its arrival at the
 broker (the observer is on the same host; the hop adds well under a millisecond).
 
 BENCH_LATENCY_BROKER=embedded measures with the embedded broker even when mosquitto is installed.
@@ -126,7 +126,7 @@ def _mosquitto(tmp: Path):
 
 
 async def _measure(frames: list[bytes], interval: float, broker: str | None, tmp: Path) -> Result:
-    from apm.serial_link import SerialSettings
+    from apm.io.serial.port import SerialSettings
     from sim.serial_line import VirtualSerialPort
 
     config = tmp / "apm.toml"

@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from apm.cli import main as apm
+from apm.cli.main import main as apm
 from sim.frames import MeterSpec
 from sim.meter import Meter
 

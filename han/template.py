@@ -33,7 +33,7 @@ def _getter(indices: list[int]) -> Callable[[tuple], tuple]:
     if len(indices) == 1:
         i = indices[0]
         return lambda t: (t[i],)
-    return itemgetter(*indices)  # type: ignore[return-value]
+    return itemgetter(*indices)
 
 
 class Template:

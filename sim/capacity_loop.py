@@ -1,7 +1,7 @@
 """The capacity-charge guard in the closed loop: a winter month with and without it.
 
 ``CapacityPolicy`` is a ``sim.closed_loop.LoopPolicy``. Every step it does what the device will do
-with apm.eco.capacity: it reads list 1 (the import power, household + our chargers, every 2.5 s),
+with apm.core.eco.capacity: it reads list 1 (the import power, household + our chargers, every 2.5 s),
 integrates it into the hour's energy (`HourMeter`), replaces each finished hour by the meter's own
 figure (list 3's counters; here the exact integral of the step's power), asks the hour's cap for
 the owner's step (`hour_cap_kwh`) and the chargers' power for the rest of the hour (`advise`), and
@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apm.eco.capacity import (
+from apm.core.eco.capacity import (
     CapacityGoal,
     GuardedCharger,
     HourMeter,
@@ -44,10 +44,10 @@ from apm.eco.capacity import (
     charger_currents,
     hour_cap_kwh,
 )
-from apm.eco.prices import PriceSeries, sample_week
-from apm.eco.tariff import ELVIA, GridTariff, hour_of
-from apm.headroom import Headroom
-from apm.lines import charging_power_w
+from apm.core.eco.prices import PriceSeries, sample_week
+from apm.core.eco.tariff import ELVIA, GridTariff, hour_of
+from apm.core.headroom import Headroom
+from apm.core.lines import charging_power_w
 from sim.charger import SimCharger
 from sim.closed_loop import Scenario, ScenarioError, run
 from sim.eco_loop import MET_TOL_KWH, Session, load

@@ -2,16 +2,16 @@
 
 The charger offers min(setpoint, its max) to the EV (below 6 A it offers nothing: the EV pauses) and
 measures the current on its own L1/L2/L3 terminals. Which terminals carry current follows from the
-network and the phases in use (apm.lines.terminal_currents); which grid lines they are follows from
+network and the phases in use (apm.core.lines.terminal_currents); which grid lines they are follows from
 its ``rotation``. The MQTT layer will later carry ``set_setpoint`` and ``state`` over the broker;
 here they are plain calls.
 """
 
 from __future__ import annotations
 
-from apm.charger_state import ChargerState, Mode
-from apm.config import ChargerConfig
-from apm.lines import ZERO, Network, Triple, charging_power_w, terminal_currents, to_lines
+from apm.core.charger_state import ChargerState, Mode
+from apm.core.config import ChargerConfig
+from apm.core.lines import ZERO, Network, Triple, charging_power_w, terminal_currents, to_lines
 from sim.ev import EV
 
 

@@ -21,11 +21,11 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from apm.clock import Clock, RealClock
-from apm.messages import charger_state_payload
-from apm.mqtt_link import MqttLink
-from apm.mqtt_node import MqttNode
-from apm.topics import PayloadError, SetpointPayload, Topics
+from apm.io.clock import Clock, RealClock
+from apm.io.mqtt.link import MqttLink
+from apm.io.mqtt.messages import charger_state_payload
+from apm.io.mqtt.node import MqttNode
+from apm.io.mqtt.topics import PayloadError, SetpointPayload, Topics
 from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
     household + chargers -> grid lines -> fuse judge
                          -> meter (sim.meter: the vendor's frames on its schedule) -> han.HanReader
-                         -> apm.controller.Controller (MeterState -> Headroom -> Balancer)
+                         -> apm.core.controller.Controller (MeterState -> Headroom -> Balancer)
                          -> charger setpoints -> EVs -> back into the lines
 
 Everything is sans-IO and driven by ``now``; no threads, no sleeping, so a winter day (86,400 steps)
@@ -28,12 +28,12 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
     [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
             depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
             ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
-    [balancer] any apm.config.BalancerSettings field but fixed_current_a (the top-level one)
-    [headroom] any apm.config.HeadroomSettings field (two_wattmeter defaults to off with the magnitude
+    [balancer] any apm.core.config.BalancerSettings field but fixed_current_a (the top-level one)
+    [headroom] any apm.core.config.HeadroomSettings field (two_wattmeter defaults to off with the magnitude
             model on IT, which is not a physical world)
 
 The file is declared as msgspec Structs (`ScenarioFile` and the tables below it) with the bounds of
-each key: the installation's keys are apm.config's own declarations (the grid's fuse and margin,
+each key: the installation's keys are apm.core.config's own declarations (the grid's fuse and margin,
 ``ChargerConfig``, ``BalancerSettings``, ``HeadroomSettings``), so a scenario is refused for what
 ``apm flash write`` would refuse, and a `ScenarioError` names the key (``meter.outages[0]: ...``).
 
@@ -90,8 +90,8 @@ from typing import Annotated, Any, Literal, Protocol
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from apm.balancer import Mode
-from apm.config import (
+from apm.core.balancer import Mode
+from apm.core.config import (
     MAX_CHARGERS,
     BalancerSettings,
     ChargerConfig,
@@ -107,9 +107,9 @@ from apm.config import (
     check_charger_ids,
     convert,
 )
-from apm.controller import Controller
-from apm.headroom import Headroom
-from apm.lines import LINES, Network, Triple
+from apm.core.controller import Controller
+from apm.core.headroom import Headroom
+from apm.core.lines import LINES, Network, Triple
 from han import HanReader
 from sim.charger import SimCharger
 from sim.ev import EV
@@ -184,7 +184,7 @@ class Scenario:
 
 # --- loading ---------------------------------------------------------------------------------------
 #
-# The scenario file is declared as msgspec Structs: the installation's keys reuse apm.config's
+# The scenario file is declared as msgspec Structs: the installation's keys reuse apm.core.config's
 # declarations (GridConfig's fields, ChargerConfig, BalancerSettings, HeadroomSettings, with their
 # bounds and cross-field checks); the simulated world's keys have their own Structs below.
 
@@ -436,7 +436,7 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
     Smart eco). Returns the report dict.
 
     The product decides: the scenario's meter (`sim.meter`, the vendor's frames on its schedule)
-    is decoded by `han.HanReader`, and `apm.controller.Controller` does the rest, as on the device."""
+    is decoded by `han.HanReader`, and `apm.core.controller.Controller` does the rest, as on the device."""
     t0 = time.perf_counter()
     world = World(sc, trace=trace, oracles=not fixed, history_s=_history_steps(sc))
     chargers = world.charger_list

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from apm import eligibility
-from apm.token import (
+from apm.core import eligibility
+from apm.core.token import (
     Revocation,
     TokenClaims,
     generate_keypair,

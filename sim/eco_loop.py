@@ -4,7 +4,7 @@
 arrival, the departure and the energy the car needs from the grid: an explicit ``energy_kwh`` in the
 ``[[ev]]`` table (read from the raw TOML; the loop itself does not take that key), otherwise
 ``(target_soc - soc) * battery_kwh / efficiency``. It plans all cars on the fuse together
-(apm.eco.planner.plan) and gives the balancer ``allowed_current(plan, id, now)`` for each charger with a
+(apm.core.eco.planner.plan) and gives the balancer ``allowed_current(plan, id, now)`` for each charger with a
 planned car (0 A outside its slots), in protect mode, so the balancer still keeps the fuse.
 
 When it plans: when a car arrives (once the first headroom is known), at 13:00 local time when the next
@@ -37,11 +37,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apm.eco.planner import CarRequest, Charger, PlanError, PlanOptions, plan
-from apm.eco.prices import PriceSeries, sample_week
-from apm.eco.schedule import allowed_current, change_times
-from apm.eco.tariff import ELVIA, EnergyCharge
-from apm.headroom import Headroom
+from apm.core.eco.planner import CarRequest, Charger, PlanError, PlanOptions, plan
+from apm.core.eco.prices import PriceSeries, sample_week
+from apm.core.eco.schedule import allowed_current, change_times
+from apm.core.eco.tariff import ELVIA, EnergyCharge
+from apm.core.headroom import Headroom
 from sim.charger import SimCharger
 from sim.closed_loop import Scenario, ScenarioError, read_toml, run, scenario_from_dict
 

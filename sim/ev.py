@@ -21,7 +21,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from apm.lines import Network, charging_power_w
+from apm.core.lines import Network, charging_power_w
 
 
 @dataclass(slots=True)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from apm.clock import Clock, RealClock
-from apm.goe import FRC_OFF, MIN_A, PREFIX
+from apm.io.chargers.goe import FRC_OFF, MIN_A, PREFIX
+from apm.io.clock import Clock, RealClock
 from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)

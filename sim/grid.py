@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from apm.lines import Network, Triple, rotation_index
+from apm.core.lines import Network, Triple, rotation_index
 from sim.charger import SimCharger
 from sim.household import HouseSample
 

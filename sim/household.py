@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from apm.lines import Network, Triple
+from apm.core.lines import Network, Triple
 
 VOLT = 230.0
 DAY = 86400.0

@@ -33,10 +33,10 @@ from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 
-from apm.clock import Clock, RealClock
-from apm.ocpp_policy import iso, parse_time
-from apm.ocpp_server import SUBPROTOCOL
-from apm.tasks import stop
+from apm.io.chargers.ocpp_policy import iso, parse_time
+from apm.io.chargers.ocpp_server import SUBPROTOCOL
+from apm.io.clock import Clock, RealClock
+from apm.io.tasks import stop
 from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from apm.balancer import BalancerSettings, priority_fill, water_fill
-from apm.lines import Triple, charging_power_w, usage
+from apm.core.balancer import BalancerSettings, priority_fill, water_fill
+from apm.core.lines import Triple, charging_power_w, usage
 from han.profiles import WIRE_FORMATS
 from sim.ev import EV
 
@@ -85,7 +85,7 @@ def rule_house(sc: Scenario, h: Triple) -> Triple:
     """The household's current per line as the issue's headroom rule takes it: the measured lines as
     they are; an unreported I2 (IT) as the issue's conservative bound, Kirchhoff refined by our own
     chargers: house L2 <= house L1 + house L3. (The device may do better, e.g. with the two-wattmeter
-    triangle of `apm.three_wire`; the oracle does not, since the issue's rule is this bound.)"""
+    triangle of `apm.core.three_wire`; the oracle does not, since the issue's rule is this bound.)"""
     if reports_i2(sc):
         return h
     return (h[0], max(h[0] + h[2], h[1]), h[2])

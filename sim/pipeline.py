@@ -3,14 +3,14 @@
     sim.world.World (household + SimChargers -> sim.grid -> FuseJudge, once per simulated second)
       -> sim.meter.Meter (the vendor's frames, measuring the world's line currents)
       -> VirtualSerialPort (a real pty, paced at the clock's speed)
-      -> pyserial port read by apm.device.Device (HanReader -> apm.controller.Controller, the one the
-         in-process loop drives) -> apm.balancer_service.BalancerService (the same Controller's setpoints)
+      -> pyserial port read by apm.services.device.Device (HanReader -> apm.core.controller.Controller, the one the
+         in-process loop drives) -> apm.services.balancer.BalancerService (the same Controller's setpoints)
       -> MQTT broker (embedded amqtt, or --broker) -> charger/<id>/setpoint
       -> sim.charger_node.ChargerNode -> the SimChargers of the World -> charger/<id>/state -> the device
 
     report = await run_pipeline(load_scenario("s.toml"), speed=20)
 
-Every part runs in one event loop and reads one `apm.clock.ScaledClock`; nothing talks to anything
+Every part runs in one event loop and reads one `apm.io.clock.ScaledClock`; nothing talks to anything
 else except through the pty and the broker. The scenario and the report are those of the in-process
 loop (sim/closed_loop.py): same keys, the same world (sim/world.py: physics, oracles, fuse judge); the report
 adds ``pipeline`` (speed, broker, message counts, how far the world fell behind the clock).
@@ -34,15 +34,22 @@ from typing import Any
 
 import msgspec
 
-from apm.balancer_service import BalancerService
-from apm.clock import Clock, ScaledClock
-from apm.config import BalancerSettings, BrokerConfig, ChargerConfig, DeviceConfig, GridConfig, OcppConfig
-from apm.device import Device, SubscriptionSource, granted_subscription, serial_chunks
-from apm.mqtt_link import link_settings
-from apm.outbox import MemoryOutbox, Outbox
-from apm.runtime import ChargerEdges, attach_chargers
-from apm.serial_link import VENDOR_SETTINGS, open_port
-from apm.topics import Topics
+from apm.core.config import (
+    BalancerSettings,
+    BrokerConfig,
+    ChargerConfig,
+    DeviceConfig,
+    GridConfig,
+    OcppConfig,
+)
+from apm.io.clock import Clock, ScaledClock
+from apm.io.mqtt.link import link_settings
+from apm.io.mqtt.topics import Topics
+from apm.io.serial.port import VENDOR_SETTINGS, open_port
+from apm.io.storage.outbox import MemoryOutbox, Outbox
+from apm.services.balancer import BalancerService
+from apm.services.device import Device, SubscriptionSource, granted_subscription, serial_chunks
+from apm.services.runtime import ChargerEdges, attach_chargers
 from sim.charger import SimCharger
 from sim.charger_node import ChargerNode
 from sim.closed_loop import Scenario, Trace
@@ -215,7 +222,7 @@ class Pipeline:
         self.config = device_config(sc, serial)
         if broker is not None:  # the device's login and TLS (`apm run --demo`)
             self.config = msgspec.structs.replace(self.config, broker=broker)
-        self.charger_logins = dict(charger_logins or {})  # charger id -> apm.broker_auth.Login
+        self.charger_logins = dict(charger_logins or {})  # charger id -> apm.io.mqtt.auth.Login
         self.topics = Topics(serial)
         self.world = PacedWorld(sc, trace=trace, house_offset_s=house_offset_s, oracles=oracles,
                            duration_s=self.duration_s if self.duration_s is not None else math.inf)
@@ -250,7 +257,7 @@ class Pipeline:
         sc = self.sc
         url = self.broker_url
         if url is None:
-            from apm.broker import EmbeddedBroker
+            from apm.io.mqtt.broker import EmbeddedBroker
 
             url = (await stack.enter_async_context(EmbeddedBroker(port=0))).url
         else:
@@ -310,7 +317,7 @@ class Pipeline:
         return point
 
     def _stale_after(self) -> float:
-        from apm.balancer_service import balancer_settings
+        from apm.services.balancer import balancer_settings
 
         return balancer_settings(self.config).stale_after_s
 
@@ -382,7 +389,7 @@ class Pipeline:
 
 async def _check_reachable(url: str) -> None:
     """Fail at once, and say why, when nothing listens at the broker's address (a simulation cannot wait)."""
-    from apm.mqtt_link import BrokerAddress, LinkError
+    from apm.io.mqtt.link import BrokerAddress, LinkError
 
     try:
         a = BrokerAddress.parse(url)

@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from apm.serial_link import SerialSettings
+from apm.io.serial.port import SerialSettings
 
 CLOSE_WAIT_S = 2.0  # longest close() waits for the receiver to read what is buffered
 NO_READER_S = 0.5  # ... or until it has read nothing for this long

@@ -1,10 +1,10 @@
 """The subscription lifecycle on the closed-loop simulation: the balancer follows the device's subscription.
 
 `SubscriptionPolicy` is a `sim.closed_loop.LoopPolicy`: each step it evaluates the device's
-subscription (``apm.subscription.evaluate``) at the calendar instant of the loop's ``now``
+subscription (``apm.core.subscription.evaluate``) at the calendar instant of the loop's ``now``
 (``origin + now``; ``origin`` places a short loop window anywhere in a months-long lifecycle), with
 the tokens and revocations the device had received by then (`DeviceInbox`), and gates the balancer
-(``apm.subscription.gate``): a valid subscription and fresh HAN data -> "protect" (meter data, fuse
+(``apm.core.subscription.gate``): a valid subscription and fresh HAN data -> "protect" (meter data, fuse
 protection); anything else -> "fixed" (the chargers share the fixed current, the house ignored). It
 records each change of state or mode and the time spent in each.
 
@@ -30,11 +30,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apm.balancer import BalancerSettings
-from apm.config import DeviceConfig, GridConfig
-from apm.headroom import Headroom
-from apm.subscription import SubscriptionState, SubscriptionTracker, evaluate, gate
-from apm.token import iso_z
+from apm.core.balancer import BalancerSettings
+from apm.core.config import DeviceConfig, GridConfig
+from apm.core.headroom import Headroom
+from apm.core.subscription import SubscriptionState, SubscriptionTracker, evaluate, gate
+from apm.core.token import iso_z
 from sim.charger import SimCharger
 from sim.closed_loop import Scenario, ScenarioError, Trace, load_scenario, run
 from sim.cloud import Installation, Issuer, add_months

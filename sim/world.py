@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from apm.lines import Triple
+from apm.core.lines import Triple
 from sim.charger import SimCharger
 from sim.fuse import FuseJudge
 from sim.grid import Grid, GridState

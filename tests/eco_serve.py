@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from apm.eco.planner import Plan, water_fill
-from apm.eco.schedule import allowed_current, change_times
+from apm.core.eco.planner import Plan, water_fill
+from apm.core.eco.schedule import allowed_current, change_times
 
 
 def serve(plans: Iterable[Plan], budget_a: float) -> dict[str, float]:

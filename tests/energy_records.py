@@ -1,4 +1,4 @@
-"""An hourly energy record (apm.messages.EnergyRecord) as the outbox keeps it, for link and broker tests."""
+"""An hourly energy record (apm.io.mqtt.messages.EnergyRecord) as the outbox keeps it, for link and broker tests."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from apm.goe import GoeAdapter, GoeCharger
+from apm.io.chargers.goe import GoeAdapter, GoeCharger
 
 
 async def main(url: str, serial: str, safe_a: float, limit_a: float) -> None:

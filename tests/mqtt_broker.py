@@ -96,7 +96,7 @@ class Mosquitto:
         lines = [
             f"listener {self.port} {self.host}",
             f"allow_anonymous {'false' if self.users else 'true'}",
-            "set_tcp_nodelay true",  # without it Nagle adds up to 40 ms per hop (see apm/mqtt_link.py)
+            "set_tcp_nodelay true",  # without it Nagle adds up to 40 ms per hop (see apm/io/mqtt/link.py)
             # As root, mosquitto would switch to user "mosquitto", who cannot write the test's directory.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             "log_dest stderr",

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, MqttLink
-from apm.outbox import FileOutbox
-from apm.topics import Topics
+from apm.core.config import BrokerConfig
+from apm.io.mqtt.link import Backoff, MqttLink
+from apm.io.mqtt.topics import Topics
+from apm.io.storage.outbox import FileOutbox
 from tests.energy_records import record
 
 

@@ -12,8 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from apm.ocpp_policy import OcppCharger, ProfilePolicy
-from apm.ocpp_server import OcppCentral
+from apm.io.chargers.ocpp_policy import OcppCharger, ProfilePolicy
+from apm.io.chargers.ocpp_server import OcppCentral
 
 
 async def main(port_file: str, validity_s: float, limit_a: float, specs: list[str]) -> None:

@@ -6,7 +6,7 @@ import threading
 import time
 from datetime import datetime
 
-from apm.serial_link import VENDOR_SETTINGS, SerialSettings
+from apm.io.serial.port import VENDOR_SETTINGS, SerialSettings
 from sim.frames import MeterSpec
 from sim.meter import Meter, Push
 from sim.serial_line import VirtualSerialPort

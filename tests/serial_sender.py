@@ -6,7 +6,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from apm.serial_link import SerialSettings
+from apm.io.serial.port import SerialSettings
 from sim.serial_line import DEFAULT_SETTINGS, VirtualSerialPort
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from apm import paths
-from apm.broker_auth import Login, Role, UserTable
+from apm.io.mqtt.auth import Login, Role, UserTable
+from apm.io.storage import paths
 from tests.mqtt_broker import Observer, accepts, free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -306,7 +306,7 @@ def test_a_missing_port_is_waited_for_while_the_balancer_runs(tmp_path: Path) ->
 def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path: Path) -> None:
     from datetime import datetime
 
-    from apm.serial_link import SerialSettings
+    from apm.io.serial.port import SerialSettings
     from sim.frames import MeterSpec
     from sim.meter import Meter
     from sim.serial_line import VirtualSerialPort

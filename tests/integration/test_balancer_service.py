@@ -12,11 +12,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from apm.balancer_service import BalancerService
-from apm.clock import ScaledClock
-from apm.config import ChargerConfig, DeviceConfig, GridConfig
-from apm.eco.planner import Charger, ChargerPlan, Plan, SlotPlan
-from apm.topics import Topics, iso_ts, ts_seconds
+from apm.core.config import ChargerConfig, DeviceConfig, GridConfig
+from apm.core.eco.planner import Charger, ChargerPlan, Plan, SlotPlan
+from apm.io.clock import ScaledClock
+from apm.io.mqtt.topics import Topics, iso_ts, ts_seconds
+from apm.services.balancer import BalancerService
 from tests.mqtt_broker import Mosquitto
 
 pytestmark = pytest.mark.timeout(150)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from apm.flash import Flash
+from apm.io.storage.flash import Flash
 from sim.frames import MeterSpec
 from sim.meter import Meter
 from tests.mqtt_broker import Mosquitto, Observer

@@ -14,11 +14,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from apm.broker import EmbeddedBroker, EmbeddedBrokerError
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, MqttLink
-from apm.outbox import MemoryOutbox
-from apm.topics import Topics
+from apm.core.config import BrokerConfig
+from apm.io.mqtt.broker import EmbeddedBroker, EmbeddedBrokerError
+from apm.io.mqtt.link import Backoff, MqttLink
+from apm.io.mqtt.topics import Topics
+from apm.io.storage.outbox import MemoryOutbox
 from tests.energy_records import record
 from tests.mqtt_broker import Observer
 

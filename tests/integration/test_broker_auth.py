@@ -20,8 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apm.broker import EmbeddedBroker
-from apm.broker_auth import (
+from apm.cli.main import main
+from apm.core.config import BrokerConfig
+from apm.io.mqtt.auth import (
     DEVICE_USER,
     AuthError,
     Login,
@@ -32,10 +33,9 @@ from apm.broker_auth import (
     covers,
     matches,
 )
-from apm.cli import main
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, MqttLink
-from apm.topics import Topics
+from apm.io.mqtt.broker import EmbeddedBroker
+from apm.io.mqtt.link import Backoff, MqttLink
+from apm.io.mqtt.topics import Topics
 from tests.mqtt_broker import accepts, free_port
 
 pytestmark = pytest.mark.timeout(60)

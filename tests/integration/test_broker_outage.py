@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from apm.mqtt_link import Backoff
-from apm.outbox import FileOutbox
-from apm.topics import Topics, ts_seconds
+from apm.io.mqtt.link import Backoff
+from apm.io.mqtt.topics import Topics, ts_seconds
+from apm.io.storage.outbox import FileOutbox
 from sim.closed_loop import scenario_from_dict
 from sim.pipeline import SERIAL, Pipeline
 from tests.mqtt_broker import Mosquitto, Observer

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, LinkError, MqttLink
-from apm.topics import Topics
+from apm.core.config import BrokerConfig
+from apm.io.mqtt.link import Backoff, LinkError, MqttLink
+from apm.io.mqtt.topics import Topics
 from tests.mqtt_broker import Mosquitto
 
 pytestmark = pytest.mark.timeout(90)
@@ -151,8 +151,7 @@ def test_apm_run_refuses_a_missing_ca_file_as_bad_input(tmp_path: Path) -> None:
 
 
 def test_the_configuration_takes_a_ca_file() -> None:
-    from apm import config as cfg
-
+    from apm.core import config as cfg
     c = cfg.loads('[broker]\nurl = "mqtts://nas.local:8883"\nca_file = "/etc/apm/ca.pem"\n')
     assert c.broker.ca_file == "/etc/apm/ca.pem"
     assert cfg.loads(cfg.dumps(c)) == c

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from apm import commands, paths
-from apm.cli import COMMANDS, build_parser, main
-from apm.cli_support import now_arg, parse_time
+from apm.cli import commands
+from apm.cli.main import COMMANDS, build_parser, main
+from apm.cli.support import now_arg, parse_time
+from apm.io.storage import paths
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("asyncio", "amqtt", "aiomqtt", "rich", "cryptography", "sim", "serial", "msgspec")
@@ -32,7 +33,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _imported_after(argv: list[str], tmp_path: Path) -> tuple[int, set[str]]:
     """Run ``apm ARGV`` in a fresh interpreter; its exit status and the top-level modules it imported."""
-    code = ("import sys, json\nfrom apm.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
+    code = ("import sys, json\nfrom apm.cli.main import main\ntry:\n    rc = main(sys.argv[1:])\n"
             "except SystemExit as e:\n    rc = e.code\n"
             "sys.stderr.write('\\nMODULES ' + json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
             "sys.exit(rc)")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from apm import config as cfg
-from apm import token as tok
-from apm.flash import Flash, status_path
+from apm.core import config as cfg
+from apm.core import token as tok
+from apm.io.storage.flash import Flash, status_path
 from sim.cloud import Installation, Issuer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -460,8 +460,8 @@ def test_info_bad_clock(box):
 def test_a_full_outbox_leaves_room_for_a_configuration_and_a_revocation(cloud):
     """70 days of hourly records with the broker away: the oldest are dropped and counted, and
     `apm flash write` and `apm token install REVOCATION` still work."""
-    from apm import flash as fl
-    from apm.outbox import FlashOutbox
+    from apm.io.storage import flash as fl
+    from apm.io.storage.outbox import FlashOutbox
 
     apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
     image = Flash(cloud / "flash.img")
@@ -531,8 +531,7 @@ def test_token_install_refuses_a_revocation_for_another_apm(cloud):
 def test_a_stored_configuration_this_version_refuses(cloud):
     """An image from another version holds `[balancer] ramp_up_s`: run and read say so; info shows it;
     flash write replaces it and keeps the token."""
-    from apm import flash as fl
-
+    from apm.io.storage import flash as fl
     apm("token", "install", issue(cloud), "--issuer-key", "cloud.json.pub.pem", "--image", "flash.img", cwd=cloud)
     image = cloud / "flash.img"
     doc = json.loads(fl._encode(Flash(image).read()))

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from apm.config import ChargerConfig
-from apm.lines import terminal_currents, to_lines
-from apm.wiring import MEASURED_PAIR_ROTATION
+from apm.core.config import ChargerConfig
+from apm.core.lines import terminal_currents, to_lines
+from apm.core.wiring import MEASURED_PAIR_ROTATION
 from sim.charger import SimCharger
 from sim.closed_loop import (
     ScenarioError,
@@ -193,7 +193,7 @@ WINTER_FLOORS = {
     "winter-tn-25a": (0.98, 0.98, 0.89, 1100),
     # Aidon: no I2. The device's bound on it (Kirchhoff, and the two-wattmeter triangle where that is
     # tighter) beats the issue's Kirchhoff bound at times, but neither is tight with a balanced 3-phase
-    # charger of ours running (apm/three_wire.py): about a quarter of what a measured I2 would give
+    # charger of ours running (apm/core/three_wire.py): about a quarter of what a measured I2 would give
     # is lost
     "winter-it-40a": (0.99, 0.75, 0.72, 3000),
     # the same day with a meter that reports I2 (Kaifa): what the measurement is worth
@@ -226,7 +226,7 @@ def test_winter_day_has_no_trips(name: str) -> None:
         i2 = report["i2"]
         assert i2["lists"] > 8000 and i2["method"]["two-wattmeter"] > 0
         # the two-wattmeter estimate is an upper bound; the refined Kirchhoff bound subtracts our
-        # chargers in phase, which can understate by a fraction of an ampere (apm/headroom.py)
+        # chargers in phase, which can understate by a fraction of an ampere (apm/core/headroom.py)
         assert i2["max_shortfall_by_method_a"]["two-wattmeter"] <= 1e-6
         assert i2["max_shortfall_a"] < 1.0
     else:
@@ -338,7 +338,7 @@ def test_single_phase_supply(tmp_path: Path) -> None:
 
 
 def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> None:
-    """apm.wiring's advice, on the Aidon IT day: the 1-phase car's charger rotated L1 L3 L2 loads only
+    """apm.core.wiring's advice, on the Aidon IT day: the 1-phase car's charger rotated L1 L3 L2 loads only
     measured lines, and both cars gain (the 3-phase one too: L2 is no longer shared)."""
     sc = load_scenario(SCENARIOS / "winter-it-40a.toml")
     a, b = sc.chargers

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from apm import discovery as ha
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, MqttLink
-from apm.topics import HeadroomPayload, SetpointPayload, Topics
+from apm.core.config import BrokerConfig
+from apm.io.mqtt import discovery as ha
+from apm.io.mqtt.link import Backoff, MqttLink
+from apm.io.mqtt.topics import HeadroomPayload, SetpointPayload, Topics
 from han.reading import Reading
 from tests.mqtt_broker import Mosquitto, Observer
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from apm.topics import Topics, ts_seconds
+from apm.io.mqtt.topics import Topics, ts_seconds
 from sim.closed_loop import Trace, scenario_from_dict
 from sim.closed_loop import run as run_in_process
 from sim.fuse import CURVES, time_to_trip

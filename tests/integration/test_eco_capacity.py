@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.eco.capacity import (
+from apm.core.eco.capacity import (
     DEFAULT_LADDER,
     CapacityGoal,
     GuardedCharger,
@@ -23,8 +23,8 @@ from apm.eco.capacity import (
     merge_caps,
     status,
 )
-from apm.eco.prices import OSLO
-from apm.eco.tariff import TariffError
+from apm.core.eco.prices import OSLO
+from apm.core.eco.tariff import TariffError
 
 JAN = datetime(2026, 1, 1, tzinfo=OSLO)
 GOAL5 = CapacityGoal(5.0)
@@ -212,9 +212,9 @@ def test_currents_stay_within_the_cap(cap_kw, spec) -> None:
 
 
 def test_the_planner_takes_the_guards_step() -> None:
-    from apm.config import CapacitySettings
-    from apm.eco.capacity import goal_from_settings
-    from apm.eco.planner import CapacityLimit
+    from apm.core.config import CapacitySettings
+    from apm.core.eco.capacity import goal_from_settings
+    from apm.core.eco.planner import CapacityLimit
 
     assert goal_from_settings(CapacitySettings()) is None
     goal = goal_from_settings(CapacitySettings(enabled=True, step_kw=5.0))

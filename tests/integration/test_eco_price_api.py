@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from apm.eco.price_api import PriceApiError, PriceClient, PriceFeed
-from apm.eco.prices import OSLO
+from apm.core.eco.prices import OSLO
+from apm.io.http.prices import PriceApiError, PriceClient, PriceFeed
 
 FIXTURES = Path(__file__).resolve().parents[1] / "eco_fixtures"
 run = asyncio.run

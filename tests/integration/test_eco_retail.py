@@ -7,10 +7,10 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-from apm.eco.fallback import FallbackSource
-from apm.eco.price_api import PriceApiError
-from apm.eco.prices import OSLO, PriceSeries, PriceSlot, sample_week
-from apm.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, paid, subsidy_by_hour
+from apm.core.eco.prices import OSLO, PriceSeries, PriceSlot, sample_week
+from apm.core.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, paid, subsidy_by_hour
+from apm.io.http.fallback import FallbackSource
+from apm.io.http.prices import PriceApiError
 
 T0 = datetime(2026, 1, 12, 17, tzinfo=OSLO)
 
@@ -79,7 +79,7 @@ def test_fallback_not_published_and_both_failing() -> None:
 
 
 def test_savings_under_norgespris_are_grid_and_capacity_only() -> None:
-    from apm.eco.savings import commuter_week, verdict
+    from apm.core.eco.savings import commuter_week, verdict
 
     out = commuter_week(model=NORGESPRIS)
     at_once, capped = out[0], out[-1]

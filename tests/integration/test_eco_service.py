@@ -14,12 +14,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from apm.eco.planner import Charger, Plan
-from apm.eco.prices import sample_week
-from apm.eco.schedule import EcoSchedule
-from apm.eco_service import EcoPlanner, EcoService, RequestError, fetch_plan, request_topic
-from apm.mqtt_link import MqttLink
-from apm.topics import Topics
+from apm.core.eco.planner import Charger, Plan
+from apm.core.eco.prices import sample_week
+from apm.core.eco.schedule import EcoSchedule
+from apm.io.mqtt.link import MqttLink
+from apm.io.mqtt.topics import Topics
+from apm.services.eco import EcoPlanner, EcoService, RequestError, fetch_plan, request_topic
 from tests.mqtt_broker import Mosquitto
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,7 +108,7 @@ def test_service_publishes_a_retained_plan_the_balancer_and_cli_read(mosquitto: 
                                          "no plan for both chargers")
                 assert plan is not None and len(plan["chargers"]) == 2
                 assert any("nope" in e for e in service.errors)
-                # what the balancer service does with it (apm.balancer_service._on_plan)
+                # what the balancer service does with it (apm.services.balancer._on_plan)
                 schedule = EcoSchedule(Plan.from_dict(plan))
                 for cid in plan.get("charge_now", ()):
                     schedule.charge_now(str(cid))

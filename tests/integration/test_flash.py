@@ -16,10 +16,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from apm import config as cfg
-from apm import flash as fl
-from apm.flash import CorruptImage, Flash, FlashBaseline, FlashContents, FlashFull
-from apm.meter_state import Baseline
+from apm.core import config as cfg
+from apm.core.meter_state import Baseline
+from apm.io.storage import flash as fl
+from apm.io.storage.flash import CorruptImage, Flash, FlashBaseline, FlashContents, FlashFull
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_A = cfg.DeviceConfig(serial="APMA", installation_id="inst-a", port="/dev/ttyAPM",
@@ -223,7 +223,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     Flash(image).write_config(CONFIG_A)
     script = textwrap.dedent(f"""
         import sys
-        from apm.flash import Flash
+        from apm.io.storage.flash import Flash
         f = Flash({str(image)!r})
         for i in range(40):
             f.outbox_append({{"writer": sys.argv[1], "i": i}})
@@ -245,8 +245,8 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 # changes where the kills land, and the test counts the ones that landed inside a write.
 WRITER_SERVER = textwrap.dedent("""
     import os, signal, sys, time
-    import apm.config, apm.flash
-    from apm.cli import build_parser, main
+    import apm.core.config, apm.io.storage.flash
+    from apm.cli.main import build_parser, main
     build_parser()  # import every command module once, before forking
     image, configs = sys.argv[1], sys.argv[2:4]
     for line in sys.stdin:

@@ -12,14 +12,21 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from apm import config as cfg
-from apm import flash as fl
-from apm import token as tok
-from apm.device import Device
-from apm.flash import Flash, FlashBaseline, FlashContents, IssuerKeyPinned, OutboxRecord, PartTooLarge
-from apm.meter_state import Baseline, HourlyEnergy
-from apm.outbox import FlashOutbox
-from apm.topics import Topics
+from apm.core import config as cfg
+from apm.core import token as tok
+from apm.core.meter_state import Baseline, HourlyEnergy
+from apm.io.mqtt.topics import Topics
+from apm.io.storage import flash as fl
+from apm.io.storage.flash import (
+    Flash,
+    FlashBaseline,
+    FlashContents,
+    IssuerKeyPinned,
+    OutboxRecord,
+    PartTooLarge,
+)
+from apm.io.storage.outbox import FlashOutbox
+from apm.services.device import Device
 from sim.frames import MeterSpec
 from sim.meter import Meter
 

@@ -1,4 +1,4 @@
-"""go-e over MQTT: the device's adapter (apm/goe.py) against a simulated go-e (sim/goe_charger.py) on
+"""go-e over MQTT: the device's adapter (apm/io/chargers/goe.py) against a simulated go-e (sim/goe_charger.py) on
 a real mosquitto, and the adapter's failsafe rules on their own."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-from apm.charger_state import ChargerState
-from apm.config import ChargerConfig
-from apm.goe import GoeAdapter, GoeCharger, GoeControl
-from apm.tasks import stop
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig
+from apm.io.chargers.goe import GoeAdapter, GoeCharger, GoeControl
+from apm.io.tasks import stop
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.goe_charger import SimGoeCharger

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from apm.serial_link import SerialSettings, SettingsCache
+from apm.io.serial.port import SerialSettings, SettingsCache
 from han import HanReader
 from tests.serial_sender import Sender
 from tests.vectors import SCHEMA, frame, mismatches, records

@@ -23,10 +23,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apm.config import BrokerConfig
-from apm.mqtt_link import Backoff, BrokerAddress, LinkError, MqttLink
-from apm.outbox import FileOutbox, MemoryOutbox
-from apm.topics import ChargerStatePayload, HeadroomPayload, Topics
+from apm.core.config import BrokerConfig
+from apm.io.mqtt.link import Backoff, BrokerAddress, LinkError, MqttLink
+from apm.io.mqtt.topics import ChargerStatePayload, HeadroomPayload, Topics
+from apm.io.storage.outbox import FileOutbox, MemoryOutbox
 from tests.energy_records import record
 from tests.mqtt_broker import Mosquitto, Observer, free_port
 

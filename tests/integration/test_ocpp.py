@@ -1,4 +1,4 @@
-"""OCPP 1.6J: the device's central system (apm/ocpp_server.py) against simulated charge points
+"""OCPP 1.6J: the device's central system (apm/io/chargers/ocpp_server.py) against simulated charge points
 (sim/ocpp_charger.py), both on the real `ocpp` library, over a real websocket on 127.0.0.1.
 
 Time in the profiles is a `ManualClock` both sides share, so expiry is decided by the test, not by
@@ -33,10 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
-from apm.charger_state import ChargerState
-from apm.clock import Clock
-from apm.config import ChargerConfig
-from apm.ocpp_policy import (
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig
+from apm.io.chargers.ocpp_policy import (
     BASE_PROFILE_ID,
     LIMIT_PROFILE_ID,
     Capabilities,
@@ -50,8 +49,9 @@ from apm.ocpp_policy import (
     round_down,
     status_mode,
 )
-from apm.ocpp_server import SUBPROTOCOL, OcppCentral, basic_auth_ok, charger_id_of
-from apm.tasks import stop
+from apm.io.chargers.ocpp_server import SUBPROTOCOL, OcppCentral, basic_auth_ok, charger_id_of
+from apm.io.clock import Clock
+from apm.io.tasks import stop
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.ocpp_charger import Profile, ProfileStore, SimOcppChargePoint

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from apm.flash import OutboxRecord
-from apm.outbox import FileOutbox, FlashOutbox, MemoryOutbox, Outbox, OutboxLocked
+from apm.io.storage.flash import OutboxRecord
+from apm.io.storage.outbox import FileOutbox, FlashOutbox, MemoryOutbox, Outbox, OutboxLocked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,7 @@ def test_survives_a_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "o.jsonl"
     script = textwrap.dedent(f"""
         import os, signal
-        from apm.outbox import FileOutbox
+        from apm.io.storage.outbox import FileOutbox
         box = FileOutbox({str(path)!r})
         ids = [box.add({{"id": "h%d" % i, "import_wh": i}}) for i in range(6)]
         box.ack(ids[0]); box.ack(ids[3])
@@ -125,7 +125,7 @@ def test_survives_a_killed_process(tmp_path: Path) -> None:
 
 
 def test_every_backend_is_an_outbox(tmp_path: Path) -> None:
-    from apm.flash import Flash
+    from apm.io.storage.flash import Flash
 
     flash = FlashOutbox(Flash(tmp_path / "flash.img"))
     with FileOutbox(tmp_path / "o.jsonl") as file_box:
@@ -147,7 +147,7 @@ def test_a_failed_write_does_not_swallow_the_next_record(tmp_path: Path) -> None
     path = tmp_path / "o.jsonl"
     script = textwrap.dedent(f"""
         import os, resource, signal
-        from apm.outbox import FileOutbox
+        from apm.io.storage.outbox import FileOutbox
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         box = FileOutbox({str(path)!r})
         box.add({{"id": "h0"}})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from apm.clock import ScaledClock
+from apm.io.clock import ScaledClock
 from sim.closed_loop import scenario_from_dict
 from sim.meter import scenario_meter
 from sim.pipeline import MeterFeed, PacedWorld

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from apm.recording import (
+from apm.io.storage.recording import (
     MAGIC,
     RecordingError,
     RecordingWriter,
@@ -94,7 +94,7 @@ def test_writer_killed_mid_write_leaves_every_complete_record(tmp_path):
     path = tmp_path / "big.apmrec"
     script = textwrap.dedent(f"""
         import time
-        from apm.recording import RecordingWriter
+        from apm.io.storage.recording import RecordingWriter
         with RecordingWriter({str(path)!r}, fsync_every=0) as w:
             print("ready", flush=True)
             k = 0

@@ -16,9 +16,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from apm.recording import RecordingWriter, encode_record, read_recording
-from apm.replay import json_line, open_capture
-from apm.serial_link import VENDOR_SETTINGS, HanLink, open_port
+from apm.io.replay import json_line, open_capture
+from apm.io.serial.port import VENDOR_SETTINGS, HanLink, open_port
+from apm.io.storage.recording import RecordingWriter, encode_record, read_recording
 from han import FrameReader, HanReader
 from sim.frames import MeterSpec
 from sim.meter import Meter

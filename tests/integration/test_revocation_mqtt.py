@@ -21,13 +21,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from apm import token as tok
-from apm.balancer_service import BalancerService
-from apm.cli import main
-from apm.config import ChargerConfig, DeviceConfig, GridConfig
-from apm.device import Device, MemorySubscription, flash_subscription
-from apm.flash import Flash
-from apm.topics import Topics, iso_ts
+from apm.cli.main import main
+from apm.core import token as tok
+from apm.core.config import ChargerConfig, DeviceConfig, GridConfig
+from apm.io.mqtt.topics import Topics, iso_ts
+from apm.io.storage.flash import Flash
+from apm.services.balancer import BalancerService
+from apm.services.device import Device, MemorySubscription, flash_subscription
 from sim.cloud import Installation, Issuer
 from tests.mqtt_broker import Mosquitto, Observer
 
@@ -141,7 +141,7 @@ def test_a_forged_revocation_changes_nothing(
         mosquitto: Mosquitto, issuer: Issuer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     token = issuer.issue(CONFIG.serial, datetime.now(UTC))
     store = MemorySubscription(CONFIG, token=token, public_key=issuer.public_key_pem)
-    caplog.set_level(logging.INFO, logger="apm.device")
+    caplog.set_level(logging.INFO, logger="apm.services.device")
 
     async def main_() -> None:
         async with Observer(mosquitto.url, T.subscription) as obs, \

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from apm.serial_link import SerialSettings, configure, open_port
+from apm.io.serial.port import SerialSettings, configure, open_port
 from han import HanReader
 from sim.serial_line import CLOSE_WAIT_S, Receiver, VirtualSerialPort, uart_receive
 from tests.vectors import frame, records

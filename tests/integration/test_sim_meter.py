@@ -1,5 +1,5 @@
 """The meter emulator: schedules, clock and counters, and its frames through a real pty to the reader of
-`apm monitor` (pyserial, apm.serial_link), for every vendor and meter kind."""
+`apm monitor` (pyserial, apm.io.serial.port), for every vendor and meter kind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 import serial
 
-from apm.serial_link import VENDOR_SETTINGS, HanLink, SerialSettings, open_port
+from apm.io.serial.port import VENDOR_SETTINGS, HanLink, SerialSettings, open_port
 from han import HanReader
 from sim.frames import MeterSpec
 from sim.meter import Meter

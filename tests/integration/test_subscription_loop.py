@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from apm.subscription import State
+from apm.core.subscription import State
 from sim.closed_loop import load_scenario
 from sim.cloud import Issuer
 from sim.subscription_loop import (

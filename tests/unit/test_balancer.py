@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.balancer import Balancer, BalancerSettings, water_fill
-from apm.charger_state import ChargerState
-from apm.config import ChargerConfig
-from apm.headroom import Headroom
-from apm.lines import terminal_currents, usage
+from apm.core.balancer import Balancer, BalancerSettings, water_fill
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig
+from apm.core.headroom import Headroom
+from apm.core.lines import terminal_currents, usage
 
 ROT = ("L1", "L2", "L3")
 ROT2 = ("L2", "L3", "L1")
@@ -102,7 +102,7 @@ def test_restart_delay_counts_from_the_pause() -> None:
 
 
 def rise(r: Headroom, amps: float) -> Headroom:
-    """``r`` with list 1's unplaced power rise of ``amps`` taken off every line (as apm.headroom does)."""
+    """``r`` with list 1's unplaced power rise of ``amps`` taken off every line (as apm.core.headroom does)."""
     avail = tuple(None if a is None else a - amps for a in r.available_a)
     return dataclasses.replace(r, available_a=avail, rise_a=amps)  # type: ignore[arg-type]
 

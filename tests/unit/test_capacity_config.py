@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from apm import config
-from apm.eco.capacity import DEFAULT_LADDER, ladder_pairs
+from apm.core import config
+from apm.core.eco.capacity import DEFAULT_LADDER, ladder_pairs
 
 
 def test_default_is_off_with_the_common_ladder() -> None:

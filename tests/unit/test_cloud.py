@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apm import token as tok
-from apm.eligibility import Ineligible
+from apm.core import token as tok
+from apm.core.eligibility import Ineligible
 from sim.cloud import CloudError, IneligibleError, Installation, Issuer, add_months
 
 T0 = datetime(2030, 1, 31, 8, 0, tzinfo=UTC)

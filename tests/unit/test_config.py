@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm import config as cfg
-from apm.config import (
+from apm.core import config as cfg
+from apm.core.config import (
     BalancerSettings,
     BrokerConfig,
     ChargerConfig,
@@ -242,7 +242,7 @@ def test_a_bound_is_accepted_and_just_beyond_it_refused(key, bound, outside):
 def test_the_sample_configuration_loads_and_has_every_key():
     text = SAMPLE.read_text(encoding="utf-8")
     assert cfg.loads(text).chargers  # it loads, with its example charger
-    assert text == cfg.sample_toml(), "examples/config.toml is stale: write it from apm.config.sample_toml()"
+    assert text == cfg.sample_toml(), "examples/config.toml is stale: write it from apm.core.config.sample_toml()"
     sections = re.split(r"^\[+([\w.]+)\]+$", text, flags=re.M)
     by_table = {"": sections[0], **dict(zip(sections[1::2], sections[2::2], strict=True))}
     for k in cfg.schema_keys():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from apm.balancer import BalancerSettings
-from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
-from apm.controller import Controller
-from apm.eco.planner import Charger, ChargerPlan, Plan, SlotPlan
-from apm.eco.schedule import EcoSchedule
-from apm.subscription import State, SubscriptionState
+from apm.core.balancer import BalancerSettings
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig, GridConfig
+from apm.core.controller import Controller
+from apm.core.eco.planner import Charger, ChargerPlan, Plan, SlotPlan
+from apm.core.eco.schedule import EcoSchedule
+from apm.core.subscription import State, SubscriptionState
 from han.reading import Reading
 
 GRID = GridConfig(network="TN", fuse_a=25.0, safety_margin_a=2.0)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.eco.planner import (
+from apm.core.eco.planner import (
     CapacityLimit,
     CarRequest,
     Charger,
@@ -23,8 +23,8 @@ from apm.eco.planner import (
     plan,
     plan_at_once,
 )
-from apm.eco.prices import OSLO, PriceSeries, PriceSlot, sample_week
-from apm.eco.tariff import ELVIA
+from apm.core.eco.prices import OSLO, PriceSeries, PriceSlot, sample_week
+from apm.core.eco.tariff import ELVIA
 from tests.eco_serve import serve
 
 T0 = datetime(2026, 1, 12, 18, 0, tzinfo=OSLO)  # a Monday evening

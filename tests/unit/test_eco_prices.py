@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apm.eco.prices import (
+from apm.core.eco.prices import (
     OSLO,
     PriceError,
     PriceSeries,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apm.eco.savings import commuter_week, report
+from apm.core.eco.savings import commuter_week, report
 
 
 def test_commuter_week_figures() -> None:

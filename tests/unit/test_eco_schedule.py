@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.eco.planner import CarRequest, Charger, plan
-from apm.eco.prices import OSLO, PriceSeries, PriceSlot
-from apm.eco.schedule import EcoSchedule, allowed_current, change_times
+from apm.core.eco.planner import CarRequest, Charger, plan
+from apm.core.eco.prices import OSLO, PriceSeries, PriceSlot
+from apm.core.eco.schedule import EcoSchedule, allowed_current, change_times
 from tests.eco_serve import serve
 
 T0 = datetime(2026, 1, 12, 18, 0, tzinfo=OSLO)

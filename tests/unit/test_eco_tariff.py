@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apm.eco.prices import OSLO
-from apm.eco.tariff import (
+from apm.core.eco.prices import OSLO
+from apm.core.eco.tariff import (
     ELVIA,
     ELVIA_CAPACITY,
     CapacityCharge,

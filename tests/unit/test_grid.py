@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.config import ChargerConfig
-from apm.lines import charging_power_w, terminal_currents, to_lines
+from apm.core.config import ChargerConfig
+from apm.core.lines import charging_power_w, terminal_currents, to_lines
 from sim.charger import SimCharger
 from sim.frames import MeterSpec
 from sim.grid import Grid

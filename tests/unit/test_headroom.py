@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
-from apm.headroom import HeadroomEstimator
-from apm.lines import charging_power_w, terminal_currents, to_lines, usage
-from apm.meter_state import MeterState
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig, GridConfig
+from apm.core.headroom import HeadroomEstimator
+from apm.core.lines import charging_power_w, terminal_currents, to_lines, usage
+from apm.core.meter_state import MeterState
 from han.reading import Reading
 from sim.household import slot_lines
 
@@ -281,7 +281,7 @@ def test_it_l2_estimate_covers_the_true_line_current_in_the_phasor_world(slots, 
     with the Kirchhoff bound on the whole line (refine_i2=False, which holds for any phase angles)
     and the two-wattmeter estimate, the L2 line current the headroom rests on is never below the
     true one. (The default refine_i2 subtracts our chargers' current in phase, which can understate a
-    line by a fraction of an ampere when loads are not in phase: see apm/headroom.py.)"""
+    line by a fraction of an ampere when loads are not in phase: see apm/core/headroom.py.)"""
     var = tuple(p * math.tan(math.acos(pf)) * (-1.0 if lead else 1.0)
                 for p, pf, lead in zip(slots, pfs[:4], pfs[4:], strict=True))
     configs = [(ChargerConfig(f"c{i}", 32.0, 3, tuple(rot)), ph, amps)

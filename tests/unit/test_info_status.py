@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from apm.cli import main
-from apm.commands.info import STATUS_STALE_S, han_state
-from apm.flash import status_path
+from apm.cli.commands.info import STATUS_STALE_S, han_state
+from apm.cli.main import main
+from apm.io.storage.flash import status_path
 
 NOW = 1_900_000_000.0  # 2030-03-17T17:46:40Z
 FRESH = {"meter": "aidon", "han_state": "fresh", "last_frame_at": "2030-03-17T17:46:38.000Z", "pid": 4242}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from apm.meter_state import Baseline, HourlyEnergy, MeterState
+from apm.core.meter_state import Baseline, HourlyEnergy, MeterState
 from han.reading import Reading
 
 ID = "7359992890000000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from apm.runtime import beside as _with
+from apm.services.runtime import beside as _with
 
 
 def test_cancelling_the_pair_ends_both_tasks() -> None:

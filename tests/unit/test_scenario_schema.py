@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from apm import config as cfg
-from apm.config import BalancerSettings, HeadroomSettings
+from apm.core import config as cfg
+from apm.core.config import BalancerSettings, HeadroomSettings
 from han.profiles import SUPPORTED_METERS
 from sim.closed_loop import (
     EV_PARAMS,

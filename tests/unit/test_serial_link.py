@@ -1,4 +1,4 @@
-"""apm.serial_link without a port: settings, candidates, the remembered-settings file, diagnoses, messages."""
+"""apm.io.serial.port without a port: settings, candidates, the remembered-settings file, diagnoses, messages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import serial
 
-from apm.serial_link import (
+from apm.io.serial.port import (
     VENDOR_SETTINGS,
     Attempt,
     SerialSettings,
@@ -61,7 +61,7 @@ def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.delenv("APM_FLASH", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert default_cache_path() == tmp_path / "apm" / "serial.json"  # state, not cache (apm.paths)
+    assert default_cache_path() == tmp_path / "apm" / "serial.json"  # state, not cache (apm.io.storage.paths)
     monkeypatch.setenv("APM_FLASH", str(tmp_path / "flash.img"))
     assert default_cache_path() == tmp_path / "flash.img.serial.json"
     monkeypatch.setenv("APM_SERIAL_CACHE", str(tmp_path / "x.json"))

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from apm import eligibility, token
-from apm.config import ChargerConfig, DeviceConfig
-from apm.subscription import (
+from apm.core import eligibility, token
+from apm.core.config import ChargerConfig, DeviceConfig
+from apm.core.subscription import (
     ECO,
     FUSE_PROTECTION,
     NO_SUBSCRIPTION,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from apm.three_wire import (
+from apm.core.three_wire import (
     DEFAULT_ACCURACY,
     EXACT,
     Accuracy,

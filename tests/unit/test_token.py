@@ -13,8 +13,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
 
-from apm import token as tok
-from apm.token import Refusal, Revocation, TokenClaims
+from apm.core import token as tok
+from apm.core.token import Refusal, Revocation, TokenClaims
 
 NOW = datetime(2030, 3, 10, 12, 0, tzinfo=UTC)
 INST, SERIAL = "inst-42", "APM000123"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apm import messages as msg
-from apm import topics as tp
+from apm.io.mqtt import messages as msg
+from apm.io.mqtt import topics as tp
 from han.reading import Reading
 
 T = tp.Topics("APM000123")
@@ -153,7 +153,7 @@ def test_json_helpers_refuse_what_is_not_json() -> None:
 
 
 def test_hourly_energy_of_the_core_becomes_a_record_with_a_stable_id() -> None:
-    from apm.meter_state import HourlyEnergy
+    from apm.core.meter_state import HourlyEnergy
 
     hour = HourlyEnergy(hour_start="2024-01-15T10:00:00+01:00", hour_end="2024-01-15T11:00:00+01:00", hours=1,
                         import_wh=1834.0, export_wh=0.0, meter_id="7359992890941742")
@@ -205,9 +205,9 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def test_committed_schema_and_table_are_what_the_code_declares() -> None:
     committed = (DOCS / "mqtt-payloads.schema.json").read_text(encoding="utf-8")
-    assert committed == tp.schema_text(), "run: python -m apm.topics --schema > docs/mqtt-payloads.schema.json"
+    assert committed == tp.schema_text(), "run: python -m apm.io.mqtt.topics --schema > docs/mqtt-payloads.schema.json"
     assert tp.markdown_table() in (DOCS / "mqtt.md").read_text(encoding="utf-8"), \
-        "paste `python -m apm.topics --table` into docs/mqtt.md"
+        "paste `python -m apm.io.mqtt.topics --table` into docs/mqtt.md"
 
 
 def test_what_the_device_sends_validates_against_the_published_schema() -> None:

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from apm import config as cfg
-from apm.balancer import Decision
-from apm.charger_state import ChargerState
-from apm.device_view import render
-from apm.meter_state import MeterState
-from apm.monitor_view import Board, LinkStatus
+from apm.cli.views.device import render
+from apm.cli.views.monitor import Board, LinkStatus
+from apm.core import config as cfg
+from apm.core.balancer import Decision
+from apm.core.charger_state import ChargerState
+from apm.core.meter_state import MeterState
 from han import HanReader
 from sim.frames import MeterSpec
 from sim.meter import Meter
@@ -35,7 +35,7 @@ def _lines(renderable: object) -> list[str]:
 
 
 def _device(chargers: tuple[cfg.ChargerConfig, ...], advice: tuple[str, ...] = ()) -> SimpleNamespace:
-    """The parts of a running `apm.device.Device` the view reads, with a real meter state."""
+    """The parts of a running `apm.services.device.Device` the view reads, with a real meter state."""
     state = MeterState()
     readings = _readings()
     for i, r in enumerate(readings):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from apm.config import ChargerConfig
-from apm.wiring import MEASURED_PAIR_ROTATION, unreported_i2, wiring_advice
+from apm.core.config import ChargerConfig
+from apm.core.wiring import MEASURED_PAIR_ROTATION, unreported_i2, wiring_advice
 from han import HanReader
 from han.reading import Reading
 from tests.vectors import frame, records

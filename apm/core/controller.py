@@ -1,0 +1,262 @@
+"""The one Controller: readings and charger states in; headroom, setpoints and records out. Sans-IO.
+
+    han.Reading (stamped when measured) -> MeterState -> HeadroomEstimator -> Headroom
+    ChargerState (each charger's report) ---------------^                        |
+    subscription state, eco plan  -> gate and eco caps --> Balancer ----------> Setpoints
+
+Both drivers call the same methods in the same way:
+
+- the device (`apm.services.device.Device` and `apm.services.balancer.BalancerService`): ``on_reading`` for every
+  decoded frame, ``on_charger_states`` for every charger report, ``decide`` on every new headroom and
+  every second, ``tick`` every second;
+- the fast simulation (`sim.closed_loop.run`): the same, once per simulated step.
+
+No asyncio, no files, no sockets, no clock: every method takes the time it is about (clock seconds).
+What comes out is frozen values; publishing them is the driver's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from apm.core.balancer import Balancer, BalancerSettings, Mode
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig, DeviceConfig, GridConfig, HeadroomSettings
+from apm.core.eco.schedule import EcoSchedule
+from apm.core.headroom import Headroom, HeadroomEstimator
+from apm.core.meter_state import HourlyEnergy, MeterState
+from apm.core.subscription import FUSE_PROTECTION, Gate, SubscriptionState, features, gate
+from apm.core.wiring import wiring_advice
+from han import Reading
+
+HanState = str  # "no data" | "fresh" | "stale"
+
+
+def balancer_settings(config: DeviceConfig) -> BalancerSettings:
+    """The device's thresholds: its ``[balancer]`` table, which carries the top-level ``fixed_current_a``."""
+    return config.balancer
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingOutcome:
+    """What one reading changed: the headroom now (None before the first per-phase list), the hourly
+    record a list 3 completed, the installation advice when it changed, whether the meter is new."""
+
+    reading: Reading
+    measured_at: float
+    headroom: Headroom | None
+    hourly: HourlyEnergy | None = None
+    advice: tuple[str, ...] | None = None  # None: unchanged
+    new_meter: bool = False
+    han_back: HanState | None = None  # the HAN state before this reading, when it was not "fresh"
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoint:
+    charger: str
+    current_a: float
+    reason: str
+    changed: bool
+    stage: str = ""  # the balancer's `apm.balancer.Stage` for it ("running", "paused", ...)
+    until: float | None = None  # when that stage ends at the earliest (clock s; `ChargerStage.until`)
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoints:
+    """One decision: every charger's setpoint, the mode it was made in ("protect", "fixed",
+    "fixed: stale meter data (30 s)", ...), and the headroom it rests on."""
+
+    at: float
+    mode: str
+    setpoints: tuple[Setpoint, ...]
+    headroom: Headroom | None
+
+    def as_dict(self) -> dict[str, float]:
+        return {s.charger: s.current_a for s in self.setpoints}
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time-driven news: the HAN data went stale (the headroom the balancer would use is too old)."""
+
+    at: float
+    went_stale: bool
+    silent_s: float  # seconds since the last reading (0 without one)
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatus:
+    han_state: HanState
+    last_reading_at: float | None
+    readings: int
+    counts: dict[int, int]
+    hourly_records: int
+    repeated_hourly_dropped: int
+    setpoint_changes: int
+    stale_s: float
+    advice: tuple[str, ...]
+
+
+class Controller:
+    """The device's decisions, driven by whoever has readings and charger states (module doc).
+
+    ``settings`` are the balancer's (its ``stale_after_s`` also ages the headroom unless
+    ``stale_after_s`` is given); ``headroom`` (the config's ``[headroom]``) and ``headroom_options``
+    (single settings by name) go to `HeadroomEstimator`."""
+
+    def __init__(self, grid: GridConfig, chargers: Sequence[ChargerConfig], *,
+                 settings: BalancerSettings | None = None,
+                 headroom: HeadroomSettings | None = None,
+                 headroom_options: Mapping[str, Any] | None = None,
+                 stale_after_s: float | None = None) -> None:
+        self.grid = grid
+        self.chargers = tuple(chargers)
+        self.settings = settings or BalancerSettings()
+        # When HAN data counts as stale for the headroom and the status (the balancer's own setting
+        # unless the driver says otherwise)
+        self.stale_after_s = self.settings.stale_after_s if stale_after_s is None else stale_after_s
+        self.meter = MeterState()
+        self.estimator = HeadroomEstimator(grid, chargers, headroom, stale_after_s=self.stale_after_s,
+                                           **dict(headroom_options or {}))
+        self.balancer = Balancer(grid.network, chargers, self.settings)
+        self.max_a = {c.id: c.max_a for c in chargers}
+        self.states: dict[str, ChargerState] = {}
+        self.headroom: Headroom | None = None
+        self.subscription: SubscriptionState | None = None
+        self.granted: frozenset[str] = frozenset()
+        self.eco = EcoSchedule()
+        self.advice: tuple[str, ...] = ()
+        self.han_state: HanState = "no data"
+        self.last_reading_at: float | None = None
+        self.readings = 0
+        self.hourly = 0
+        self.stale_s = 0.0  # clock seconds decided on the fallback for stale or missing meter data
+        self.last: Setpoints | None = None
+        self._observed_at = float("-inf")
+        self._external = False  # the headroom comes from elsewhere (`use_headroom`), not from readings
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def on_reading(self, measured_at: float, reading: Reading) -> ReadingOutcome:
+        """A decoded reading, stamped with when the meter measured it."""
+        self.readings += 1
+        self.last_reading_at = measured_at
+        back = None if self.han_state == "fresh" else self.han_state
+        self.han_state = "fresh"
+        new_meter = reading.meter != self.meter.meter
+        record = self.meter.update(measured_at, reading)
+        if record is not None:
+            self.hourly += 1
+        advice = None
+        if reading.list != 1:
+            now_advice = wiring_advice(self.grid.network, self.chargers, reading)
+            if now_advice != self.advice:
+                self.advice = advice = now_advice
+        return ReadingOutcome(reading, measured_at, self.headroom_at(measured_at), record, advice, new_meter, back)
+
+    def on_charger_states(self, now: float, states: Iterable[ChargerState]) -> Headroom | None:
+        """Charger reports: what each drew at ``state.at`` goes into the estimator's history (in time
+        order); a car that left ends its "charge now". Returns the headroom recomputed."""
+        for st in states:
+            self.states[st.id] = st
+            self._observed_at = max(self._observed_at, min(st.at, now))
+            if st.mode == "disconnected":
+                self.eco.car_left(st.id)  # a "charge now" lasts until the car leaves
+        self.estimator.observe_chargers(self._observed_at, self.states)
+        return self.headroom_at(now)
+
+    def use_headroom(self, headroom: Headroom | None) -> None:
+        """A headroom computed elsewhere (a balancer running apart from the device, over MQTT)."""
+        self._external = True
+        self.headroom = headroom
+
+    def set_subscription(self, state: SubscriptionState | None, granted: Iterable[str] | None = None) -> None:
+        """The subscription as evaluated (None: none known). ``granted``: the features its token grants
+        (default: as `apm.core.subscription.features` says with fresh HAN data)."""
+        self.subscription = state
+        if state is None:
+            self.granted = frozenset()
+        else:
+            self.granted = frozenset(granted if granted is not None else features(state, han_fresh=True))
+
+    def set_eco(self, schedule: EcoSchedule) -> None:
+        self.eco = schedule
+
+    # --- decisions -------------------------------------------------------------------------------
+
+    def gate(self) -> Gate:
+        """What the subscription allows; meter freshness is the `Balancer`'s own check."""
+        fixed = self.settings.fixed_current_a
+        if self.subscription is None:
+            return Gate(frozenset(), fixed)
+        g = gate(self.subscription, True, fixed)
+        active = g.features & self.granted
+        return Gate(active, None if FUSE_PROTECTION in active else fixed)
+
+    def eco_caps(self, now_dt: datetime) -> dict[str, float] | None:
+        """Eco caps per charger, or None when no plan applies."""
+        eco = self.eco
+        if eco.plan is None and not eco.overrides:
+            return None
+        out: dict[str, float] = {}
+        for cid, max_a in self.max_a.items():
+            plan = eco.plan
+            planned = plan is not None and cid in plan.charger_ids and now_dt < plan.charger(cid).departure
+            if cid in eco.overrides or planned:
+                out[cid] = eco.allowed_current(cid, now_dt, max_a)
+        return out or None
+
+    def decide(self, now: float, now_dt: datetime | None = None, *, mode: Mode | None = None,
+               allowed_a: Mapping[str, float] | None = None) -> Setpoints:
+        """Every charger's setpoint now. ``mode``/``allowed_a`` given: a simulation that models the
+        subscription and the eco plan itself; otherwise they follow from the subscription and eco inputs
+        (eco needs ``now_dt``, the wall-clock date of ``now``)."""
+        if mode is None:
+            g = self.gate()
+            mode = "protect" if g.fuse_protection else "fixed"
+            if g.eco and now_dt is not None:
+                allowed_a = self.eco_caps(now_dt)
+        before = self.balancer.setpoints
+        values = self.balancer.update(now, self.headroom, self.states, mode=mode, allowed_a=allowed_a)
+        d = self.balancer.last
+        how = d.mode if d is not None else mode
+        if self.last is not None and self.last.mode.startswith("fixed:"):
+            self.stale_s += max(0.0, now - self.last.at)  # the time since a decision on the fallback
+        reasons = d.reasons if d is not None else {}
+        stages = d.stages if d is not None else {}
+        out = tuple(Setpoint(cid, a, reasons.get(cid, how), before.get(cid) != a,
+                             str(stages[cid].stage) if cid in stages else "",
+                             stages[cid].until if cid in stages else None) for cid, a in values.items())
+        self.last = Setpoints(now, how, out, self.headroom)
+        return self.last
+
+    def tick(self, now: float) -> Tick:
+        """Time-driven checks: HAN data that stopped coming turns stale (the balancer then falls back
+        to the fixed current by itself, at the next ``decide``)."""
+        silent = 0.0 if self.last_reading_at is None else now - self.last_reading_at
+        stale = self.han_state == "fresh" and silent > self.stale_after_s
+        if stale:
+            self.han_state = "stale"
+        return Tick(now, stale, silent)
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def han_fresh(self, now: float) -> bool:
+        return self.last_reading_at is not None and now - self.last_reading_at <= self.stale_after_s
+
+    def status(self) -> ControllerStatus:
+        m = self.meter
+        return ControllerStatus(self.han_state, self.last_reading_at, self.readings, dict(m.counts),
+                                self.hourly, m.repeats, self.balancer.changes, self.stale_s, self.advice)
+
+    def headroom_at(self, now: float) -> Headroom | None:
+        """The headroom recomputed for ``now`` (None before the first per-phase list)."""
+        if self._external:
+            return self.headroom
+        h = self.estimator.compute(now, self.meter)
+        if h is not None:
+            self.headroom = h
+        return h

@@ -1,0 +1,315 @@
+"""Per-line headroom: how many amperes our own chargers may draw in total on each grid line.
+
+    available = fuse - safety margin - (measured line current - what our chargers draw on that line)
+
+The bracket is the household's current ("house" below). Everything is a current magnitude and adds
+arithmetically, as if every load on a line were in phase: a real line current is never larger than
+that sum, so the estimate errs on the safe side for the loads it adds (see sim/grid.py for the same
+model). Lowering our chargers' current never raises a line current, and raising it by x raises a
+line current by at most x, so ``available`` is safe to hand out whatever the phase angles.
+
+IT meters (3x230 V, three wires) with two measuring elements do not report I2 (Aidon, Kamstrup; Kaifa
+MA304H3E does). Two estimates are made and the smaller used; both are upper bounds:
+
+- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|.
+  Applied to the household's share alone, with our chargers' known draw taken out of I1 and I3
+  first, that is ``house2 <= house1 + house3``; in the in-phase model above this is exact arithmetic
+  (house2 = house1 + house3 - 2 * (load between L3 and L1)), pessimistic by twice the household's
+  L3-L1 load. ``refine_i2=False`` uses the bound on the whole line instead (house2 <= I1 + I3 - own2),
+  which holds for any phase angles but stays pessimistic by our own chargers' current on L1 and L3.
+- Two-wattmeter (``two_wattmeter``, on by default; `apm.core.three_wire`): the list's P and Q with |I1|,
+  |I3| and the line-to-line voltages fix |I2| up to a mirror ambiguity; the larger solution, widened
+  to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
+  our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
+  Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
+
+Optional second bound from the list's power (``i2_power_factor``, off by default): on three wires every
+household load sits between two lines, so I1 + I2 + I3 <= 2 x (sum of load currents), and with every
+household load at power factor >= pf that sum is at most P_house / (U pf). Hence
+house2 <= 2 P_house / (U pf) - house1 - house3, which holds for any phase angles too (it needs
+house1 >= I1 - own1, which the triangle inequality gives). It rests on the power-factor assumption and
+on no local generation (it is skipped while the meter reports export); the tighter of the two bounds is
+used. In the simulator's resistive world it is exact at pf = 1.
+
+Between two 10 s lists, list 1 (every 2.5 s) carries the total import power. A rise of the
+household's part (total less our chargers' own power) by dP could all sit on any one line: a
+230 V single-phase load adds dP/230 A to one line on TN, and to two lines on IT. So dP/U is added to
+every line until the next per-phase list: conservative, and it only ever lowers the headroom.
+
+Cost: `compute` is O(1) plus a scan of the charger history since the measurement (a few entries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from apm.core.charger_state import ChargerState
+from apm.core.config import STALE_AFTER_S, ChargerConfig, GridConfig, HeadroomSettings
+from apm.core.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
+from apm.core.meter_state import MeterState
+from apm.core.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
+from han.reading import Reading
+
+NOMINAL_V = 230.0
+__all__ = ["STALE_AFTER_S", "Headroom", "HeadroomEstimator", "HeadroomSettings", "NOMINAL_V"]
+
+OptTriple = tuple[float | None, float | None, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Headroom:
+    """The amperes our chargers may draw in total on each line, and what it rests on.
+
+    ``available_a`` is None for a line the supply does not have (single-phase meters report L1 only)
+    and may be negative when the household alone is above the limit. ``measured_a`` holds the line
+    currents as the meter reported them (None: not reported, e.g. I2 on IT).
+    """
+
+    at: float  # clock time (s) of the computation
+    measured_at: float  # arrival of the per-phase list it rests on
+    network: Network
+    supply_phases: int
+    limit_a: float  # fuse rating less the safety margin
+    available_a: OptTriple
+    measured_a: OptTriple
+    house_a: OptTriple  # household current per line (estimated; bound for an unreported I2)
+    own_a: Triple  # our chargers' draw per line at the measurement
+    rise_a: float  # added to every line from list 1's power rise since that measurement
+    age_s: float
+    fresh: bool
+    reason: str
+    # IT without I2: the upper estimate of the whole L2 line current it rests on (house + own, before
+    # any list 1 rise), and how it was made ("two-wattmeter", "kirchhoff", "power"); None otherwise
+    i2_a: float | None = None
+    i2_method: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Own:
+    at: float
+    lines: Triple
+    power_w: float
+
+
+class HeadroomEstimator:
+    """Turns the meter's state and our chargers' reports into a `Headroom`, sans-IO.
+
+    Call ``observe_chargers(now, states)`` whenever charger reports arrive (the estimator keeps a
+    short history so it can take out what the chargers drew when the meter measured), and
+    ``compute(now, meter)`` when the balancer needs a value.
+
+    ``ct_ratio`` multiplies the meter's currents and power: leave it at 1.0 when the decoder has
+    already applied the installation's CT ratio (the normal case); it is a hook for readings that
+    arrive unscaled.
+    """
+
+    def __init__(
+        self,
+        grid: GridConfig,
+        chargers: Sequence[ChargerConfig],
+        settings: HeadroomSettings | None = None,
+        *,
+        ct_ratio: float = 1.0,
+        stale_after_s: float = STALE_AFTER_S,
+        history_s: float = 60.0,
+        accuracy: Accuracy = DEFAULT_ACCURACY,
+        **options: Any,
+    ) -> None:
+        """``settings`` (the config's ``[headroom]``); ``options`` override single settings by name
+        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter) and are checked
+        against the same schema."""
+        if ct_ratio <= 0:
+            raise ValueError("ct_ratio must be greater than 0")
+        s = settings or HeadroomSettings()
+        if options:
+            s = HeadroomSettings.from_dict({**msgspec.structs.asdict(s), **options})
+        self.settings = s
+        self.grid = grid
+        self.network: Network = grid.network
+        self.limit_a = grid.fuse_a - grid.safety_margin_a
+        self.chargers = {c.id: c for c in chargers}
+        self._rot = {c.id: rotation_index(c.rotation) for c in chargers}
+        self.ct_ratio = ct_ratio
+        self.stale_after_s = stale_after_s
+        self.refine_i2 = s.refine_i2
+        self.early_rise = s.early_rise
+        self.rise_threshold_w = s.rise_threshold_w
+        self.history_s = history_s
+        self.i2_power_factor = s.i2_power_factor
+        self.two_wattmeter = s.two_wattmeter
+        self.accuracy = accuracy
+        self._own: deque[_Own] = deque()
+        self._supply_phases = 3
+
+    # --- chargers --------------------------------------------------------------------------------
+
+    def observe_chargers(self, now: float, states: Mapping[str, ChargerState]) -> None:
+        """Record what our chargers draw now (per grid line, and their power)."""
+        lines = [0.0, 0.0, 0.0]
+        power = 0.0
+        single = self._supply_phases == 1
+        for cid, s in states.items():
+            rot = self._rot.get(cid)
+            if rot is None:
+                continue  # not one of ours: the meter counts it as household load
+            c = s.currents_a
+            if single:
+                lines[0] += c[0]
+            else:
+                lines[rot[0]] += c[0]
+                lines[rot[1]] += c[1]
+                lines[rot[2]] += c[2]
+            draw = max(c)
+            if draw > 0.0:
+                phases = s.phases_in_use or (3 if c[2] > 0.0 else 1)
+                power += charging_power_w(self.network, phases, draw)
+        own = self._own
+        if own and own[-1].at == now:
+            own.pop()
+        own.append(_Own(now, (lines[0], lines[1], lines[2]), power))
+        horizon = now - self.history_s
+        while len(own) > 2 and own[1].at <= horizon:
+            own.popleft()
+
+    def own_at(self, t: float) -> _Own:
+        """Our chargers' draw as last reported at or before ``t`` (the oldest kept if all are later)."""
+        own = self._own
+        if not own:
+            return _Own(t, ZERO, 0.0)
+        found = own[0]
+        for o in reversed(own):
+            if o.at <= t:
+                found = o
+                break
+        return found
+
+    # --- headroom --------------------------------------------------------------------------------
+
+    def compute(self, now: float, meter: MeterState) -> Headroom | None:
+        """The headroom now, or None before the first per-phase list."""
+        r = meter.phase_reading
+        t2 = meter.phase_at
+        if r is None or t2 is None:
+            return None
+        k = self.ct_ratio
+        measured: list[float | None] = [
+            None if v is None else v * k for v in (r.current_l1_a, r.current_l2_a, r.current_l3_a)
+        ]
+        supply = r.phases if r.phases in (1, 3) else (3 if measured[2] is not None else 1)
+        self._supply_phases = supply
+        own_m = self.own_at(t2)
+        own = own_m.lines
+        notes: list[str] = []
+        house: list[float | None] = [None, None, None]
+        n_lines = 1 if supply == 1 else 3
+        for i in range(n_lines):
+            m = measured[i]
+            if m is not None:
+                house[i] = max(0.0, m - own[i])
+        i2_a: float | None = None
+        i2_method: str | None = None
+        if supply == 3 and measured[1] is None:
+            house[1], i2_a, i2_method = self._house_l2(r, measured, house, own_m, notes)
+        for i in range(n_lines):
+            if house[i] is None:
+                house[i] = self.limit_a
+                notes.append(f"I{i + 1} not reported: no headroom on {LINES[i]}")
+        rise = self._rise(meter, r.active_import_w, t2, own_m.power_w, r)
+        if rise > 0.0:
+            notes.append(f"list 1 power up {rise * NOMINAL_V:.0f} W: +{rise:.1f} A on every line")
+        limit = self.limit_a
+        available: list[float | None] = [None, None, None]
+        for i in range(n_lines):
+            h = house[i]
+            assert h is not None
+            house[i] = h + rise
+            available[i] = limit - h - rise
+        age = now - t2
+        fresh = age <= self.stale_after_s
+        if not fresh:
+            notes.append(f"stale: last per-phase list {age:.0f} s ago")
+        if not notes:
+            worst = min(range(n_lines), key=lambda i: available[i])  # type: ignore[arg-type, return-value]
+            notes.append(f"tightest line {LINES[worst]}")
+        return Headroom(
+            at=now,
+            measured_at=t2,
+            network=self.network,
+            supply_phases=supply,
+            limit_a=limit,
+            available_a=(available[0], available[1], available[2]),
+            measured_a=(measured[0], measured[1], measured[2]),
+            house_a=(house[0], house[1], house[2]),
+            own_a=own,
+            rise_a=rise,
+            age_s=age,
+            fresh=fresh,
+            reason="; ".join(notes),
+            i2_a=i2_a,
+            i2_method=i2_method,
+        )
+
+    def _house_l2(self, r: Reading, measured: list[float | None], house: list[float | None], own_m: _Own,
+                  notes: list[str]) -> tuple[float, float | None, str | None]:
+        """The household's L2 current when the meter does not report I2: on IT the smallest bound that
+        applies, with the whole line's estimate and its method; on four wires none (the limit)."""
+        own = own_m.lines
+        h1, h3, m1, m3 = house[0], house[2], measured[0], measured[2]
+        if self.network != "IT" or h1 is None or h3 is None or m1 is None or m3 is None:
+            notes.append("I2 not reported and not bounded: no headroom on L2")
+            return self.limit_a, None, None  # nothing for our chargers on L2
+        # every bound that applies, as (house L2, method, note); the smallest is used
+        bounds: list[tuple[float, str, str]] = []
+        if self.refine_i2:
+            bounds.append((h1 + h3, "kirchhoff", "I2 not reported: house L2 <= house L1 + house L3"))
+        else:
+            bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
+        if self.two_wattmeter:
+            est = i2_from_reading(r, self.ct_ratio, self.accuracy)
+            if est.method == "two-wattmeter":
+                bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
+                               f"I2 not reported: {est.value_a:.1f} A by the two-wattmeter triangle"))
+            else:
+                notes.append(f"two-wattmeter estimate not used ({est.reason})")
+        by_power = self._i2_from_power(r, own_m.power_w, h1, h3)
+        if by_power is not None:
+            pf = self.i2_power_factor
+            note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
+            bounds.append((by_power, "power", note))
+        best = min(bounds, key=lambda b: b[0])
+        notes.append(best[2])
+        return best[0], best[0] + own[1], best[1]
+
+    def _i2_from_power(self, r: Reading, own_power_w: float, h1: float, h3: float) -> float | None:
+        """The power bound on the household's I2 (IT), or None when it does not apply."""
+        pf = self.i2_power_factor
+        p = r.active_import_w
+        if pf is None or p is None or (r.active_export_w or 0.0) > 0.0:
+            return None
+        volts = [v for v in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v) if v]
+        u = min(volts) if volts else NOMINAL_V
+        p_house = max(0.0, p * self.ct_ratio - own_power_w)
+        return max(abs(h1 - h3), 2.0 * p_house / (u * pf) - h1 - h3)
+
+    def _rise(self, meter: MeterState, p_list: float | None, t2: float, own_p_then: float,
+              r: Reading) -> float:
+        """Amperes to add to every line for a household power rise seen in list 1 since ``t2``."""
+        if not self.early_rise or p_list is None:
+            return 0.0
+        p = meter.values.get("active_import_w")
+        if p is None or p.at <= t2:
+            return 0.0
+        own_now = self.own_at(p.at).power_w
+        d_house = (p.value - own_now) - (p_list - own_p_then)
+        d_house *= self.ct_ratio
+        if d_house <= self.rise_threshold_w:
+            return 0.0
+        volts = [v for v in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v) if v]
+        u = min(volts) if volts else NOMINAL_V
+        return d_house / max(u, 1.0) if math.isfinite(d_house) else 0.0

@@ -1,0 +1,1 @@
+"""apm.io.chargers."""

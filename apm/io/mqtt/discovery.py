@@ -1,0 +1,148 @@
+"""Home Assistant MQTT discovery: the device's sensors appear in Home Assistant by themselves.
+
+One retained config per sensor on ``homeassistant/sensor/<node>/<object>/config``; Home Assistant reads
+the value from the JSON the device already publishes (``value_template``), and the sensor is
+unavailable whenever the retained status is "offline" (the device's last will included).
+`discovery_messages` returns them as `OutMessage` values for `MqttLink`'s ``birth`` (re-sent on
+every connect, so a broker that lost its retained messages gets them back).
+
+Sensors: power (import, export), current and voltage per line, energy totals (import, export;
+``total_increasing``, for the energy dashboard), headroom per line, each charger's setpoint.
+
+Power comes from list 2 by default: every vendor sends list 2 (Kamstrup sends no list 1). Pass
+``power_list=1`` for a meter known to send list 1 (Aidon, Kaifa: every 2 s).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from apm.io.mqtt.messages import OFFLINE, ONLINE, DiscoveryConfig, DiscoveryDevice, DiscoveryOrigin
+from apm.io.mqtt.topics import DISCOVERY, DISCOVERY_PREFIX, SPECS, OutMessage, Topics, payload_bytes
+
+MANUFACTURER = "apm-emulator project"
+MODEL = "APM emulator"
+# A value that is not refreshed within this long is shown as unavailable (HAN cable out, meter mute).
+FRESH_FOR_S = 60
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("apm-emulator")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    serial: str
+    name: str | None = None  # None: "APM <serial>"
+    model: str = MODEL
+    manufacturer: str = MANUFACTURER
+    sw_version: str | None = None  # None: this package's version
+
+    def payload(self) -> DiscoveryDevice:
+        return DiscoveryDevice(identifiers=[node_id(self.serial)], name=self.name or f"APM {self.serial}",
+                               manufacturer=self.manufacturer, model=self.model, serial_number=self.serial,
+                               sw_version=self.sw_version or package_version())
+
+
+@dataclass(frozen=True, slots=True)
+class Sensor:
+    object_id: str  # [A-Za-z0-9_-], unique within the device
+    name: str
+    state_topic: str
+    field: str  # the JSON field of the state topic's payload
+    unit: str
+    device_class: str
+    state_class: str  # "measurement" | "total_increasing"
+    expire_after_s: int | None = None
+    precision: int | None = None  # suggested display precision
+
+
+def node_id(serial: str) -> str:
+    return "apm_" + _ID_UNSAFE.sub("_", serial)
+
+
+def config_topic(serial: str, object_id: str, prefix: str = DISCOVERY_PREFIX) -> str:
+    return f"{prefix}/sensor/{node_id(serial)}/{object_id}/config"
+
+
+def sensors(topics: Topics, *, chargers: Sequence[str] = (), lines: Sequence[int] = (1, 2, 3),
+            power_list: int = 2) -> list[Sensor]:
+    """The device's sensors; ``lines``: the grid lines the meter reports (``(1,)`` for 1-phase)."""
+    if power_list not in (1, 2):
+        raise ValueError(f"power_list {power_list!r} is not 1 or 2")
+    if not lines or any(n not in (1, 2, 3) for n in lines):
+        raise ValueError(f"lines {lines!r} must be some of 1, 2, 3")
+    power = topics.reading(power_list)
+    list2, list3 = topics.reading(2), topics.reading(3)
+    out = [
+        Sensor("power_import", "Power import", power, "active_import_w", "W", "power", "measurement",
+               FRESH_FOR_S, 0),
+        Sensor("power_export", "Power export", list2, "active_export_w", "W", "power", "measurement",
+               FRESH_FOR_S, 0),
+    ]
+    for n in lines:
+        out.append(Sensor(f"current_l{n}", f"Current L{n}", list2, f"current_l{n}_a", "A", "current",
+                          "measurement", FRESH_FOR_S, 1))
+    for n in lines:
+        out.append(Sensor(f"voltage_l{n}", f"Voltage L{n}", list2, f"voltage_l{n}_v", "V", "voltage",
+                          "measurement", FRESH_FOR_S, 0))
+    out += [
+        Sensor("energy_import", "Energy import", list3, "active_import_wh", "Wh", "energy", "total_increasing",
+               None, 0),
+        Sensor("energy_export", "Energy export", list3, "active_export_wh", "Wh", "energy", "total_increasing",
+               None, 0),
+    ]
+    for n in lines:
+        out.append(Sensor(f"headroom_l{n}", f"Headroom L{n}", topics.headroom, f"l{n}_a", "A", "current",
+                          "measurement", FRESH_FOR_S, 1))
+    seen: dict[str, str] = {}
+    for cid in chargers:
+        object_id = "setpoint_" + _ID_UNSAFE.sub("_", cid)
+        if object_id in seen:
+            raise ValueError(f"charger ids {seen[object_id]!r} and {cid!r} give the same Home Assistant id")
+        seen[object_id] = cid
+        out.append(Sensor(object_id, f"Charger {cid} setpoint", topics.charger_setpoint(cid), "current_a", "A",
+                          "current", "measurement", None, 1))
+    return out
+
+
+def config_payload(sensor: Sensor, topics: Topics, device: DeviceInfo) -> DiscoveryConfig:
+    return DiscoveryConfig(
+        name=sensor.name,
+        unique_id=f"{node_id(topics.serial)}_{sensor.object_id}",
+        state_topic=sensor.state_topic,
+        # A JSON null renders as "None", which Home Assistant shows as unknown.
+        value_template=f"{{{{ value_json.{sensor.field} }}}}",
+        unit_of_measurement=sensor.unit,
+        device_class=sensor.device_class,
+        state_class=sensor.state_class,
+        availability_topic=topics.status,
+        payload_available=ONLINE,
+        payload_not_available=OFFLINE,
+        device=device.payload(),
+        origin=DiscoveryOrigin(name="apm-emulator", sw_version=device.sw_version or package_version()),
+        expire_after=sensor.expire_after_s,
+        suggested_display_precision=sensor.precision,
+    )
+
+
+def discovery_messages(topics: Topics, device: DeviceInfo | None = None, *, chargers: Sequence[str] = (),
+                       lines: Sequence[int] = (1, 2, 3), power_list: int = 2,
+                       prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
+    """The retained config message of every sensor of `sensors`."""
+    device = device or DeviceInfo(topics.serial)
+    spec = SPECS[DISCOVERY]
+    return [
+        OutMessage(config_topic(topics.serial, s.object_id, prefix),
+                   payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
+        for s in sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
+    ]
+

@@ -1,0 +1,34 @@
+"""A part of the device that talks over MQTT only, on its own connection (the balancer, a charger).
+
+    async with Part(...) as part:     # connects in the background (apm.io.mqtt.link.MqttLink)
+        await part.run()              # its loops, until cancelled; "offline" and disconnect on exit
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import Any, Self
+
+from apm.io.mqtt.link import MqttLink
+
+
+class MqttNode:
+    link: MqttLink
+
+    def loops(self) -> Sequence[Coroutine[Any, Any, None]]:
+        """The coroutines `run` runs side by side."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Every loop until cancelled; one that fails ends the others."""
+        async with asyncio.TaskGroup() as tg:
+            for loop in self.loops():
+                tg.create_task(loop)
+
+    async def __aenter__(self) -> Self:
+        await self.link.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.__aexit__(*exc)

@@ -1,0 +1,185 @@
+"""The device's Smart eco service over MQTT: takes departure requests, plans all chargers together,
+publishes the plan (retained) for the balancer service.
+
+    eco/request (EcoRequest, QoS 1) --> EcoPlanner (sans-IO) --> eco/plan (EcoPlanPayload, retained)
+
+A request (`apm.io.mqtt.messages.EcoRequest`): ``{"charger": id, "departure": ISO time, "energy_kwh": x |
+"hours": h, "charge_now": bool}``; ``{"charger": id, "clear": true}`` drops that charger's request. A request for a charger replaces its
+earlier one. ``charge_now`` puts the charger on the plan's ``charge_now`` list, which the balancer service
+(apm.services.balancer) reads as a manual override until the car leaves. When no request is left the
+plan is cleared with an empty retained payload (the balancer service's "plan cleared").
+
+The plan's payload (`apm.io.mqtt.messages.EcoPlanPayload`) is ``Plan.to_dict()`` plus ``charge_now`` (charger
+ids) and ``expected_cost_nok`` (the plan's cost, spot + grid energy charge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from apm.core.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan
+from apm.core.eco.prices import OSLO, PriceSeries
+from apm.core.eco.tariff import ELVIA, EnergyCharge
+from apm.io.mqtt.link import MqttLink
+from apm.io.mqtt.messages import EcoPlanPayload, EcoRequest, PayloadError, convert, decode, read_eco_plan
+from apm.io.mqtt.topics import OutMessage, Topics
+
+log = logging.getLogger(__name__)
+
+
+def request_topic(topics: Topics) -> str:
+    return topics.eco_request
+
+
+class RequestError(PayloadError):
+    """A request the service cannot take (the message names the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    charger: str
+    departure: datetime
+    energy_kwh: float | None = None
+    hours: float | None = None
+    charge_now: bool = False
+
+
+def parse_request(d: EcoRequest | Mapping[str, Any], chargers: Mapping[str, Charger]) -> Request | str:
+    """A `Request`, or the charger id for ``{"charger": id, "clear": true}``; `RequestError` if bad."""
+    try:
+        r = d if isinstance(d, EcoRequest) else convert(d, EcoRequest)
+    except PayloadError as exc:
+        raise RequestError(str(exc)) from None
+    if r.charger not in chargers:
+        raise RequestError(f"charger: {r.charger!r} is not one of {', '.join(sorted(chargers))}")
+    if r.clear:
+        return r.charger
+    try:
+        departure = datetime.fromisoformat(r.departure) if r.departure is not None else None
+    except ValueError:
+        departure = None
+    if departure is None:
+        raise RequestError(f"departure: {r.departure!r} is not an ISO time")
+    if departure.tzinfo is None:
+        departure = departure.replace(tzinfo=OSLO)
+    if (r.energy_kwh is None) == (r.hours is None):
+        raise RequestError("give exactly one of energy_kwh and hours")
+    return Request(r.charger, departure, r.energy_kwh, r.hours, r.charge_now)
+
+
+class EcoPlanner:
+    """Sans-IO: the open requests and the plan over them. ``handle`` and ``replan`` return the payload
+    to publish on ``eco/plan`` (None: clear it)."""
+
+    def __init__(self, chargers: Mapping[str, Charger], prices: Callable[[datetime], PriceSeries],
+                 grid: EnergyCharge = ELVIA.energy, budget_a: float | None = None) -> None:
+        self.chargers = dict(chargers)
+        self.prices = prices
+        self.grid = grid
+        self.budget_a = budget_a
+        self.requests: dict[str, Request] = {}
+        self.plan: Plan | None = None
+
+    def handle(self, d: EcoRequest | Mapping[str, Any], now: datetime) -> EcoPlanPayload | None:
+        req = parse_request(d, self.chargers)
+        if isinstance(req, str):
+            self.requests.pop(req, None)
+        else:
+            if req.departure <= now:
+                raise RequestError(f"departure: {req.departure.isoformat()} is not after now {now.isoformat()}")
+            self.requests[req.charger] = req
+        return self.replan(now)
+
+    def replan(self, now: datetime) -> EcoPlanPayload | None:
+        """The plan over the requests whose departure is still ahead (older ones are dropped)."""
+        self.requests = {c: r for c, r in self.requests.items() if r.departure > now}
+        if not self.requests:
+            self.plan = None
+            return None
+        cars = []
+        for r in self.requests.values():
+            ch = self.chargers[r.charger]
+            cars.append(CarRequest.for_hours(ch, r.departure, r.hours) if r.hours is not None
+                        else CarRequest(ch, r.departure, r.energy_kwh or 0.0))
+        self.plan = plan(cars, self.prices(now), now, PlanOptions(grid=self.grid, budget_a=self.budget_a))
+        return EcoPlanPayload.of(self.plan, [c for c, r in self.requests.items() if r.charge_now])
+
+
+def plan_message(topics: Topics, payload: EcoPlanPayload | None) -> OutMessage:
+    """The retained ``eco/plan`` message; None clears the plan (an empty payload)."""
+    return topics.eco_plan_message(payload)
+
+
+class EcoService:
+    """Subscribes to ``eco/request`` on ``link`` and publishes ``eco/plan``; re-plans every ``replan_s``
+    (new day-ahead prices from about 13:00, departed cars dropped). Bad requests are logged (a status
+    per request on its own topic would be a later addition)."""
+
+    def __init__(self, link: MqttLink, topics: Topics, planner: EcoPlanner,
+                 clock: Callable[[], datetime] = lambda: datetime.now(OSLO), replan_s: float = 900.0) -> None:
+        self.link = link
+        self.topics = topics
+        self.planner = planner
+        self.clock = clock
+        self.replan_s = replan_s
+        self.errors: list[str] = []
+
+    async def _replan_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.replan_s)
+            if not self.planner.requests:
+                continue
+            try:
+                payload = self.planner.replan(self.clock())
+            except PlanError as exc:  # e.g. no prices for now: keep the last plan
+                self.errors.append(str(exc))
+                log.warning("eco: re-plan failed: %s", exc)
+                continue
+            self.link.publish(plan_message(self.topics, payload))
+
+    async def run(self) -> None:
+        await self.link.subscribe(request_topic(self.topics), 1)
+        ticker = asyncio.create_task(self._replan_every())
+        try:
+            await self._serve()
+        finally:
+            ticker.cancel()
+
+    async def _serve(self) -> None:
+        async for m in self.link.messages():
+            if m.topic != request_topic(self.topics):
+                continue
+            try:
+                payload = self.planner.handle(decode(m.payload, EcoRequest), self.clock())
+            except (PayloadError, RequestError, PlanError) as exc:
+                self.errors.append(str(exc))
+                log.warning("%s: ignored a bad request: %s", m.topic, exc)
+                continue
+            self.link.publish(plan_message(self.topics, payload))
+
+
+async def fetch_plan(url: str, serial: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """The retained plan on ``apm/<serial>/eco/plan``, or None if none came within ``timeout_s``."""
+    topics = Topics(serial)
+    async with MqttLink(url, client_id=f"apm-eco-show-{serial}", subscriptions=[(topics.eco_plan, 1)]) as link:
+        async def first() -> dict[str, Any] | None:
+            async for m in link.messages():
+                if m.topic != topics.eco_plan:
+                    continue
+                try:
+                    plan = read_eco_plan(m.payload)
+                except PayloadError as exc:
+                    log.warning("%s: not a plan: %s", m.topic, exc)
+                    continue
+                return plan.to_json_dict() if plan is not None else None
+            return None
+
+        try:
+            return await asyncio.wait_for(first(), timeout_s)
+        except TimeoutError:
+            return None
