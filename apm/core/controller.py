@@ -60,7 +60,7 @@ class Setpoint:
     current_a: float
     reason: str
     changed: bool
-    stage: str = ""  # the balancer's `apm.balancer.Stage` for it ("running", "paused", ...)
+    stage: str = ""  # the balancer's `apm.core.balancer.Stage` for it ("running", "paused", ...)
     until: float | None = None  # when that stage ends at the earliest (clock s; `ChargerStage.until`)
 
 

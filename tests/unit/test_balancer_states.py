@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.balancer import (
+from apm.core.balancer import (
     TRANSITIONS,
     Balancer,
     BalancerSettings,
@@ -20,18 +20,18 @@ from apm.balancer import (
     Transition,
     transition,
 )
-from apm.charger_state import ChargerState
-from apm.config import ChargerConfig, GridConfig
-from apm.controller import Controller
-from apm.headroom import Headroom
-from apm.lines import terminal_currents, usage
+from apm.core.charger_state import ChargerState
+from apm.core.config import ChargerConfig, GridConfig
+from apm.core.controller import Controller
+from apm.core.headroom import Headroom
+from apm.core.lines import terminal_currents, usage
 
 ROT = ("L1", "L2", "L3")
 S = BalancerSettings(hold_s=10.0, restart_delay_s=60.0, restart_confirm_s=15.0, min_interval_s=5.0)
 
 
 def room(now: float, a: float, rise_a: float = 0.0) -> Headroom:
-    """``a`` A free on every line; ``rise_a``: list 1's unplaced rise, already taken off (as apm.headroom does)."""
+    """``a`` A free on every line; ``rise_a``: list 1's unplaced rise, already taken off (as apm.core.headroom does)."""
     return Headroom(at=now, measured_at=now, network="TN", supply_phases=3, limit_a=23.0,
                     available_a=(a - rise_a, a - rise_a, a - rise_a), measured_a=(0.0, 0.0, 0.0),
                     house_a=(0.0, 0.0, 0.0), own_a=(0.0, 0.0, 0.0), rise_a=rise_a, age_s=0.0, fresh=True,
