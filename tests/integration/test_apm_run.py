@@ -333,7 +333,7 @@ def test_a_port_that_goes_away_is_reported_and_the_device_keeps_running(tmp_path
         wait_port(port, proc, timeout=60)
 
         async def readings() -> None:  # unplugged once the device has decoded some frames, not after a time
-            async with Observer(f"mqtt://127.0.0.1:{port}", "apm/APMRUN01/reading/#", client_id="unplug") as obs:
+            async with Observer(reader_url(port), "apm/APMRUN01/reading/#", client_id="unplug") as obs:
                 await obs.wait_until(lambda: len(obs.messages) >= 6, timeout=60)
 
         asyncio.run(readings())
