@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from apm.core import config as cfg
 from apm.core.lines import LINES
 from apm.io.storage.flash import Flash, FlashError
