@@ -113,7 +113,9 @@ class DevicePage:
             s = self.device.chargers.get(c.id)
             link = links.get(c.id, {})
             out.append({
-                "id": c.id, "protocol": c.protocol, "max_a": c.max_a, "phases": c.phases,
+                # The balancer's own cap (what a change in the page has reached), not the file's.
+                "id": c.id, "protocol": c.protocol, "max_a": self.device.controller.max_a.get(c.id, c.max_a),
+                "phases": c.phases,
                 "connected": link.get("connected"),
                 "mode": s.mode if s is not None else "no report",
                 "report_age_s": _r(now - s.at, 0) if s is not None else None,
