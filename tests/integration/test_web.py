@@ -123,7 +123,7 @@ def test_page_shows_the_lines_live_and_changes_max_current(local: tuple[str, Pat
                             "document.getElementById('save-garage').click()")
             await page.wait_for("document.getElementById('msg-garage').textContent.startsWith('saved')")
             # The balancer's cap, as the page shows it from the running Controller.
-            await page.wait_for("document.getElementById('info-garage').textContent.includes('Max current16 A')")
+            await page.wait_for("document.getElementById('cap-garage').textContent === 'now 16 A'")
 
     asyncio.run(main())
     stored = Flash(image).read().config

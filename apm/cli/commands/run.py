@@ -15,6 +15,10 @@ Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH,
 whose token, issuer key and outbox the device then uses; with neither, the defaults (no chargers).
 ``--demo`` brings its own installation.
 
+The local web page (line currents against the fuse, chargers, HAN and broker state, a charger's max
+current) is on ``--http HOST:PORT`` (default 127.0.0.1:8080, ``off`` for none); off 127.0.0.1 it asks for a
+login of the broker's users (a reader may look, the device's own user may change settings).
+
 In a terminal the device shows a live view (readings, headroom per line, setpoints, chargers, broker
 and HAN state); otherwise it writes log lines to stderr. It stops after ``--duration`` seconds (wall
 time), at the end of a replay, or on Ctrl-C / SIGTERM, and then says "offline" on the broker.

@@ -22,7 +22,8 @@ function lines(s) {
       <div class="num"><span class="cur" id="cur-${l.name}">–</span><br><span class="dim" id="free-${l.name}"></span></div></div>`).join("");
   }
   for (const l of s.lines) {
-    const house = l.house_a ?? l.current_a ?? 0, own = l.own_a ?? 0;
+    // The bar is the line's measured current: our chargers' part of it, the rest the household's.
+    const total = l.current_a ?? l.measured_a ?? 0, own = Math.min(l.own_a ?? 0, total), house = total - own;
     Object.assign($(`house-${l.name}`).style, { left: "0", width: pct(house) });
     Object.assign($(`own-${l.name}`).style, { left: pct(house), width: pct(own) });
     $(`limit-${l.name}`).style.left = pct(limit);
@@ -63,7 +64,7 @@ function chargerCard(c) {
     <dl id="info-${c.id}"></dl>
     <form class="max" id="form-${c.id}"><label for="max-${c.id}">Max current</label>
       <input id="max-${c.id}" type="number" step="1" inputmode="decimal" value="${c.max_a}"> A
-      <button type="submit" id="save-${c.id}">Save</button><span class="msg" id="msg-${c.id}"></span></form>`;
+      <button type="submit" id="save-${c.id}">Save</button><span class="dim" id="cap-${c.id}"></span><span class="msg" id="msg-${c.id}"></span></form>`;
   div.querySelector("form").addEventListener("submit", (ev) => { ev.preventDefault(); saveMax(c.id); });
   return div;
 }
@@ -97,8 +98,8 @@ function chargers(s) {
     dl($(`info-${c.id}`), [
       ["State", c.mode + (c.report_age_s === null ? "" : ` (${c.report_age_s} s ago)`)],
       ["EV draws", c.ev_a ? c.ev_a.map((a) => fmt(a, 1)).join(" / ") + " A" : "–"],
-      ["Max current", `${c.max_a} A`],
     ]);
+    $(`cap-${c.id}`).textContent = `now ${c.max_a} A`;
   }
 }
 
