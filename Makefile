@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test unit lint bench soak fuzz examples sim-days eco-week capacity-month lifecycle clean
+.PHONY: setup system-deps run test unit lint bench soak fuzz examples sim-days eco-week capacity-month lifecycle screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# mosquitto is the real broker the tests run against (the device embeds amqtt for users).
+# mosquitto is the real broker the tests run against (the device embeds amqtt for users); chromium
+# (headless, driven over its DevTools protocol) is the browser of the web page's test and screenshots.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  echo "installing mosquitto (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
 
 run: setup
 	$(BIN)/apm run --demo
@@ -67,6 +72,10 @@ capacity-month: setup
 lifecycle: setup
 	mkdir -p out
 	$(BIN)/python -m sim.subscription_loop --report out/lifecycle.json
+
+# The web page at phone and desktop width (docs/web-phone.png, docs/web-desktop.png), from the demo.
+screenshots: setup system-deps
+	$(BIN)/python -m tools.web_screenshots
 
 clean:
 	rm -rf $(VENV) .bench .pytest_cache .hypothesis

@@ -205,6 +205,12 @@ class Balancer:
     def stages(self) -> dict[str, Stage]:
         return {cid: c.stage for cid, c in self._c.items()}
 
+    def replace_charger(self, charger: ChargerConfig) -> None:
+        """New limits for a configured charger (same id); its stage and history stay."""
+        if charger.id not in self._c:
+            raise KeyError(charger.id)
+        self._c[charger.id].config = charger
+
     # --- the update ------------------------------------------------------------------------------
 
     def update(self, now: float, headroom: Headroom | None, charger_states: Mapping[str, ChargerState],

@@ -182,6 +182,13 @@ class Controller:
         else:
             self.granted = frozenset(granted if granted is not None else features(state, han_fresh=True))
 
+    def replace_charger(self, charger: ChargerConfig) -> None:
+        """A charger's limits changed while running (the web page's max current); same id and wiring."""
+        self.chargers = tuple(charger if c.id == charger.id else c for c in self.chargers)
+        self.max_a[charger.id] = charger.max_a
+        self.balancer.replace_charger(charger)
+        self.estimator.chargers[charger.id] = charger
+
     def set_eco(self, schedule: EcoSchedule) -> None:
         self.eco = schedule
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from apm.core.eco.prices import PriceSeries
     from apm.io.chargers.goe import GoeAdapter
     from apm.io.chargers.ocpp_server import OcppCentral
+    from apm.io.http.web import WebPlan
     from apm.io.mqtt.auth import UserTable
     from apm.io.replay import Capture
 
@@ -101,6 +102,7 @@ class Running:
     chargers: ChargerEdges | None = None  # the OCPP and go-e edges
     broker_url: str = ""
     embedded: bool = False
+    web_url: str = ""  # the local web page ("" when off)
 
 
 @runtime_checkable
@@ -131,6 +133,7 @@ class RunPlan:
     broker: EmbeddedBrokerPlan | None = None  # None: the configuration's broker (config.broker.url)
     eco: EcoPlan | None = None
     ocpp_passwords: Mapping[str, str] = field(default_factory=dict)  # charge point id -> its password
+    web: WebPlan | None = None  # the local web page (None: off)
 
 
 # --- starting ---------------------------------------------------------------------------------------------
@@ -147,6 +150,8 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
             run = await _device(stack, plan, plan.source, url)
         run.broker_url, run.embedded = url, plan.broker is not None
         run.work = await _with_eco(stack, plan, url, run.work)
+        if plan.web is not None:
+            run.web_url = await _web(stack, plan.web, run)
         yield run
 
 
@@ -209,6 +214,23 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
     service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget))
     log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
     return beside(service.run(), work)
+
+
+async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> str:
+    """The local web page on the running parts; its URL."""
+    from apm.io.http.web import WebError, WebServer
+    from apm.services.web import DevicePage
+
+    page = DevicePage(run.device, run.balancer, chargers=run.chargers, image=web.image)
+    try:
+        server = await stack.enter_async_context(
+            WebServer(web, serial=run.device.config.serial, snapshot=page.snapshot, change=page.change))
+    except WebError as exc:
+        raise PlanError(str(exc)) from None
+    listener = page.on_headroom(server.notify)
+    run.device.headroom_listeners.append(listener)
+    stack.callback(run.device.headroom_listeners.remove, listener)
+    return server.url
 
 
 async def beside(background: Awaitable[None], work: Awaitable[None]) -> None:

@@ -15,6 +15,10 @@ Configuration: ``--config TOML``, else the flash image (``--image``, $APM_FLASH,
 whose token, issuer key and outbox the device then uses; with neither, the defaults (no chargers).
 ``--demo`` brings its own installation.
 
+The local web page (line currents against the fuse, chargers, HAN and broker state, a charger's max
+current) is on ``--http HOST:PORT`` (default 127.0.0.1:8080, ``off`` for none); off 127.0.0.1 it asks for a
+login of the broker's users (a reader may look, the device's own user may change settings).
+
 In a terminal the device shows a live view (readings, headroom per line, setpoints, chargers, broker
 and HAN state); otherwise it writes log lines to stderr. It stops after ``--duration`` seconds (wall
 time), at the end of a replay, or on Ctrl-C / SIGTERM, and then says "offline" on the broker.
@@ -51,11 +55,13 @@ if TYPE_CHECKING:
 
     from apm.core.config import DeviceConfig
     from apm.core.eco.prices import PriceSeries
+    from apm.io.http.web import WebPlan
     from apm.services.runtime import ByteSource, EcoPlan, EmbeddedBrokerPlan, Running, RunPlan, Storage
 
 PROG = "apm run"
 VIEW_REFRESH_S = 0.25
 LOG_EVERY_S = 10.0
+DEFAULT_HTTP = "127.0.0.1:8080"
 
 log = logging.getLogger("apm.run")
 
@@ -101,6 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--price-api", metavar="URL",
                    help="Smart eco: a day-ahead price service (hvakosterstrommen.no style), cached")
     p.add_argument("--area", default="NO1", help="Smart eco: price area NO1..NO5 (default NO1)")
+    p.add_argument("--http", metavar="HOST:PORT", default=None,
+                   help=f"the local web page (default {DEFAULT_HTTP}; off: none). Off 127.0.0.1 only with "
+                        "a login of the broker's users (`apm broker user add NAME reader`)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -127,8 +136,9 @@ def _plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPla
     config, image = _config(args)
     config, broker = _broker(_broker_options(config, args), args)
     source = _source(args, config, closers)
+    # Settings changed in the page are stored where the configuration came from: the image.
     return RunPlan(config, source, _storage(args, config, image, closers), broker=broker,
-                   eco=_eco(args, None))
+                   eco=_eco(args, None), web=_web(args, None if args.config else image))
 
 
 def _demo_plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPlan:
@@ -152,7 +162,23 @@ def _demo_plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> R
         broker = replace(broker, guests=guests, any_port_if_taken=True)
     outbox = _file_outbox(args.outbox, closers) if args.outbox else None
     return RunPlan(config, demo, Storage(granted_subscription(), outbox), broker=broker,
-                   eco=_eco(args, demo_prices))
+                   eco=_eco(args, demo_prices), web=_web(args, None))
+
+
+def _web(args: argparse.Namespace, image: Path | None) -> WebPlan | None:
+    from dataclasses import replace
+
+    from apm.io.http.web import WebError, parse_listen
+    from apm.io.storage import paths
+
+    try:
+        plan = parse_listen(args.http or DEFAULT_HTTP)
+    except WebError as exc:
+        raise UsageError(str(exc)) from None
+    if plan is None:
+        return None
+    # Only the default port gives way to another run's page; a --http that is taken is bad input.
+    return replace(plan, users_path=paths.broker_users(), image=image, any_port_if_taken=args.http is None)
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -371,6 +397,8 @@ async def _main(args: argparse.Namespace, plan: RunPlan) -> int:
         async with running(plan) as run:
             if run.embedded:
                 print(f"{PROG}: embedded MQTT broker on {run.broker_url}", file=sys.stderr, flush=True)
+            if run.web_url:
+                print(f"{PROG}: web page on {run.web_url}", file=sys.stderr, flush=True)
             outcome = await _until_done(run, args.duration, stop, live, console)
     except PlanError as exc:
         raise UsageError(str(exc)) from None
