@@ -125,7 +125,7 @@ def _apm_run(tmp_path: Path, url: str, ca: Path, duration: str) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "apm", "run", "--config", str(cfg), "--sim", "aidon:3p-tn", "--plain",
          "--duration", duration, "--broker", url, "--username", USER, "--password", PASSWORD, "--ca-file", str(ca),
-         "--prices", str(ROOT / "apm" / "eco" / "data" / "no1-sample-week.csv")],
+         "--prices", str(ROOT / "apm" / "core" / "eco" / "data" / "no1-sample-week.csv")],
         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
 
 
