@@ -462,15 +462,19 @@ async def _show(parts: Running, live: bool, console: Console | None) -> None:
         while True:
             await asyncio.sleep(LOG_EVERY_S)
             log.info("%s", summary_line(parts.device, parts.balancer))
+    from rich.console import Group
     from rich.live import Live
 
-    with Live(render(parts.device, parts.balancer, parts.nodes), console=console, auto_refresh=False) as view:
+    def view() -> Group:
+        return render(parts.device, parts.balancer, parts.nodes, links=parts.charger_links())
+
+    with Live(view(), console=console, auto_refresh=False) as live_view:
         try:
             while True:
                 await asyncio.sleep(VIEW_REFRESH_S)
-                view.update(render(parts.device, parts.balancer, parts.nodes), refresh=True)
+                live_view.update(view(), refresh=True)
         finally:
-            view.update(render(parts.device, parts.balancer, parts.nodes), refresh=True)
+            live_view.update(view(), refresh=True)
 
 
 def _summary(outcome: Outcome, wall: float) -> int:
