@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "flash": "write, read, erase or verify the emulated flash image",
     "info": "firmware, serial, meter, HAN state, subscription, chargers, port, broker",
     "monitor": "read a HAN port live (auto-detects parity and baud rate)",
+    "ocpp": "the OCPP chargers' passwords (show, renew, remove, list)",
     "record": "record a HAN port's raw bytes with receive times (replay with `apm replay`)",
     "replay": "replay a captured HAN dump (recording, hex or raw bytes) through the decoder",
     "run": "the device's main loop: meter -> headroom -> MQTT -> balancer",

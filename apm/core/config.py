@@ -127,7 +127,7 @@ class ChargerConfig(Struct, frozen=True, forbid_unknown_fields=True):
 class OcppConfig(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """The OCPP 1.6J central system chargers with ``protocol = "ocpp"`` connect to (docs/chargers.md)."""
 
-    # The chargers are on the LAN: unknown ids are refused, passwords from `apm ocpp add-charger`.
+    # The chargers are on the LAN: unknown ids are refused, passwords from `apm ocpp password <id>`.
     listen: Annotated[str, _doc("address the central system listens on", min_length=1)] = "0.0.0.0"
     port: Annotated[int, _doc("its TCP port (ws://HOST:PORT/<charge point id>)", ge=1, le=65535)] = 9000
     cert_file: Annotated[str | None, _doc("PEM certificate (chain) for wss:// (OCPP Security Profile 2); "

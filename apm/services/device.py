@@ -247,6 +247,8 @@ class Device:
             listen.append((self.topics.subscription_revocation, 1))
         self.tracker = SubscriptionTracker()
         self.status_file = status_file
+        # Each charger's link for the status file; the runtime sets it once the chargers' edges are up.
+        self.charger_links: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
         self.hourly: list[HourlyEnergy] = []
         self.headroom_seq = 0
         self.headroom_listeners: list[HeadroomListener] = []
@@ -472,9 +474,22 @@ class Device:
                        "records_pending": st.records_pending, "records_dropped": st.records_dropped},
             "subscription": sub.state.value if sub else None,
             "advice": list(self.advice),
+            "chargers": self._charger_links(),
             "updated_at": iso_ts(self.clock.now()),
             "pid": os.getpid(),
         }
+
+    def _charger_links(self) -> dict[str, dict[str, Any]]:
+        """Each charger's protocol, connection, last report (ISO time) and limit: the runtime's view of the
+        chargers' edges when it gave one, else what the device itself heard (MQTT chargers)."""
+        if self.charger_links is not None:
+            links = self.charger_links()
+        else:
+            links = {c.id: {"protocol": c.protocol, "connected": None,
+                            "last_report_at": s.at if (s := self.chargers.get(c.id)) else None, "limit_a": None}
+                     for c in self.config.chargers}
+        return {cid: {**link, "last_report_at": iso_ts(at) if isinstance(at := link.get("last_report_at"), float)
+                      else None} for cid, link in links.items()}
 
     def write_status(self) -> None:
         if self.status_file is None:

@@ -104,6 +104,10 @@ class Running:
     embedded: bool = False
     web_url: str = ""  # the local web page ("" when off)
 
+    def charger_links(self) -> dict[str, dict[str, Any]]:
+        """Each charger's protocol, connection, last report and limit (the live view)."""
+        return charger_links(self.device, self.balancer, self.chargers)
+
 
 @runtime_checkable
 class ByteSource(Protocol):
@@ -188,6 +192,7 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     b = plan.config.broker
     login = {"username": b.username, "password": b.password} if b.username else {}
     edges = await attach_chargers(stack, device, balancer, url, passwords=plan.ocpp_passwords, mqtt_login=login)
+    device.charger_links = lambda: charger_links(device, balancer, edges)  # for the status file
     work = await source.attach(stack, device)
     return Running(device, balancer, beside(balancer.run(), work), chargers=edges)
 
@@ -398,9 +403,9 @@ class ChargerEdges:
             if edge is not None:
                 edge.set_limit(self.ids[cid] if edge is self.ocpp else cid, amps)
 
-    def links(self) -> dict[str, dict[str, object]]:
+    def links(self) -> dict[str, dict[str, Any]]:
         """Per charger id: its protocol, connection, last report and current limit (for `apm info`)."""
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for cid, ext in self.ids.items():
             if self.ocpp is not None and ext in self.ocpp.chargers:
                 o = self.ocpp.links()[ext]
@@ -411,6 +416,24 @@ class ChargerEdges:
                 out[cid] = {"protocol": "goe", "connected": g.connected, "last_report_at": g.last_report_at,
                             "limit_a": g.limit_a, "wanted_a": g.wanted_a}
         return out
+
+
+def charger_links(device: Device, balancer: BalancerService | None,
+                  edges: ChargerEdges | None) -> dict[str, dict[str, Any]]:
+    """Every configured charger's link, in the configuration's order: for OCPP and go-e what their edge
+    knows (connected, last report, the limit the charger took); for a generic MQTT charger its last
+    report and the setpoint published to it (``connected`` None: the broker, not we, holds its session)."""
+    known = edges.links() if edges is not None else {}
+    out: dict[str, dict[str, Any]] = {}
+    for c in device.config.chargers:
+        link = known.get(c.id)
+        if link is None:
+            state = device.chargers.get(c.id)
+            wanted = balancer.setpoints.get(c.id) if balancer is not None else None
+            link = {"protocol": "mqtt", "connected": None, "last_report_at": state.at if state else None,
+                    "limit_a": wanted, "wanted_a": wanted}
+        out[c.id] = link
+    return out
 
 
 def safe_current(config: DeviceConfig, charger: ChargerConfig) -> float:

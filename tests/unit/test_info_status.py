@@ -63,3 +63,16 @@ def test_apm_info_after_the_device_stopped(tmp_path: Path, capsys: pytest.Captur
     doc = json.loads(capsys.readouterr().out)
     assert doc["han_state"].startswith(start), doc["han_state"]
     assert "status_written" in doc
+
+
+def test_each_chargers_link_as_the_running_device_wrote_it() -> None:
+    from apm.cli.commands.info import charger_link
+
+    link = {"protocol": "ocpp", "connected": True, "last_report_at": "2030-03-17T17:46:38.000Z", "limit_a": 16.0}
+    assert charger_link("ocpp", link, True) == "ocpp connected, last report 2030-03-17T17:46:38.000Z, limit 16.0 A"
+    assert charger_link("goe", {"protocol": "goe", "connected": False}, True) == \
+        "goe NOT connected, no report yet, no limit sent yet"
+    assert charger_link("mqtt", {"protocol": "mqtt", "connected": None, "limit_a": 6}, True) == \
+        "mqtt, no report yet, limit 6.0 A"
+    assert charger_link("ocpp", link, False) == "ocpp (the device is not running)"
+    assert charger_link("ocpp", None, True) == "ocpp"

@@ -91,3 +91,23 @@ def test_the_monitor_view_fits_80x24() -> None:
     grid_head = next(line for line in lines if line.startswith("Grid line"))
     assert grid_head.split()[-3:] == ["L1", "L2", "L3"]
     assert "Active import" in "\n".join(lines) and "frames: 40 good, 2 bad" in "\n".join(lines)
+
+
+def test_the_device_view_shows_each_chargers_protocol_connection_and_limit_in_80x24() -> None:
+    chargers = (cfg.ChargerConfig("garage", protocol="ocpp"), cfg.ChargerConfig("carport", protocol="goe",
+                                                                               goe_serial="012345"),
+                cfg.ChargerConfig("shed"), cfg.ChargerConfig("cabin-annex", protocol="ocpp", ocpp_id="ZAP000123"))
+    device = _device(chargers)
+    links = {"garage": {"protocol": "ocpp", "connected": True, "limit_a": 16.0},
+             "carport": {"protocol": "goe", "connected": False, "limit_a": 10.0},
+             "shed": {"protocol": "mqtt", "connected": None, "limit_a": 6.0},
+             "cabin-annex": {"protocol": "ocpp", "connected": False, "limit_a": None}}
+    lines = _lines(render(device, _balancer(device), links=links))  # type: ignore[arg-type]
+    assert len(lines) <= HEIGHT, "\n".join(lines)
+    assert max(len(line) for line in lines) <= WIDTH
+    row = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in
+           ("garage", "carport", "shed", "cabin-annex")}
+    assert row["garage"][5:8] == ["16.0", "ocpp", "up"]
+    assert row["carport"][5:8] == ["10.0", "goe", "DOWN"]
+    assert row["shed"][5:7] == ["6.0", "mqtt"]
+    assert row["cabin-annex"][5:8] == ["6.0", "ocpp", "DOWN"], "no limit taken yet: the balancer's setpoint"

@@ -99,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
         state = evaluate(now, token=contents.token, public_key=contents.issuer_key, config=config,
                          revocations=contents.revocations, meter=meter)
         info["subscription"] = f"{state.state.value} ({state.reason})"
-        info["chargers"] = [f"{c.id}: {c.phases}-phase, max {c.max_a:g} A, rotation {' '.join(c.rotation)}"
-                            for c in config.chargers]
+        links = status.get("chargers") if isinstance(status.get("chargers"), dict) else {}
+        live = not info["han_state"].startswith("stale")
+        info["chargers"] = [f"{c.id}: {c.phases}-phase, max {c.max_a:g} A, rotation {' '.join(c.rotation)}; "
+                            + charger_link(c.protocol, links.get(c.id), live) for c in config.chargers]
+        if links and args.json:
+            info["charger_links"] = links
         info["fuse"] = f"{config.grid.fuse_a:g} A, {config.grid.network} network, CT ratio {config.grid.ct_ratio:g}"
         info["port"] = port_status(config.port)
         info["broker"] = broker_status(config.broker.url)
@@ -146,6 +150,21 @@ def han_state(status: dict[str, Any], now: float, written: float | None, running
     if last_at is not None and last_at > now + FUTURE_SLACK_S:
         return f"simulated: the device's clock is ahead of this one ({state}, {frame})"
     return f"{state} ({frame})" if last else state
+
+
+def charger_link(protocol: str, link: object, live: bool) -> str:
+    """``ocpp connected, last report 2030-03-17T17:46:38.000Z, limit 16.0 A``: what the running device
+    wrote about one charger's link (only the protocol when it is not running, or has not said)."""
+    if not isinstance(link, dict) or not live:
+        return f"{protocol}" + ("" if live else " (the device is not running)")
+    connected = link.get("connected")
+    parts = [str(link.get("protocol", protocol))
+             + ("" if connected is None else " connected" if connected else " NOT connected")]
+    last = link.get("last_report_at")
+    parts.append(f"last report {last}" if last else "no report yet")
+    limit = link.get("limit_a")
+    parts.append(f"limit {limit:.1f} A" if isinstance(limit, int | float) else "no limit sent yet")
+    return ", ".join(parts)
 
 
 def _written_at(image: Any) -> float | None:

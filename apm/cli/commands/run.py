@@ -135,10 +135,12 @@ def _plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPla
     _check_options(args)
     config, image = _config(args)
     config, broker = _broker(_broker_options(config, args), args)
+    passwords = _ocpp_passwords(config)
     source = _source(args, config, closers)
     # Settings changed in the page are stored where the configuration came from: the image.
     return RunPlan(config, source, _storage(args, config, image, closers), broker=broker,
-                   eco=_eco(args, None), web=_web(args, None if args.config else image))
+                   eco=_eco(args, None), web=_web(args, None if args.config else image),
+                   ocpp_passwords=passwords)
 
 
 def _demo_plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPlan:
@@ -261,6 +263,39 @@ def _broker(config: DeviceConfig, args: argparse.Namespace) -> tuple[DeviceConfi
         raise UsageError(f"the embedded broker's users: {exc}") from None
     config = replace(config, broker=replace(b, username=login.username, password=login.password))
     return config, EmbeddedBrokerPlan(args.broker_port, args.listen, updated, path)
+
+
+def _ocpp_passwords(config: DeviceConfig) -> dict[str, str]:
+    """The OCPP chargers' passwords (`apm ocpp password`). A charger without one is refused unless the
+    central system listens on loopback only: on the LAN anyone could connect as that charger, report
+    a car that draws nothing and so have the balancer hand its current to the others, above the fuse."""
+    from apm.io.chargers.ocpp_passwords import PasswordBook, PasswordError
+    from apm.io.storage import paths
+
+    ids = [c.charge_point_id for c in config.chargers if c.protocol == "ocpp"]
+    if not ids:
+        return {}
+    path = paths.ocpp_passwords()
+    try:
+        book = PasswordBook.load(path)
+    except PasswordError as exc:
+        raise UsageError(f"the OCPP passwords: {exc}") from None
+    missing = [cid for cid in ids if cid not in book.passwords]
+    if missing and not is_loopback(config.ocpp.listen):
+        raise UsageError(f"OCPP charger {missing[0]} has no password: run `apm ocpp password {missing[0]}` and "
+                         "give it to the charger (or set [ocpp] listen = \"127.0.0.1\" to run without)")
+    return {cid: book.passwords[cid] for cid in ids if cid in book.passwords}
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _source(args: argparse.Namespace, config: DeviceConfig, closers: list[Callable[[], None]]) -> ByteSource:
@@ -456,15 +491,19 @@ async def _show(parts: Running, live: bool, console: Console | None) -> None:
         while True:
             await asyncio.sleep(LOG_EVERY_S)
             log.info("%s", summary_line(parts.device, parts.balancer))
+    from rich.console import Group
     from rich.live import Live
 
-    with Live(render(parts.device, parts.balancer, parts.nodes), console=console, auto_refresh=False) as view:
+    def view() -> Group:
+        return render(parts.device, parts.balancer, parts.nodes, links=parts.charger_links())
+
+    with Live(view(), console=console, auto_refresh=False) as live_view:
         try:
             while True:
                 await asyncio.sleep(VIEW_REFRESH_S)
-                view.update(render(parts.device, parts.balancer, parts.nodes), refresh=True)
+                live_view.update(view(), refresh=True)
         finally:
-            view.update(render(parts.device, parts.balancer, parts.nodes), refresh=True)
+            live_view.update(view(), refresh=True)
 
 
 def _summary(outcome: Outcome, wall: float) -> int:

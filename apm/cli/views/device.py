@@ -6,8 +6,8 @@ simulated chargers of a demo) and never change them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Group
@@ -64,7 +64,16 @@ def summary_line(device: Device, balancer: BalancerService | None) -> str:
 
 # A charger's own terminals: its phase k is wired to some grid line (the rotation), so not named L1-L3.
 TERMINALS = ("T1", "T2", "T3")
-WHY_WIDTH = 26  # 80 columns less charger id, state, three currents and the setpoint
+WHY_WIDTH = 17  # 80 columns less charger id, state, three currents, the limit and the link
+
+
+def link_text(link: Mapping[str, Any] | None) -> str:
+    """``ocpp up``, ``goe DOWN``, ``mqtt`` (a generic MQTT charger's session is the broker's)."""
+    if link is None:
+        return "mqtt"
+    protocol = str(link.get("protocol", "?"))
+    connected = link.get("connected")
+    return protocol if connected is None else f"{protocol} {'up' if connected else 'DOWN'}"
 
 
 def _table(*columns: str, numeric: int = 3) -> Table:
@@ -80,8 +89,11 @@ def _line(text: str, style: str = "") -> Text:
 
 
 def render(device: Device, balancer: BalancerService | None, nodes: Sequence[ChargerNode] = (),
-           title: str = "APM") -> Group:
-    """The live view: fits 80x24 with a few chargers (grid lines L1-L3, charger terminals T1-T3)."""
+           title: str = "APM", links: Mapping[str, Mapping[str, Any]] | None = None) -> Group:
+    """The live view: fits 80x24 with a few chargers (grid lines L1-L3, charger terminals T1-T3).
+
+    ``links``: each charger's protocol, connection and the limit it holds
+    (`apm.services.runtime.Running.charger_links`); without them the balancer's setpoints."""
     now = device.clock.now()
     st = device.state
     sub = device.tracker.current
@@ -109,7 +121,7 @@ def render(device: Device, balancer: BalancerService | None, nodes: Sequence[Cha
     meter = (f"import {_a(power, 0)} W · energy {_a(kwh, 2)} kWh · "
              f"lists {st.counts.get(1, 0)}/{st.counts.get(2, 0)}/{st.counts.get(3, 0)} · "
              f"hourly records {len(device.hourly)}")
-    chargers = _table("Charger", "state", *TERMINALS, "setpoint", "why", numeric=0)
+    chargers = _table("Charger", "state", *TERMINALS, "limit", "link", "why", numeric=0)
     # The reason is cut to what an 80-column terminal leaves beside the other columns.
     for col in chargers.columns[2:6]:
         col.justify = "right"
@@ -118,11 +130,15 @@ def render(device: Device, balancer: BalancerService | None, nodes: Sequence[Cha
     decision = balancer.balancer.last if balancer is not None else None
     for c in device.config.chargers:
         s = device.chargers.get(c.id)
-        setpoint = balancer.setpoints.get(c.id) if balancer is not None else None
+        link = links.get(c.id) if links is not None else None
+        # The limit the charger holds (OCPP: the profile it accepted), else the setpoint sent to it.
+        limit = link.get("limit_a") if link is not None else None
+        if limit is None and balancer is not None:
+            limit = balancer.setpoints.get(c.id)
         why = decision.reasons.get(c.id, "") if decision is not None else ""
         cur = s.currents_a if s is not None else (None, None, None)
         chargers.add_row(c.id, s.mode if s is not None else "no report", *(_a(v) for v in cur),
-                         _a(setpoint), why)
+                         _a(limit), link_text(link), why)
     parts: list = [head, _line(f"{_han(device, now)} · {_broker(device)}"), Text(), grid, _line(meter),
                    _line(room), Text(), chargers]
     if decision is not None:

@@ -27,7 +27,6 @@ own links (``own``). It is created 0600 in a 0700 directory; a file that others 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from apm.io.mqtt.topics import TopicError, Topics, check_level
+from apm.io.storage.private import read_private, write_private
 
 log = logging.getLogger(__name__)
 
@@ -246,17 +246,11 @@ class UserTable:
         """The stored table; an empty one when there is no file."""
         p = Path(path)
         try:
-            with open(p, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                raw = f.read()
-        except FileNotFoundError:
-            return cls()
+            raw = read_private(p)
         except OSError as exc:
             raise AuthError(f"{p}: cannot read: {exc}") from None
-        if mode & 0o077:
-            log.warning("%s was readable by others; made it 0600", p)
-            with contextlib.suppress(OSError):
-                os.chmod(p, 0o600)
+        if raw is None:
+            return cls()
         try:
             data = json.loads(raw)
         except ValueError as exc:
@@ -265,23 +259,7 @@ class UserTable:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Atomically (a crash leaves the old file or the new one), created 0600 in a 0700 directory."""
-        p = Path(path)
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # an old .tmp may have had other bits
-            os.write(fd, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, p)
-        with contextlib.suppress(OSError):  # the rename durable too
-            dfd = os.open(p.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        write_private(path, json.dumps(self.to_json(), indent=1, sort_keys=True).encode())
 
 
 # --- what the broker asks -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     data   $XDG_DATA_HOME/apm   (~/.local/share/apm)  the flash image, the simulated issuer's state
     state  $XDG_STATE_HOME/apm  (~/.local/state/apm)  serial settings that worked, per port; the
-                                                      embedded broker's users (0600: broker-users.json)
+                                                      embedded broker's users (0600: broker-users.json),
+                                                      the OCPP chargers' passwords (0600: ocpp-passwords.json)
     cache  $XDG_CACHE_HOME/apm  (~/.cache/apm)        day-ahead prices
 
 The device's status file lies beside its image (``<image>.status.json``). Each file can also be named
@@ -20,6 +21,7 @@ FLASH_ENV = "APM_FLASH"
 CLOUD_ENV = "APM_CLOUD_STATE"
 SERIAL_ENV = "APM_SERIAL_CACHE"
 BROKER_USERS_ENV = "APM_BROKER_USERS"
+OCPP_PASSWORDS_ENV = "APM_OCPP_PASSWORDS"
 
 
 def _base(variable: str, *default: str) -> Path:
@@ -94,6 +96,19 @@ def broker_users() -> Path:
     if flash:
         return Path(f"{flash}.broker-users.json")
     return state_dir() / "broker-users.json"
+
+
+def ocpp_passwords() -> Path:
+    """The OCPP chargers' passwords (plain text: the installer reads them back to type them into the
+    charger): ``$APM_OCPP_PASSWORDS``, beside ``$APM_FLASH``'s image, else in the state directory, next
+    to the broker's users."""
+    env = os.environ.get(OCPP_PASSWORDS_ENV)
+    if env:
+        return Path(env)
+    flash = os.environ.get(FLASH_ENV)
+    if flash:
+        return Path(f"{flash}.ocpp-passwords.json")
+    return state_dir() / "ocpp-passwords.json"
 
 
 def price_cache() -> Path:
