@@ -10,7 +10,15 @@ Beside the device it shares the device's Controller: the headroom, the charger s
 subscription state (the device's own evaluation) are already there, with no round trip through the
 broker; only the eco plan comes over MQTT. Alone (``BalancerService(config, url=...)``: a balancer
 that runs apart from the device) it keeps a Controller of its own and feeds it from the broker:
-``headroom``, ``charger/+/state`` and the retained ``subscription`` status as the device publishes them.
+``headroom`` and ``charger/+/state`` as the device and the chargers publish them.
+
+Entitlement comes only from signed proofs: beside the device, from the device's own verification of
+the token and revocations; alone, from ``subscription`` (the same `apm.device.SubscriptionSource` the
+device uses: the token, the issuer's key and the revocations, verified here), evaluated at the start,
+every SUBSCRIPTION_EVERY_S, and whenever the device's retained ``subscription`` status changes. That
+topic is only a hint to look again: what it says is never used, so no broker client can switch fuse
+protection off (``{"state": "none"}``) or grant it (``{"state": "valid"}``). Alone without a source,
+there is no subscription: the fixed current.
 
 What it may do comes from the subscription: fuse protection needs a valid subscription that grants
 it; without one the chargers share the configured fixed current among themselves
@@ -48,21 +56,21 @@ from apm.messages import (
     read_charger_state,
     read_eco_plan,
     read_headroom,
-    read_subscription,
     setpoint_message,
 )
 from apm.mqtt_link import MqttLink, link_settings
 from apm.mqtt_node import MqttNode
-from apm.subscription import FEATURES, Gate, State, SubscriptionState
+from apm.subscription import Gate, SubscriptionState
 from apm.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics
 
 if TYPE_CHECKING:
-    from apm.device import Device
+    from apm.device import Device, SubscriptionSource
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 REFRESH_S = 10.0
+SUBSCRIPTION_EVERY_S = 60.0  # clock seconds between the alone balancer's own evaluations
 
 
 __all__ = ["BalancerService", "balancer_settings"]
@@ -81,8 +89,10 @@ class BalancerService(MqttNode):
         refresh_s: float = REFRESH_S,
         client_id: str | None = None,
         link_options: Mapping[str, Any] | None = None,
+        subscription: SubscriptionSource | None = None,
     ) -> None:
         self.config = config
+        self.subscription_source = subscription
         self.clock = clock or RealClock()
         self.topics = Topics(config.serial)
         # Beside the device: its controller. Alone: one of our own, fed from the broker.
@@ -96,10 +106,12 @@ class BalancerService(MqttNode):
         self.sent_at: dict[str, float] = {}
         self.published = 0
         self.updates = 0
+        self._evaluated_at = float("-inf")
         t = self.topics
         listen = [(t.eco_plan, 1)]
         if self.alone:
             listen += [(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1)]
+            self.evaluate_subscription()
         self.link = MqttLink(
             url, client_id=client_id or f"apm-{config.serial}-balancer", **link_settings(config.broker),
             subscriptions=listen,
@@ -176,18 +188,24 @@ class BalancerService(MqttNode):
                     self.on_headroom(now, read_headroom(m.payload, now))
                 elif ref.kind == CHARGER_STATE and ref.charger in self.controller.max_a:
                     self.controller.on_charger_states(now, [read_charger_state(ref.charger, m.payload, now)])
-                elif ref.kind == SUBSCRIPTION:
-                    self._on_subscription(m.payload)
+                elif ref.kind == SUBSCRIPTION and self.alone:
+                    self.evaluate_subscription()  # a hint to look again, never a source
                 elif ref.kind == ECO_PLAN:
                     self._on_plan(m.payload)
             except (PayloadError, ValueError, KeyError, TypeError) as exc:
                 log.warning("%s: ignored a bad message: %s", m.topic, exc)
 
-    def _on_subscription(self, payload: bytes) -> None:
-        p = read_subscription(payload)
-        state = SubscriptionState(State(p.state), p.reason)
-        self.controller.set_subscription(state, FEATURES if p.granted is None else p.granted)
-        log.info("balancer: subscription %s (%s)", state.state.value, state.reason)
+    def evaluate_subscription(self) -> SubscriptionState | None:
+        """Alone: the subscription from the signed proofs (None: no source, so none)."""
+        source = self.subscription_source
+        state = None if source is None else source(self.clock.datetime(), None)
+        before = self.controller.subscription
+        self.controller.set_subscription(state)
+        if state != before:
+            log.info("balancer: subscription %s", "none known" if state is None
+                     else f"{state.state.value} ({state.reason})")
+        self._evaluated_at = self.clock.now()
+        return state
 
     def _on_plan(self, payload: bytes) -> None:
         p = read_eco_plan(payload)
@@ -238,4 +256,6 @@ class BalancerService(MqttNode):
             now = self.clock.now()
             if now - next_at > 5 * self.tick_s:
                 next_at = now  # fell far behind (a suspended process): do not replay every missed tick
+            if self.alone and now - self._evaluated_at >= SUBSCRIPTION_EVERY_S:
+                self.evaluate_subscription()  # a token expires by the clock
             self.update(now)
