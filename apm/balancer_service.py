@@ -38,6 +38,7 @@ and at least every ``refresh_s``, so a charger that restarted learns its setpoin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Coroutine, Mapping
 from datetime import datetime
@@ -46,12 +47,13 @@ from typing import TYPE_CHECKING, Any
 from apm.balancer import Balancer, BalancerSettings
 from apm.charger_state import ChargerState
 from apm.clock import Clock, RealClock
-from apm.config import DeviceConfig
+from apm.config import DeviceConfig, GridConfig
 from apm.controller import Controller, balancer_settings
 from apm.eco.schedule import EcoSchedule
 from apm.headroom import Headroom
 from apm.messages import (
     HeadroomNote,
+    Rejections,
     headroom_value,
     read_charger_state,
     read_eco_plan,
@@ -112,6 +114,7 @@ class BalancerService(MqttNode):
         if self.alone:
             listen += [(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1)]
             self.evaluate_subscription()
+        self.rejections = Rejections(self.topics, "balancer")
         self.link = MqttLink(
             url, client_id=client_id or f"apm-{config.serial}-balancer", **link_settings(config.broker),
             subscriptions=listen,
@@ -172,28 +175,44 @@ class BalancerService(MqttNode):
         """A new headroom (from the device beside us, or off the broker): decide and publish at once."""
         self.headroom = note
         if self.alone:
-            self.controller.use_headroom(headroom_value(note, now, self.config.grid.network))
+            self.controller.use_headroom(_within_limit(headroom_value(note, now, self.config.grid.network),
+                                                       self.config.grid))
         # Decided at the clock's now: the device passes when the meter measured, which lies before
         # decisions already made (a tick), and the balancer's clock must not run backwards.
         self.update(max(now, self.clock.now()), publish_all=True)
 
     async def _listen(self) -> None:
         async for m in self.link.messages():
-            ref = self.topics.parse(m.topic)
-            if ref is None:
-                continue
-            now = self.clock.now()
-            try:
-                if ref.kind == HEADROOM:
-                    self.on_headroom(now, read_headroom(m.payload, now))
-                elif ref.kind == CHARGER_STATE and ref.charger in self.controller.max_a:
-                    self.controller.on_charger_states(now, [read_charger_state(ref.charger, m.payload, now)])
-                elif ref.kind == SUBSCRIPTION and self.alone:
-                    self.evaluate_subscription()  # a hint to look again, never a source
-                elif ref.kind == ECO_PLAN:
-                    self._on_plan(m.payload)
-            except (PayloadError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: ignored a bad message: %s", m.topic, exc)
+            self.on_message(m.topic, m.payload)
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """One message off the broker: used, or rejected (counted and logged), never an exception out
+        of the listener (a retained bad plan would otherwise end it at every start)."""
+        try:
+            self._on_message(topic, payload)
+        except PayloadError as exc:
+            self.rejections.reject(topic, str(exc))
+        except Exception as exc:  # what nobody foresaw: logged with its traceback, and the listener goes on
+            self.rejections.reject(topic, f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        ref = self.topics.parse(topic)
+        if ref is None:
+            return
+        now = self.clock.now()
+        if ref.kind == ECO_PLAN:
+            self._on_plan(payload)
+        elif not self.alone:
+            return  # beside the device, the rest comes from it in-process
+        elif ref.kind == HEADROOM:
+            self.on_headroom(now, read_headroom(payload, now))
+        elif ref.kind == CHARGER_STATE and ref.charger is not None:
+            if ref.charger not in self.controller.max_a:
+                self.rejections.unknown_charger(ref.charger)
+                return
+            self.controller.on_charger_states(now, [read_charger_state(ref.charger, payload, now)])
+        elif ref.kind == SUBSCRIPTION:
+            self.evaluate_subscription()  # a hint to look again, never a source
 
     def evaluate_subscription(self) -> SubscriptionState | None:
         """Alone: the subscription from the signed proofs (None: no source, so none)."""
@@ -259,3 +278,11 @@ class BalancerService(MqttNode):
             if self.alone and now - self._evaluated_at >= SUBSCRIPTION_EVERY_S:
                 self.evaluate_subscription()  # a token expires by the clock
             self.update(now)
+
+
+def _within_limit(h: Headroom, grid: GridConfig) -> Headroom:
+    """A headroom off the broker with no line above what the fuse less the margin could ever leave:
+    a forged or corrupted 400 A on a 25 A fuse is read as the whole limit, no more."""
+    limit = grid.fuse_a - grid.safety_margin_a
+    lines = tuple(None if a is None else min(a, limit) for a in h.available_a)
+    return h if lines == h.available_a else dataclasses.replace(h, available_a=lines)
