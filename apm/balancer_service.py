@@ -284,5 +284,6 @@ def _within_limit(h: Headroom, grid: GridConfig) -> Headroom:
     """A headroom off the broker with no line above what the fuse less the margin could ever leave:
     a forged or corrupted 400 A on a 25 A fuse is read as the whole limit, no more."""
     limit = grid.fuse_a - grid.safety_margin_a
-    lines = tuple(None if a is None else min(a, limit) for a in h.available_a)
+    a, b, c = (None if x is None else min(x, limit) for x in h.available_a)
+    lines = (a, b, c)
     return h if lines == h.available_a else dataclasses.replace(h, available_a=lines)

@@ -342,7 +342,8 @@ class Device:
             return
         feeding = asyncio.ensure_future(self._feed_all(source))
         try:
-            await asyncio.wait([feeding, failed], return_when=asyncio.FIRST_COMPLETED)
+            watched: list[asyncio.Future[Any]] = [feeding, failed]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not feeding.done():
                 feeding.cancel()
