@@ -13,6 +13,12 @@ itself. In the closed-loop simulation the world steps every charger once per sim
 meter and the fuse judge need the same currents) and calls `after_step`.
 
 Times given to the `SimCharger` and its EVs are seconds since ``origin`` (the simulation's t = 0).
+
+A charger that stops hearing setpoints (the device or the broker gone) must not keep offering what it
+was last told, which the house may no longer leave room for: after ``setpoint_timeout_s`` of the
+clock without a valid setpoint it falls back to ``safe_a`` by itself (IEC 61851's 6 A by default, as
+Zaptec's and Easee's offline current), until the next setpoint. A bad setpoint is counted, logged and
+ignored; nothing on the setpoint topic ends the listener.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from sim.charger import SimCharger
 
 log = logging.getLogger(__name__)
 
+SETPOINT_TIMEOUT_S = 60.0  # the balancer refreshes every setpoint at least every 10 s
+SAFE_A = 6.0
+
 
 class ChargerNode(MqttNode):
     def __init__(
@@ -44,8 +53,14 @@ class ChargerNode(MqttNode):
         state_every_s: float = 1.0,
         client_id: str | None = None,
         link_options: Mapping[str, Any] | None = None,
+        setpoint_timeout_s: float = SETPOINT_TIMEOUT_S,
+        safe_a: float = SAFE_A,
     ) -> None:
         self.charger = charger
+        self.setpoint_timeout_s = setpoint_timeout_s
+        self.safe_a = safe_a
+        self.rejected = 0
+        self.fell_back = 0  # times the setpoint timed out
         self.id = charger.id
         self.topics = topics
         self.clock = clock or RealClock()
@@ -69,26 +84,48 @@ class ChargerNode(MqttNode):
         return [self._listen(), self._report()]
 
     async def _listen(self) -> None:
-        for_me = self.topics.charger_setpoint(self.id)
+        self._heard_at = self.clock.now()  # the timeout runs from the start: silence from the outset too
         async for m in self.link.messages():
-            if m.topic != for_me:
-                continue
-            try:
-                sp = SetpointPayload.decode(m.payload)
-            except PayloadError as exc:
-                log.warning("charger %s: bad setpoint: %s", self.id, exc)
-                continue
-            self.setpoints_received += 1
-            self.last_setpoint = sp
-            if sp.current_a != self.charger.setpoint_a:
-                self.charger.set_setpoint(self.t(), sp.current_a)
-                self.publish_state()
+            self.on_message(m.topic, m.payload)
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """A setpoint: applied (True), or rejected, counted and logged; never an exception."""
+        if topic != self.topics.charger_setpoint(self.id):
+            return False
+        try:
+            sp = SetpointPayload.decode(payload)
+        except PayloadError as exc:
+            self.rejected += 1
+            log.warning("charger %s: bad setpoint ignored: %s", self.id, str(exc)[:300])
+            return False
+        self.setpoints_received += 1
+        self.last_setpoint = sp
+        self._heard_at = self.clock.now()
+        if sp.current_a != self.charger.setpoint_a:
+            self.charger.set_setpoint(self.t(), sp.current_a)
+            self.publish_state()
+        return True
+
+    def check_timeout(self) -> bool:
+        """Fall back to ``safe_a`` when no setpoint came for ``setpoint_timeout_s``; True if it did now."""
+        heard = getattr(self, "_heard_at", None)
+        if heard is None or self.clock.now() - heard <= self.setpoint_timeout_s:
+            return False
+        if self.charger.setpoint_a <= self.safe_a:
+            return False
+        self.fell_back += 1
+        log.warning("charger %s: no setpoint for %.0f s: %.1f A -> the safe %.1f A", self.id,
+                    self.clock.now() - heard, self.charger.setpoint_a, self.safe_a)
+        self.charger.set_setpoint(self.t(), self.safe_a)
+        self.publish_state()
+        return True
 
     async def _report(self) -> None:
         next_at = self.clock.now()
         while True:
             next_at += self.state_every_s if not self.steps else min(1.0, self.state_every_s)
             await self.clock.sleep_until(next_at)
+            self.check_timeout()
             if self.steps:
                 self.charger.step(self.t())
             self.after_step()

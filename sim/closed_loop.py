@@ -13,7 +13,8 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
 
     duration_s = 86400 *
     start = "2025-01-15T00:00:00+01:00"     # the meter clock at t = 0 (local midnight: the household's day)
-    fixed_current_a = 32                    # the comparison run, and the balancer's fallback
+    fixed_current_a = 32                    # the comparison run's current; the balancer's fallback is
+                                            # the device's: at most fuse - margin (`Scenario.fallback_a`)
     [grid]  network = "IT" | "TN" *, fuse_a *, safety_margin_a = 2, curve = "C" | "B" | "gG",
             model = "magnitude" | "phasor" (default: phasor on IT with the synthetic household, else
             magnitude; see sim/grid.py), phases = 3, sequence = "L1-L2-L3" | "L1-L3-L2",
@@ -67,7 +68,8 @@ schedules over the day: when a battery fills, giving it the line first can deliv
 is a phasor sum, smaller than the in-phase sum the oracles assume; a device that measures a line
 can use that (house = I - own), so it may end slightly above them.
 
-``compare`` adds the same day with ``fixed_current_a`` shared on each line and no meter.
+``compare`` adds the same day with ``fixed_current_a`` shared on each line and no meter (a fixed
+installation: the comparison may use more than the device's own fallback, `Scenario.fallback_a`).
 
     python -m sim.closed_loop sim/scenarios/winter-it-40a.toml --report out.json --plot out.png
 """
@@ -173,9 +175,16 @@ class Scenario:
         return self.fuse_a - self.safety_margin_a
 
     @property
+    def fallback_a(self) -> float:
+        """The balancer's fixed current: the scenario's ``fixed_current_a`` where the device would accept
+        it, else fuse - margin (a scenario may compare against an unsafe fixed installation on purpose:
+        ``fixed_current_a`` is that comparison's current, the device never falls back to more)."""
+        return min(self.fixed_current_a, self.limit_a)
+
+    @property
     def balancer_settings(self) -> BalancerSettings:
-        """The balancer's settings: ``balancer`` (the overrides) with the top-level fixed current."""
-        return BalancerSettings.from_dict({**self.balancer, "fixed_current_a": self.fixed_current_a})
+        """The balancer's settings: ``balancer`` (the overrides) with the fixed current `fallback_a`."""
+        return BalancerSettings.from_dict({**self.balancer, "fixed_current_a": self.fallback_a})
 
     @property
     def headroom_settings(self) -> HeadroomSettings:

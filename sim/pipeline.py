@@ -79,7 +79,7 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
     return DeviceConfig(serial=serial, installation_id=f"sim-{sc.name}",
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a,
                                         safety_margin_a=sc.safety_margin_a),
-                        chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fixed_current_a,
+                        chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fallback_a,
                         balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings,
                         ocpp=OcppConfig(listen="127.0.0.1"))  # the simulated charge points are local
 

@@ -86,7 +86,7 @@ def device_config(sc: Scenario, installation: Installation) -> DeviceConfig:
     return DeviceConfig(serial=installation.serial, installation_id=installation.installation_id,
                         installation_type=installation.installation_type, country=installation.country,
                         grid=GridConfig(network=sc.network, fuse_a=sc.fuse_a, safety_margin_a=sc.safety_margin_a),
-                        chargers=sc.chargers, fixed_current_a=sc.fixed_current_a)
+                        chargers=sc.chargers, fixed_current_a=sc.fallback_a)
 
 
 # --- the policy ----------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class SubscriptionPolicy:
         han_fresh = headroom is not None and now - headroom.measured_at <= self.stale_after_s
         state = evaluate(t, token=self.inbox.token_at(t), public_key=self.inbox.public_key, config=self.config,
                          revocations=self.inbox.revocations_at(t), meter=self.meter if headroom else None)
-        g = gate(state, han_fresh, self.config.fixed_current_a)
+        g = gate(state, han_fresh, self.config.fallback_a)
         mode = "protect" if g.fixed_current_a is None else "fixed"
         changed = self._tracker.update(state, t) is not None
         if changed or mode != self.mode:
@@ -247,7 +247,7 @@ def loaded_steps(sc: Scenario) -> list[int]:
                            seed=int(opts.pop("seed", 1)), days=int(sc.duration_s // 86400) + 2, **opts)
     steps = int(round(sc.duration_s / sc.step_s))
     return [k for k in range(steps + 1)
-            if max(house.sample(k * sc.step_s).lines) + sc.fixed_current_a > sc.fuse_a]
+            if max(house.sample(k * sc.step_s).lines) + sc.fallback_a > sc.fuse_a]
 
 
 def run_phase(sc: Scenario, phase: Phase, inbox: DeviceInbox, config: DeviceConfig,
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [r.row() for r in results]
     print(table(rows))
     if args.report:
-        doc = {"scenario": sc.name, "fixed_current_a": sc.fixed_current_a, "fuse_a": sc.fuse_a,
+        doc = {"scenario": sc.name, "fixed_current_a": sc.fallback_a, "fuse_a": sc.fuse_a,
                "window_s": sc.duration_s, "phases": rows}
         try:
             Path(args.report).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -1,1 +1,1 @@
-"""apm.cli."""
+"""apm.cli.main."""

@@ -212,8 +212,10 @@ class BalancerSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
                                              ge=0.0, le=3600.0)] = 15.0
     # Below the meters' 10 s list interval every gap between lists would count as stale; beyond 120 s
     # (OpenEVSE's limit) the headroom is too old to protect the fuse.
-    stale_after_s: Annotated[float, _doc("per-phase meter data older than this is stale: fall back to "
-                                         "fixed_current_a", ge=10.0, le=120.0)] = STALE_AFTER_S
+    # At most 60 s: an EV's step up found out a minute late is what a fuse's overload curve forgives.
+    stale_after_s: Annotated[float, _doc("per-phase meter data older than this is stale: hold the last "
+                                         "setpoints, then come down (apm.core.controller)", ge=10.0,
+                                         le=60.0)] = STALE_AFTER_S
     # Zaptec's default offline current is 32 A. In the device config this is the top-level
     # fixed_current_a (the subscription gate uses it too); `[balancer] fixed_current_a` is refused there.
     fixed_current_a: Annotated[float, _doc("current all chargers share on each line without meter data "
@@ -308,7 +310,10 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     grid: GridConfig = field(default_factory=GridConfig)
     chargers: Annotated[tuple[ChargerConfig, ...], Meta(max_length=MAX_CHARGERS)] = ()
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    fixed_current_a: FixedAmps = 32.0
+    fixed_current_a: Annotated[Annotated[float, Meta(ge=0.0, le=400.0)] | None,
+                               _doc("current the chargers share on each line without a valid subscription "
+                                    "or meter data; at most grid.fuse_a - grid.safety_margin_a (unset: "
+                                    "exactly that)", examples=[16])] = None
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     headroom: HeadroomSettings = field(default_factory=HeadroomSettings)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
@@ -317,10 +322,16 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         check_charger_ids(self.chargers, "chargers")
         check_balancer(self.balancer, self.grid, self.chargers, "chargers")
+        fixed = check_fixed_current(self.fixed_current_a, self.grid)
         # One fixed current: the balancer's is the top-level one (the subscription gate's too).
-        if self.balancer.fixed_current_a != self.fixed_current_a:
-            synced = msgspec.structs.replace(self.balancer, fixed_current_a=self.fixed_current_a)
+        if self.balancer.fixed_current_a != fixed:
+            synced = msgspec.structs.replace(self.balancer, fixed_current_a=fixed)
             msgspec.structs.force_setattr(self, "balancer", synced)
+
+    @property
+    def fallback_a(self) -> float:
+        """The fixed current in force: ``fixed_current_a``, or fuse - margin when it is unset."""
+        return self.balancer.fixed_current_a
 
 
 def check_charger_ids(chargers: tuple[ChargerConfig, ...], key: str) -> None:
@@ -346,6 +357,19 @@ def check_balancer_table(data: Mapping[str, Any]) -> None:
     if isinstance(balancer, Mapping) and "fixed_current_a" in balancer:
         raise ConfigError("balancer.fixed_current_a", "set it at the top level (fixed_current_a), "
                                                       "which the subscription gate uses too")
+
+
+def check_fixed_current(fixed_a: float | None, grid: GridConfig, key: str = "fixed_current_a") -> float:
+    """The fixed current in force (unset: fuse - margin); one above fuse - margin is refused, since the
+    chargers alone could then load a line beyond what the fuse may carry."""
+    limit = grid.fuse_a - grid.safety_margin_a
+    if fixed_a is None:
+        return limit
+    if fixed_a > limit:
+        raise ConfigError(key, f"{_fmt(fixed_a)} A is above grid.fuse_a - grid.safety_margin_a "
+                               f"({_fmt(grid.fuse_a)} - {_fmt(grid.safety_margin_a)} = {_fmt(limit)} A): "
+                               "the chargers alone could overload the fuse (unset: exactly that limit)")
+    return fixed_a
 
 
 def check_balancer(settings: BalancerSettings, grid: GridConfig, chargers: tuple[ChargerConfig, ...],

@@ -17,6 +17,7 @@ What comes out is frozen values; publishing them is the driver's business.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,14 @@ from apm.core.wiring import wiring_advice
 from han import Reading
 
 HanState = str  # "no data" | "fresh" | "stale"
+
+# Meter data gone stale under fuse protection: the house may have grown since the last measurement,
+# and the fixed current (fuse - margin, shared) on top of a loaded house can trip the fuse. So what the
+# last fresh decision gave each charger is held (a list or two lost costs nothing), then brought down
+# steadily toward ``min_a``: never more than the last measured headroom allowed, and less the longer
+# nobody knows what the house draws. The fixed current still caps it.
+STALE_HOLD_S = 60.0
+STALE_DECAY_A_PER_S = 1.0 / 30.0
 
 
 def balancer_settings(config: DeviceConfig) -> BalancerSettings:
@@ -136,6 +145,8 @@ class Controller:
         self.stale_s = 0.0  # clock seconds decided on the fallback for stale or missing meter data
         self.last: Setpoints | None = None
         self._observed_at = float("-inf")
+        self._held: dict[str, float] = {}  # each charger's setpoint at the last decision on fresh data
+        self._stale_since: float | None = None
         self._external = False  # the headroom comes from elsewhere (`use_headroom`), not from readings
 
     # --- inputs ----------------------------------------------------------------------------------
@@ -226,19 +237,43 @@ class Controller:
             mode = "protect" if g.fuse_protection else "fixed"
             if g.eco and now_dt is not None:
                 allowed_a = self.eco_caps(now_dt)
-        before = self.balancer.setpoints
+        before = self.last.as_dict() if self.last is not None else self.balancer.setpoints
         values = self.balancer.update(now, self.headroom, self.states, mode=mode, allowed_a=allowed_a)
         d = self.balancer.last
         how = d.mode if d is not None else mode
         if self.last is not None and self.last.mode.startswith("fixed:"):
             self.stale_s += max(0.0, now - self.last.at)  # the time since a decision on the fallback
-        reasons = d.reasons if d is not None else {}
+        reasons = dict(d.reasons) if d is not None else {}
+        if mode == "protect" and how != "protect":  # protection asked for, the meter data missing
+            values = self._stale_cap(now, values, reasons)
+        else:
+            self._stale_since = None
+            if how == "protect":
+                self._held = dict(values)
         stages = d.stages if d is not None else {}
         out = tuple(Setpoint(cid, a, reasons.get(cid, how), before.get(cid) != a,
                              str(stages[cid].stage) if cid in stages else "",
                              stages[cid].until if cid in stages else None) for cid, a in values.items())
         self.last = Setpoints(now, how, out, self.headroom)
         return self.last
+
+    def _stale_cap(self, now: float, values: dict[str, float], reasons: dict[str, str]) -> dict[str, float]:
+        """``values`` (the balancer's fixed fallback) capped by the stale policy (STALE_HOLD_S)."""
+        if not self._held:
+            return values  # never measured: only the fixed current is known to be safe on its own
+        if self._stale_since is None:
+            self._stale_since = now
+        over = now - self._stale_since - STALE_HOLD_S
+        step = self.settings.resolution_a
+        out = dict(values)
+        for cid, a in values.items():
+            held = self._held.get(cid, 0.0)
+            cap = held if over <= 0 else max(min(held, self.settings.min_a), held - STALE_DECAY_A_PER_S * over)
+            cap = math.floor(cap / step + 1e-9) * step
+            if cap < a:
+                out[cid] = round(cap, 3)
+                reasons[cid] = f"held: stale meter data ({now - self._stale_since:.0f} s)"
+        return out
 
     def tick(self, now: float) -> Tick:
         """Time-driven checks: HAN data that stopped coming turns stale (the balancer then falls back

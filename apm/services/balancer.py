@@ -10,7 +10,15 @@ Beside the device it shares the device's Controller: the headroom, the charger s
 subscription state (the device's own evaluation) are already there, with no round trip through the
 broker; only the eco plan comes over MQTT. Alone (``BalancerService(config, url=...)``: a balancer
 that runs apart from the device) it keeps a Controller of its own and feeds it from the broker:
-``headroom``, ``charger/+/state`` and the retained ``subscription`` status as the device publishes them.
+``headroom`` and ``charger/+/state`` as the device and the chargers publish them.
+
+Entitlement comes only from signed proofs: beside the device, from the device's own verification of
+the token and revocations; alone, from ``subscription`` (the same `apm.services.device.SubscriptionSource` the
+device uses: the token, the issuer's key and the revocations, verified here), evaluated at the start,
+every SUBSCRIPTION_EVERY_S, and whenever the device's retained ``subscription`` status changes. That
+topic is only a hint to look again: what it says is never used, so no broker client can switch fuse
+protection off (``{"state": "none"}``) or grant it (``{"state": "valid"}``). Alone without a source,
+there is no subscription: the fixed current.
 
 What it may do comes from the subscription: fuse protection needs a valid subscription that grants
 it; without one the chargers share the configured fixed current among themselves
@@ -30,6 +38,7 @@ and at least every ``refresh_s``, so a charger that restarted learns its setpoin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
@@ -37,32 +46,33 @@ from typing import TYPE_CHECKING, Any
 
 from apm.core.balancer import Balancer, BalancerSettings
 from apm.core.charger_state import ChargerState
-from apm.core.config import DeviceConfig
+from apm.core.config import DeviceConfig, GridConfig
 from apm.core.controller import Controller, balancer_settings
 from apm.core.eco.schedule import EcoSchedule
 from apm.core.headroom import Headroom
-from apm.core.subscription import FEATURES, Gate, State, SubscriptionState
+from apm.core.subscription import Gate, SubscriptionState
 from apm.io.clock import Clock, RealClock
 from apm.io.mqtt.link import MqttLink, link_settings
 from apm.io.mqtt.messages import (
     HeadroomNote,
+    Rejections,
     headroom_value,
     read_charger_state,
     read_eco_plan,
     read_headroom,
-    read_subscription,
     setpoint_message,
 )
 from apm.io.mqtt.node import MqttNode
 from apm.io.mqtt.topics import CHARGER_STATE, ECO_PLAN, HEADROOM, SUBSCRIPTION, PayloadError, Topics
 
 if TYPE_CHECKING:
-    from apm.services.device import Device
+    from apm.services.device import Device, SubscriptionSource
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 REFRESH_S = 10.0
+SUBSCRIPTION_EVERY_S = 60.0  # clock seconds between the alone balancer's own evaluations
 
 
 __all__ = ["BalancerService", "balancer_settings"]
@@ -81,8 +91,10 @@ class BalancerService(MqttNode):
         refresh_s: float = REFRESH_S,
         client_id: str | None = None,
         link_options: Mapping[str, Any] | None = None,
+        subscription: SubscriptionSource | None = None,
     ) -> None:
         self.config = config
+        self.subscription_source = subscription
         self.clock = clock or RealClock()
         self.topics = Topics(config.serial)
         # Beside the device: its controller. Alone: one of our own, fed from the broker.
@@ -98,10 +110,13 @@ class BalancerService(MqttNode):
         self.updates = 0
         # Told every decision's setpoints (charger id -> A): the OCPP and go-e edges (apm.services.runtime).
         self.setpoint_listeners: list[Callable[[Mapping[str, float]], None]] = []
+        self._evaluated_at = float("-inf")
         t = self.topics
         listen = [(t.eco_plan, 1)]
         if self.alone:
             listen += [(t.headroom, 0), (t.all_charger_states, 0), (t.subscription, 1)]
+            self.evaluate_subscription()
+        self.rejections = Rejections(self.topics, "balancer")
         self.link = MqttLink(
             url, client_id=client_id or f"apm-{config.serial}-balancer", **link_settings(config.broker),
             subscriptions=listen,
@@ -162,34 +177,56 @@ class BalancerService(MqttNode):
         """A new headroom (from the device beside us, or off the broker): decide and publish at once."""
         self.headroom = note
         if self.alone:
-            self.controller.use_headroom(headroom_value(note, now, self.config.grid.network))
+            self.controller.use_headroom(_within_limit(headroom_value(note, now, self.config.grid.network),
+                                                       self.config.grid))
         # Decided at the clock's now: the device passes when the meter measured, which lies before
         # decisions already made (a tick), and the balancer's clock must not run backwards.
         self.update(max(now, self.clock.now()), publish_all=True)
 
     async def _listen(self) -> None:
         async for m in self.link.messages():
-            ref = self.topics.parse(m.topic)
-            if ref is None:
-                continue
-            now = self.clock.now()
-            try:
-                if ref.kind == HEADROOM:
-                    self.on_headroom(now, read_headroom(m.payload, now))
-                elif ref.kind == CHARGER_STATE and ref.charger in self.controller.max_a:
-                    self.controller.on_charger_states(now, [read_charger_state(ref.charger, m.payload, now)])
-                elif ref.kind == SUBSCRIPTION:
-                    self._on_subscription(m.payload)
-                elif ref.kind == ECO_PLAN:
-                    self._on_plan(m.payload)
-            except (PayloadError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: ignored a bad message: %s", m.topic, exc)
+            self.on_message(m.topic, m.payload)
 
-    def _on_subscription(self, payload: bytes) -> None:
-        p = read_subscription(payload)
-        state = SubscriptionState(State(p.state), p.reason)
-        self.controller.set_subscription(state, FEATURES if p.granted is None else p.granted)
-        log.info("balancer: subscription %s (%s)", state.state.value, state.reason)
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """One message off the broker: used, or rejected (counted and logged), never an exception out
+        of the listener (a retained bad plan would otherwise end it at every start)."""
+        try:
+            self._on_message(topic, payload)
+        except PayloadError as exc:
+            self.rejections.reject(topic, str(exc))
+        except Exception as exc:  # what nobody foresaw: logged with its traceback, and the listener goes on
+            self.rejections.reject(topic, f"{type(exc).__name__}: {exc}", exc_info=True)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        ref = self.topics.parse(topic)
+        if ref is None:
+            return
+        now = self.clock.now()
+        if ref.kind == ECO_PLAN:
+            self._on_plan(payload)
+        elif not self.alone:
+            return  # beside the device, the rest comes from it in-process
+        elif ref.kind == HEADROOM:
+            self.on_headroom(now, read_headroom(payload, now))
+        elif ref.kind == CHARGER_STATE and ref.charger is not None:
+            if ref.charger not in self.controller.max_a:
+                self.rejections.unknown_charger(ref.charger)
+                return
+            self.controller.on_charger_states(now, [read_charger_state(ref.charger, payload, now)])
+        elif ref.kind == SUBSCRIPTION:
+            self.evaluate_subscription()  # a hint to look again, never a source
+
+    def evaluate_subscription(self) -> SubscriptionState | None:
+        """Alone: the subscription from the signed proofs (None: no source, so none)."""
+        source = self.subscription_source
+        state = None if source is None else source(self.clock.datetime(), None)
+        before = self.controller.subscription
+        self.controller.set_subscription(state)
+        if state != before:
+            log.info("balancer: subscription %s", "none known" if state is None
+                     else f"{state.state.value} ({state.reason})")
+        self._evaluated_at = self.clock.now()
+        return state
 
     def _on_plan(self, payload: bytes) -> None:
         p = read_eco_plan(payload)
@@ -242,4 +279,15 @@ class BalancerService(MqttNode):
             now = self.clock.now()
             if now - next_at > 5 * self.tick_s:
                 next_at = now  # fell far behind (a suspended process): do not replay every missed tick
+            if self.alone and now - self._evaluated_at >= SUBSCRIPTION_EVERY_S:
+                self.evaluate_subscription()  # a token expires by the clock
             self.update(now)
+
+
+def _within_limit(h: Headroom, grid: GridConfig) -> Headroom:
+    """A headroom off the broker with no line above what the fuse less the margin could ever leave:
+    a forged or corrupted 400 A on a 25 A fuse is read as the whole limit, no more."""
+    limit = grid.fuse_a - grid.safety_margin_a
+    a, b, c = (None if x is None else min(x, limit) for x in h.available_a)
+    lines = (a, b, c)
+    return h if lines == h.available_a else dataclasses.replace(h, available_a=lines)

@@ -54,7 +54,7 @@ from apm.core.token import verify_revocation_for
 from apm.io.clock import Clock, RealClock
 from apm.io.mqtt.discovery import discovery_messages
 from apm.io.mqtt.link import MqttLink
-from apm.io.mqtt.messages import HeadroomNote, headroom_message, read_charger_state, read_headroom
+from apm.io.mqtt.messages import HeadroomNote, Rejections, headroom_message, read_charger_state, read_headroom
 from apm.io.mqtt.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
 from apm.io.storage.outbox import MemoryOutbox, Outbox
 from han import HanReader, Reading
@@ -72,10 +72,18 @@ STATUS_EVERY_S = 2.0  # wall seconds between status-file writes
 HEADROOM_TTL_S = 2.0
 _EMPTY_READS_LOST = 64
 MAX_FRAME_TIME_S = 2.0  # the longest a frame takes on the line (Aidon's list 3 at 2400 baud: ~1.5 s)
+MAX_REVOCATION_BYTES = 16 * 1024
+PLAUSIBLE_DRAW = 1.1  # a charger's report may show this much more than its max_a (meter tolerance)
 
 
 class PortLost(OSError):
     """The serial port went away (adapter unplugged, pty hung up)."""
+
+
+class DeviceFailed(RuntimeError):
+    """One of the device's own tasks ended with an error (logged with its traceback): `Device.run`
+    raises it, so that `apm run` exits non-zero within a second and systemd starts it again, rather
+    than running on without a listener or housekeeping."""
 
 
 def granted_subscription(reason: str = "simulated subscription (demo)") -> SubscriptionSource:
@@ -254,11 +262,13 @@ class Device:
         self.headroom_listeners: list[HeadroomListener] = []
         self.problems = 0
         self.last_problem: str | None = None
+        self.rejections = Rejections(self.topics, "device")
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
             birth=discovery_messages(self.topics, chargers=[c.id for c in config.chargers]),
             subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
+        self._failed: asyncio.Future[DeviceFailed] | None = None
         self._status_written = 0.0
 
     # --- the controller's values, for the views and `apm info` -----------------------------------
@@ -301,9 +311,22 @@ class Device:
     async def __aenter__(self) -> Device:
         await self.link.__aenter__()
         self.evaluate_subscription()
-        self._tasks = [asyncio.create_task(self._listen(), name="device: charger states"),
+        self._failed = asyncio.get_running_loop().create_future()
+        self._tasks = [asyncio.create_task(self._listen(), name="device: listener"),
                        asyncio.create_task(self._housekeeping(), name="device: housekeeping")]
+        for t in self._tasks:
+            t.add_done_callback(self._task_done)
         return self
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "it ended"
+        log.error("%s failed (%s); the device stops so that its service manager restarts it",
+                  task.get_name(), why, exc_info=exc)
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(DeviceFailed(f"{task.get_name()} failed: {why}"))
 
     async def __aexit__(self, *exc: object) -> None:
         for t in self._tasks:
@@ -313,7 +336,25 @@ class Device:
         await self.link.__aexit__(*exc)  # sends what is queued, then the retained "offline"
 
     async def run(self, source: AsyncIterable[bytes]) -> None:
-        """Feed every chunk of ``source`` through the pipeline until it ends."""
+        """Feed every chunk of ``source`` through the pipeline until it ends; `DeviceFailed` as soon
+        as one of the device's own tasks fails (each driver of the device runs this)."""
+        failed = self._failed
+        if failed is None:  # not entered: no tasks of its own to watch
+            await self._feed_all(source)
+            return
+        feeding = asyncio.ensure_future(self._feed_all(source))
+        try:
+            watched: list[asyncio.Future[Any]] = [feeding, failed]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not feeding.done():
+                feeding.cancel()
+                await asyncio.gather(feeding, return_exceptions=True)
+        if failed.done():
+            raise failed.result()
+        feeding.result()
+
+    async def _feed_all(self, source: AsyncIterable[bytes]) -> None:
         async for chunk in source:
             self.feed(chunk)
 
@@ -429,6 +470,9 @@ class Device:
         store = self.revocations
         if store is None or not payload:
             return False  # an empty retained message only clears the topic
+        if len(payload) > MAX_REVOCATION_BYTES:
+            log.warning("revocation refused: %d bytes, no JWT is that long; nothing stored", len(payload))
+            return False
         try:
             text = payload.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -473,6 +517,7 @@ class Device:
             "broker": {"url": st.broker, "connected": st.connected, "last_error": st.last_error,
                        "records_pending": st.records_pending, "records_dropped": st.records_dropped},
             "subscription": sub.state.value if sub else None,
+            "rejected": {"messages": self.rejections.count, "unknown_chargers": self.rejections.unknown},
             "advice": list(self.advice),
             "chargers": self._charger_links(),
             "updated_at": iso_ts(self.clock.now()),
@@ -507,19 +552,38 @@ class Device:
 
     async def _listen(self) -> None:
         async for m in self.link.messages():
-            ref = self.topics.parse(m.topic)
+            self.on_message(m.topic, m.payload)
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """One message off the broker: used (True), or ignored or rejected (counted and logged), never
+        an exception: one bad message must not end the listener (a revocation after it would never
+        be stored, our chargers' draw no longer taken out of the headroom)."""
+        try:
+            ref = self.topics.parse(topic)
             if ref is not None and ref.kind == SUBSCRIPTION_REVOCATION:
-                self.on_revocation(m.payload)
-                continue
-            if ref is None or ref.kind != CHARGER_STATE or ref.charger is None:
-                continue
-            now = self.clock.now()
-            try:
-                state = read_charger_state(ref.charger, m.payload, now)
-            except PayloadError as exc:
-                log.warning("charger %s: bad state message: %s", ref.charger, exc)
-                continue
-            self.on_charger_state(now, state)
+                return self.on_revocation(payload)
+            if ref is not None and ref.kind == CHARGER_STATE and ref.charger is not None:
+                return self._on_charger_report(ref.charger, payload)
+        except PayloadError as exc:
+            self.rejections.reject(topic, str(exc))
+        except Exception as exc:  # what nobody foresaw: logged with its traceback, and the listener goes on
+            self.rejections.reject(topic, f"{type(exc).__name__}: {exc}", exc_info=True)
+        return False
+
+    def _on_charger_report(self, charger: str, payload: bytes) -> bool:
+        max_a = self.controller.max_a.get(charger)
+        if max_a is None:
+            self.rejections.unknown_charger(charger)
+            return False
+        now = self.clock.now()
+        state = read_charger_state(charger, payload, now)
+        # What our own charger draws is taken out of the measured lines: a report of more than it can
+        # draw would make room for the house that is not there.
+        if max(state.currents_a) > max_a * PLAUSIBLE_DRAW + 1.0 or min(state.currents_a) < -1.0:
+            raise PayloadError(f"currents {state.currents_a} are beyond what charger {charger!r} "
+                               f"(max_a {max_a:g} A) can draw")
+        self.on_charger_state(now, state)
+        return True
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()

@@ -152,15 +152,26 @@ class EcoService:
 
     async def _serve(self) -> None:
         async for m in self.link.messages():
-            if m.topic != request_topic(self.topics):
-                continue
-            try:
-                payload = self.planner.handle(decode(m.payload, EcoRequest), self.clock())
-            except (PayloadError, RequestError, PlanError) as exc:
-                self.errors.append(str(exc))
-                log.warning("%s: ignored a bad request: %s", m.topic, exc)
-                continue
-            self.link.publish(plan_message(self.topics, payload))
+            self.on_message(m.topic, m.payload)
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """A request: planned and the plan published (True), or refused and logged; never an exception
+        (a bad request must not end the service for everyone else's)."""
+        if topic != request_topic(self.topics):
+            return False
+        try:
+            plan = self.planner.handle(decode(payload, EcoRequest), self.clock())
+        except (PayloadError, RequestError, PlanError) as exc:
+            why = str(exc)
+        except Exception as exc:  # what nobody foresaw: with its traceback, and the service goes on
+            why = f"{type(exc).__name__}: {exc}"
+            log.error("%s: request failed", topic, exc_info=True)
+        else:
+            self.link.publish(plan_message(self.topics, plan))
+            return True
+        self.errors = [*self.errors[-99:], why[:300]]
+        log.warning("%s: ignored a bad request: %s", topic, why[:300])
+        return False
 
 
 async def fetch_plan(url: str, serial: str, timeout_s: float = 5.0) -> dict[str, Any] | None:

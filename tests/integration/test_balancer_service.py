@@ -1,4 +1,8 @@
-"""The balancer service over a real mosquitto: subscription gating, stale headroom, Smart eco caps."""
+"""The balancer service over a real mosquitto: subscription gating, stale headroom, Smart eco caps.
+
+The service runs apart from the device here: its subscription comes from a source it evaluates itself
+(`Rig.entitle` sets what the signed proofs would say); the retained ``subscription`` status only makes
+it look again, and what that status says is not used (tests/hostile/ forges it)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import pytest
 
 from apm.core.config import ChargerConfig, DeviceConfig, GridConfig
 from apm.core.eco.planner import Charger, ChargerPlan, Plan, SlotPlan
+from apm.core.subscription import State, SubscriptionState
+from apm.core.token import TokenClaims
 from apm.io.clock import ScaledClock
 from apm.io.mqtt.topics import Topics, iso_ts, ts_seconds
 from apm.services.balancer import BalancerService
@@ -31,12 +37,19 @@ T0 = datetime.fromisoformat("2026-01-12T22:00:00+01:00")
 class Rig:
     """The service, a client that plays the device and the charger, and the setpoints it sees."""
 
-    def __init__(self, service: BalancerService, client: aiomqtt.Client, clock: ScaledClock) -> None:
+    def __init__(self, service: BalancerService, client: aiomqtt.Client, clock: ScaledClock,
+                 proofs: list[SubscriptionState | None]) -> None:
         self.service, self.client, self.clock = service, client, clock
+        self.proofs = proofs
         self.setpoints: list[dict[str, Any]] = []
         self.room = 20.0
         self.feeding = True
         self.last_headroom_at = 0.0  # clock time of the last headroom sent
+
+    async def entitle(self, state: str, granted: list[str]) -> None:
+        """What the verified token says now, then the device's status message (the hint to look again)."""
+        self.proofs[0] = SubscriptionState(State(state), f"test: {state}", claims=_claims(granted))
+        await self.send(T.subscription, subscription(state, granted), retain=True)
 
     async def send(self, topic: str, payload: dict[str, Any] | bytes, retain: bool = False) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -87,9 +100,14 @@ async def rig(broker: Mosquitto, start: datetime = T0):
     host, port = broker.host, broker.port
     async with aiomqtt.Client(host, port, identifier="rig") as client:
         await client.subscribe(T.charger_setpoint("a"), qos=1)
-        async with BalancerService(CONFIG, url=broker.url, clock=clock) as service:
+        proofs: list[SubscriptionState | None] = [None]
+
+        def source(now: datetime, meter: str | None) -> SubscriptionState | None:
+            return proofs[0]
+
+        async with BalancerService(CONFIG, url=broker.url, clock=clock, subscription=source) as service:
             assert await service.link.wait_connected(5)
-            r = Rig(service, client, clock)
+            r = Rig(service, client, clock, proofs)
             tasks = [asyncio.create_task(service.run()), asyncio.create_task(r.listen()),
                      asyncio.create_task(r.headroom_feed())]
             try:
@@ -98,6 +116,12 @@ async def rig(broker: Mosquitto, start: datetime = T0):
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _claims(granted: list[str]) -> TokenClaims:
+    """What a verified token granting ``granted`` says (the signature is apm.core.token's business)."""
+    t = T0 + timedelta(days=30)
+    return TokenClaims(CONFIG.installation_id, CONFIG.serial, "test", tuple(granted), "NO", 1, t, "jti", T0, T0)
 
 
 def subscription(state: str, granted: list[str]) -> dict[str, Any]:
@@ -111,22 +135,22 @@ def test_the_subscription_decides_between_the_headroom_and_the_fixed_current(mos
             # No subscription status at all: the chargers share the fixed current; the meter is ignored.
             d = await r.until(lambda d: d["current_a"] > 0)
             assert d["current_a"] == 10.0 and d["mode"] == "fixed"
-            await r.send(T.subscription, subscription("valid", ["eco", "fuse_protection"]), retain=True)
+            await r.entitle("valid", ["eco", "fuse_protection"])
             d = await r.until(lambda d: d["mode"] == "protect" and d["current_a"] == 20.0)
             assert d["headroom_seq"] is None  # the rig's headroom carries no sequence number
             # Revoked (a declined payment): back to the fixed current at once.
-            await r.send(T.subscription, subscription("revoked", ["eco", "fuse_protection"]), retain=True)
+            await r.entitle("revoked", ["eco", "fuse_protection"])
             d = await r.until(lambda d: d["mode"] == "fixed")
             assert d["current_a"] == 10.0
             # Valid, but a plan without fuse protection: fixed as well.
-            await r.send(T.subscription, subscription("valid", ["eco"]), retain=True)
+            await r.entitle("valid", ["eco"])
             await r.settle(lambda: r.service.granted == {"eco"})
             assert r.service.gate().fixed_current_a == 10.0 and r.service.gate().eco
             n = len(r.setpoints)
             await r.until(lambda d: True)  # the next one, decided with the new status
             assert all(d["mode"] == "fixed" for d in r.setpoints[n:])
             # Protected again, then the headroom stops: the safe current within the stale timeout.
-            await r.send(T.subscription, subscription("valid", ["eco", "fuse_protection"]), retain=True)
+            await r.entitle("valid", ["eco", "fuse_protection"])
             await r.until(lambda d: d["mode"] == "protect" and d["current_a"] == 20.0)
             r.feeding = False
             d = await r.until(lambda d: d["mode"].startswith("fixed: stale"), timeout=30)
@@ -151,7 +175,7 @@ def test_eco_plan_gives_zero_outside_its_slots_and_charge_now_overrides_until_th
         mosquitto: Mosquitto) -> None:
     async def main() -> None:
         async with rig(mosquitto) as r:
-            await r.send(T.subscription, subscription("valid", ["eco", "fuse_protection"]), retain=True)
+            await r.entitle("valid", ["eco", "fuse_protection"])
             await r.charger("charging")
             await r.until(lambda d: d["mode"] == "protect" and d["current_a"] == 20.0)
             p = plan(T0)
@@ -180,7 +204,7 @@ def test_eco_plan_gives_zero_outside_its_slots_and_charge_now_overrides_until_th
             await asyncio.sleep(0.5)
             assert 0 < max(d["current_a"] for d in r.setpoints[n:]) <= 16.0  # the plan's cap, not the 20 A
             # Without a valid subscription there is no Smart eco: the car charges at once (fixed current).
-            await r.send(T.subscription, subscription("expired", []), retain=True)
+            await r.entitle("expired", [])
             r.clock.anchor(T0.replace(hour=23, minute=50) + timedelta(hours=1))
             d = await r.until(lambda d: d["mode"] == "fixed" and d["current_a"] == 10.0)
             # An empty retained plan clears it.

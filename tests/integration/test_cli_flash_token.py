@@ -135,6 +135,15 @@ def test_flash_uses_the_per_user_default_image(tmp_path):
                                                   "range (0..10 A)"),
         ("[balancer]\ndecrease_deadband_a = 3\n", "apm flash write: balancer.decrease_deadband_a: 3 A must stay "
                                                  "below grid.safety_margin_a (2 A)"),
+        # the fallback must not trip the fuse by itself (issue 13 item 2), nor the other safety relations
+        ("fixed_current_a = 63\n[grid]\nfuse_a = 16\n", "apm flash write: fixed_current_a: 63 A is above "
+                                                         "grid.fuse_a - grid.safety_margin_a (16 - 2 = 14 A)"),
+        ("fixed_current_a = 23.5\n", "fixed_current_a: 23.5 A is above grid.fuse_a - grid.safety_margin_a"),
+        ("[balancer]\nstale_after_s = 61\n", "apm flash write: balancer.stale_after_s: 61 s is out of range "
+                                             "(10..60 s)"),
+        ("[balancer]\ndecrease_deadband_a = 2\n", "balancer.decrease_deadband_a: 2 A must stay below "
+                                                  "grid.safety_margin_a (2 A)"),
+        ("[balancer]\nmin_a = 5\n", "apm flash write: balancer.min_a: 5 A is out of range (6..32 A)"),
         ("[headroom]\nrise_threshold = 100\n", "apm flash write: headroom.rise_threshold: unknown setting"),
         ("[headroom]\ni2_power_factor = 0\n", "apm flash write: headroom.i2_power_factor: 0 is out of range"),
     ],

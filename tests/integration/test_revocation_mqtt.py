@@ -73,12 +73,13 @@ async def until(done: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def balancer_rig(broker: Mosquitto) -> AsyncIterator[list[dict[str, Any]]]:
-    """The balancer service, fed a fresh 20 A headroom and a charging charger; yields its setpoints."""
+async def balancer_rig(broker: Mosquitto, image: Path) -> AsyncIterator[list[dict[str, Any]]]:
+    """The balancer service apart from the device, verifying the token and revocations in ``image``
+    itself, fed a fresh 20 A headroom and a charging charger; yields its setpoints."""
     setpoints: list[dict[str, Any]] = []
     async with aiomqtt.Client(broker.host, broker.port, identifier="rig") as client:
         await client.subscribe(T.charger_setpoint("a"), qos=1)
-        async with BalancerService(CONFIG, url=broker.url) as service:
+        async with BalancerService(CONFIG, url=broker.url, subscription=flash_subscription(image, CONFIG)) as service:
             assert await service.link.wait_connected(5)
 
             async def feed() -> None:
@@ -113,7 +114,7 @@ def test_a_declined_payment_revokes_at_once_and_the_balancer_falls_back(
     out = tmp_path / "revocation.jwt"
 
     async def main_() -> None:
-        async with Observer(mosquitto.url, T.subscription) as obs, balancer_rig(mosquitto) as setpoints, \
+        async with Observer(mosquitto.url, T.subscription) as obs, balancer_rig(mosquitto, image) as setpoints, \
                 Device(CONFIG, url=mosquitto.url, subscription=flash_subscription(image, CONFIG)):
             await obs.wait_until(lambda: states(obs)[-1:] == ["valid"], 5)
             await until(lambda: any(d["mode"] == "protect" for d in setpoints), 5, "fuse protection")

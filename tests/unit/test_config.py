@@ -30,7 +30,8 @@ SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.toml"
 
 def test_empty_document_gives_the_defaults():
     assert cfg.loads("") == DeviceConfig()
-    assert DeviceConfig().balancer == BalancerSettings() and DeviceConfig().headroom == HeadroomSettings()
+    # the fixed current unset: fuse - margin (25 - 2 A)
+    assert DeviceConfig().balancer == BalancerSettings(fixed_current_a=23.0) and DeviceConfig().headroom == HeadroomSettings()
 
 
 def test_full_document():
@@ -189,6 +190,7 @@ ROOM = {
     "balancer.max_step_up_a": {"balancer.min_increase_a": 0},
     "balancer.min_a": {"chargers[].max_a": 80},
     "capacity.step_kw": {"capacity.ladder": [[0, 100], [0.5, 200], [10000, 300]]},
+    "fixed_current_a": {"grid.fuse_a": 400, "grid.safety_margin_a": 0, "balancer.decrease_deadband_a": 0},
 }
 NUMERIC = [k for k in cfg.schema_keys() if k.bounds != (None, None)]
 
@@ -284,7 +286,7 @@ configs = st.builds(
     chargers=chargers,
     broker=st.builds(BrokerConfig, url=st.none() | st.just("mqtt://localhost:1883"),
                      username=st.none() | NAMES, password=st.none() | st.text(max_size=20), tls=st.booleans()),
-    fixed_current_a=st.floats(0, 400),
+    fixed_current_a=st.none() | st.floats(0, 5),  # at most fuse - margin (10 - 5)
     balancer=st.builds(BalancerSettings, hold_s=st.floats(0, 600), resolution_a=st.floats(0.01, 6),
                        sharing=st.sampled_from(["fair", "max_energy"]), decrease_deadband_a=st.floats(0, 0.9)),
     headroom=st.builds(HeadroomSettings, refine_i2=st.booleans(), i2_power_factor=st.none() | st.floats(0.1, 1)),

@@ -15,12 +15,18 @@ enough for every reading. Rules of the wire format:
 - unknown keys are ignored, so a consumer that knows an older schema reads a newer payload.
 
 `decode` never raises anything but `PayloadError`, whose message names the field (``at `$.ts```).
+Before parsing it refuses a payload larger than MAX_PAYLOAD_BYTES (an eco plan: MAX_PLAN_BYTES) or
+nested deeper than MAX_DEPTH (msgspec recurses on nesting: a 2 KB payload of 1,000 open brackets
+raised RecursionError, out of any handler's except clause); numbers are finite and bounded (a
+400-digit integer is refused, not carried along as a Python int).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
@@ -37,6 +43,8 @@ from han.reading import Reading
 if TYPE_CHECKING:  # apm.io.mqtt.topics imports this module: only the type is needed here
     from apm.io.mqtt.topics import OutMessage, Topics
 
+log = logging.getLogger(__name__)
+
 REPORT_AGE_S = 10.0  # a charger report's ts older than this (or later than its arrival) is not trusted
 
 ONLINE: Final = "online"
@@ -45,9 +53,16 @@ OFFLINE: Final = "offline"
 # An ISO 8601 time with an offset; `iso_ts` writes UTC with milliseconds, the eco plan Oslo time.
 _TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 Ts = Annotated[str, msgspec.Meta(pattern=_TS_PATTERN, description="ISO 8601 time with an offset")]
-Amperes = Annotated[float, msgspec.Meta(ge=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+# Bounds far beyond any installation (a 400 A fuse, a year of counts), tight enough that every number
+# is an ordinary float or a 64-bit int.
+Amperes = Annotated[float, msgspec.Meta(ge=0, le=10_000)]
+SignedAmperes = Annotated[float, msgspec.Meta(ge=-10_000, le=10_000)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PLAN_BYTES = 1024 * 1024 - 1  # three chargers' plans with 15-minute slots over two days; not 1 MB
+MAX_DEPTH = 16  # the deepest payload (an eco plan's slots) nests 4 levels
 
 Status = Annotated[Literal["online", "offline"], msgspec.Meta(
     title="Status", description="Plain text, not JSON: the device's presence (also its MQTT will).")]
@@ -94,13 +109,13 @@ class HeadroomPayload(Payload, frozen=True, kw_only=True, omit_defaults=True):
     both, so the latency from the meter to a charger can be traced.
     """
 
-    l1_a: float | None
-    l2_a: float | None
-    l3_a: float | None
+    l1_a: SignedAmperes | None
+    l2_a: SignedAmperes | None
+    l3_a: SignedAmperes | None
     ts: Ts
     stale: bool
-    age_s: float | None = None
-    limit_a: float | None = None
+    age_s: NonNegative | None = None
+    limit_a: SignedAmperes | None = None
     reason: str | None = None
     seq: Count | None = None
     reading_seq: Count | None = None
@@ -125,9 +140,9 @@ class ChargerStatePayload(Payload, frozen=True, kw_only=True, omit_defaults=True
     """
 
     state: Literal["disconnected", "connected", "charging", "finished"]
-    current_l1_a: float
-    current_l2_a: float
-    current_l3_a: float
+    current_l1_a: SignedAmperes
+    current_l2_a: SignedAmperes
+    current_l3_a: SignedAmperes
     max_a: Amperes
     phases: Literal[1, 3] | None
     ts: Ts | None = None
@@ -343,13 +358,40 @@ def encode(value: Payload | Reading) -> bytes:
 
 def decode(payload: bytes | bytearray | str, kind: type[T]) -> T:
     """The payload as ``kind``, or `PayloadError` naming the field (``... - at `$.ts```)."""
+    check_shape(payload, MAX_PLAN_BYTES if kind is EcoPlanPayload else MAX_PAYLOAD_BYTES, _name(kind))
     try:
         value = msgspec.json.decode(payload, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PayloadError(f"{_name(kind)}: {exc}") from None
+    except RecursionError:  # the depth check makes this unreachable; kept as the last line
+        raise PayloadError(f"{_name(kind)}: nested too deeply") from None
     if isinstance(value, Reading) and value.list not in (1, 2, 3):
         raise PayloadError(f"Reading: list {value.list!r} is not 1, 2 or 3 - at `$.list`")
     return value
+
+
+# A JSON string (skipped: brackets inside it do not nest) or a bracket.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def check_shape(payload: bytes | bytearray | str, max_bytes: int = MAX_PAYLOAD_BYTES, what: str = "payload",
+                max_depth: int = MAX_DEPTH) -> None:
+    """`PayloadError` for a payload larger than ``max_bytes`` or nested deeper than ``max_depth``,
+    found before any parser sees it."""
+    data = payload.encode("utf-8", "replace") if isinstance(payload, str) else bytes(payload)
+    if len(data) > max_bytes:
+        raise PayloadError(f"{what}: {len(data)} bytes, more than the {max_bytes} a payload may have")
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return  # cannot nest deeper (the usual case: no scan)
+    depth = 0
+    for m in _TOKENS.finditer(data):
+        c = m.group()
+        if c in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise PayloadError(f"{what}: nested deeper than {max_depth} levels")
+        elif c in (b"]", b"}"):
+            depth -= 1
 
 
 def convert(data: Mapping[str, Any], kind: type[T]) -> T:
@@ -396,7 +438,10 @@ def parse_ts(text: str) -> datetime:
 
 def ts_seconds(text: str) -> float:
     """A ``ts`` as POSIX seconds, to compare with a clock (the inverse of `iso_ts` on a float)."""
-    return parse_ts(text).timestamp()
+    try:
+        return parse_ts(text).timestamp()
+    except (OverflowError, ValueError, OSError) as exc:  # year 1 with a +hh:mm offset, ...
+        raise PayloadError(f"ts {text!r} is out of range: {exc}") from None
 
 
 def _ts(value: datetime | float | str) -> str:
@@ -511,3 +556,35 @@ def read_eco_plan(payload: bytes) -> EcoPlanPayload | None:
 
 def _finite(a: float | None) -> float | None:
     return None if a is None or not math.isfinite(a) else round(a, 3)
+
+
+# --- rejections ----------------------------------------------------------------------------------------
+
+UNKNOWN_IDS_LOGGED = 32  # unknown charger ids named in the log (each once); beyond, only counted
+
+
+class Rejections:
+    """Messages refused by a listener: counted per topic kind, each logged (unknown charger ids once
+    each), so that hostile traffic is visible without ever ending the listener."""
+
+    def __init__(self, topics: Topics, who: str) -> None:
+        self.topics = topics
+        self.who = who
+        self.count = 0
+        self.by_kind: dict[str, int] = {}
+        self.unknown_ids: set[str] = set()
+        self.unknown = 0
+
+    def reject(self, topic: str, why: str, *, exc_info: bool = False) -> None:
+        self.count += 1
+        ref = self.topics.parse(topic)
+        kind = ref.kind if ref is not None else "other"
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        log.warning("%s: rejected a message on %s: %s", self.who, topic[:200], why[:300], exc_info=exc_info)
+
+    def unknown_charger(self, charger: str) -> None:
+        self.unknown += 1
+        if charger not in self.unknown_ids and len(self.unknown_ids) < UNKNOWN_IDS_LOGGED:
+            self.unknown_ids.add(charger)
+            log.warning("%s: ignoring charger %r: not one of this installation's chargers (said once)",
+                        self.who, charger[:100])

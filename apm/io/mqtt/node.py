@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine, Sequence
 from typing import Any, Self
 
 from apm.io.mqtt.link import MqttLink
+
+log = logging.getLogger(__name__)
 
 
 class MqttNode:
@@ -21,10 +24,11 @@ class MqttNode:
         raise NotImplementedError
 
     async def run(self) -> None:
-        """Every loop until cancelled; one that fails ends the others."""
+        """Every loop until cancelled; one that fails ends the others (logged with its traceback: the
+        TaskGroup's own message names no cause)."""
         async with asyncio.TaskGroup() as tg:
             for loop in self.loops():
-                tg.create_task(loop)
+                tg.create_task(_logged(type(self).__name__, loop))
 
     async def __aenter__(self) -> Self:
         await self.link.__aenter__()
@@ -32,3 +36,11 @@ class MqttNode:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.link.__aexit__(*exc)
+
+
+async def _logged(who: str, loop: Coroutine[Any, Any, None]) -> None:
+    try:
+        await loop
+    except Exception:
+        log.exception("%s: %s failed", who, getattr(loop, "__name__", "a loop"))
+        raise
