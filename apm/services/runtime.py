@@ -438,7 +438,7 @@ def charger_links(device: Device, balancer: BalancerService | None,
 
 def safe_current(config: DeviceConfig, charger: ChargerConfig) -> float:
     """The failsafe's current: the configuration's fixed current, capped by the charger's rating."""
-    return min(config.fixed_current_a, charger.max_a)
+    return min(config.fallback_a, charger.max_a)
 
 
 async def attach_chargers(stack: contextlib.AsyncExitStack, device: Device, balancer: BalancerService, url: str,
