@@ -450,7 +450,7 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
     world = World(sc, trace=trace, oracles=not fixed, history_s=_history_steps(sc))
     chargers = world.charger_list
     by_id = world.chargers
-    controller = loop_controller(sc)
+    controller = loop_controller(sc, fixed=fixed)
     loop = None if fixed else _MeterLoop(sc, world, controller)
     mode: Mode = "fixed" if fixed else "protect"
     dt = sc.step_s
@@ -471,11 +471,15 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
     return _report(sc, fixed, world, controller, loop, policy, time.perf_counter() - t0)
 
 
-def loop_controller(sc: Scenario) -> Controller:
+def loop_controller(sc: Scenario, *, fixed: bool = False) -> Controller:
     """The device's `Controller` for the scenario's installation (what `sim.pipeline.device_config`
-    gives the device: the scenario's top-level fixed current wins over a [balancer] one)."""
+    gives the device: it falls back to at most fuse - margin). ``fixed``: the comparison without a meter,
+    which shares the scenario's ``fixed_current_a`` as it is (the winter TN day compares with 32 A)."""
     grid = GridConfig(network=sc.network, fuse_a=sc.fuse_a, safety_margin_a=sc.safety_margin_a)
-    return Controller(grid, sc.chargers, settings=sc.balancer_settings, headroom=sc.headroom_settings)
+    settings = sc.balancer_settings
+    if fixed:
+        settings = msgspec.structs.replace(settings, fixed_current_a=sc.fixed_current_a)
+    return Controller(grid, sc.chargers, settings=settings, headroom=sc.headroom_settings)
 
 
 def _history_steps(sc: Scenario) -> int:

@@ -158,3 +158,12 @@ def test_a_bound_is_accepted_and_just_beyond_it_refused(key, bound, outside):
 def test_meter_outages_are_values():
     m = cfg.convert({"outages": [[0, 10], [20, 30]]}, ScenarioMeter)
     assert m.outages == ((0.0, 10.0), (20.0, 30.0))
+
+
+def test_the_comparison_shares_the_scenarios_fixed_current_and_the_balancer_falls_back_safely() -> None:
+    from sim.closed_loop import loop_controller
+
+    sc = load_scenario(SCENARIOS / "winter-tn-25a.toml")  # TN 25 A, margin 2 A, fixed_current_a = 32
+    assert sc.fixed_current_a == 32
+    assert loop_controller(sc).settings.fixed_current_a == 23  # the device never falls back above fuse - margin
+    assert loop_controller(sc, fixed=True).settings.fixed_current_a == 32  # the comparison is what it says
