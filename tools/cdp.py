@@ -140,9 +140,13 @@ class Browser:
         binary = binary or find_chromium()
         if binary is None:
             raise CdpError("no chromium: apt-get install chromium")
-        home = tempfile.TemporaryDirectory(prefix="apm-chromium-")
+        # Chromium's helper processes can still write into the profile after the browser has exited:
+        # cleaning it up is best effort, never a test failure.
+        home = tempfile.TemporaryDirectory(prefix="apm-chromium-", ignore_cleanup_errors=True)
         proc = subprocess.Popen([binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                  "--disable-dev-shm-usage", "--hide-scrollbars", "--remote-debugging-port=0",
+                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                 "--disable-quic",
                                  f"--user-data-dir={home.name}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         browser: Browser | None = None
