@@ -57,6 +57,7 @@ from apm.io.mqtt.link import MqttLink
 from apm.io.mqtt.messages import HeadroomNote, Rejections, headroom_message, read_charger_state, read_headroom
 from apm.io.mqtt.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
 from apm.io.storage.outbox import MemoryOutbox, Outbox
+from apm.io.tasks import stop
 from han import HanReader, Reading
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class Device:
     async def __aexit__(self, *exc: object) -> None:
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop(*self._tasks)
         self.write_status()
         await self.link.__aexit__(*exc)  # sends what is queued, then the retained "offline"
 

@@ -40,6 +40,7 @@ from apm.core.config import BrokerConfig
 from apm.core.meter_state import Baseline
 from apm.io.mqtt.topics import OFFLINE, ONLINE, OutMessage, Topics, decode_json, encode_energy, encode_json
 from apm.io.storage.outbox import Outbox
+from apm.io.tasks import stop
 
 log = logging.getLogger(__name__)
 
@@ -524,9 +525,7 @@ async def _until_first_failure(jobs: Sequence[Awaitable[None]]) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(*tasks)  # cancel until done: a publish's wait_for can swallow one cancel on 3.11
     errors = [t.exception() for t in tasks if t in done and not t.cancelled() and t.exception() is not None]
     # A lost connection outranks a request to stop: there is no broker left to say "offline" to.
     errors.sort(key=lambda e: isinstance(e, _Stop))
