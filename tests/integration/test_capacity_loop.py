@@ -36,6 +36,7 @@ def test_two_winter_days_with_the_guard_at_5_kw() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(2400)  # a simulated month, with and without the guard: about 10 minutes on this machine
 def test_a_winter_month_with_the_guard_at_5_kw() -> None:
     sc, sessions = load(MONTH)
     res = compare(sc, sessions, step_kw=5.0)
