@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import os
 import signal
@@ -16,10 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +21,7 @@ from apm.core.config import BrokerConfig
 from apm.io.mqtt.link import Backoff, BrokerAddress, LinkError, MqttLink
 from apm.io.mqtt.topics import ChargerStatePayload, HeadroomPayload, Topics
 from apm.io.storage.outbox import FileOutbox, MemoryOutbox
+from tests.certs import self_signed
 from tests.energy_records import record
 from tests.mqtt_broker import Mosquitto, Observer, free_port
 
@@ -319,24 +314,6 @@ def test_subscriptions_survive_a_broker_restart(mosquitto: Mosquitto) -> None:
 
     run(main())
 
-
-def self_signed(dir: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, the certificate its own CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apm test broker")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = dir / "broker.pem", dir / "broker.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_mqtts_with_username_and_password(tmp_path: Path) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import functools
-import ipaddress
 import json
 import os
 import signal
@@ -27,10 +25,6 @@ from typing import Any
 
 import pytest
 import websockets
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
 from apm.core.charger_state import ChargerState
@@ -55,6 +49,7 @@ from apm.io.tasks import stop
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.ocpp_charger import Profile, ProfileStore, SimOcppChargePoint
+from tests.certs import self_signed
 
 
 def aio(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -420,24 +415,6 @@ def test_sigkill_of_the_device_leaves_each_charger_at_its_safe_current(tmp_path:
         child.kill()
         child.wait(10)
 
-
-def self_signed(dir: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 that is its own authority (cert, key) as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apm ocpp test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = dir / "cert.pem", dir / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_tls_with_a_password_security_profile_2(tmp_path: Path) -> None:
