@@ -330,9 +330,7 @@ class Device:
             self._failed.set_result(DeviceFailed(f"{task.get_name()} failed: {why}"))
 
     async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await stop(*self._tasks)
+        await stop(*self._tasks)  # cancels them, again if a wait_for swallowed the first
         self.write_status()
         await self.link.__aexit__(*exc)  # sends what is queued, then the retained "offline"
 
