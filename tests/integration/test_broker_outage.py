@@ -97,7 +97,10 @@ def test_no_hourly_record_lost_and_the_balancer_falls_back_while_the_broker_is_d
     # more): it went on working from the meter's data while the broker was down; its setpoints waited.
     modes = seen["modes"]
     late = [m for t, m, connected in modes if t > down_at + 40 and not connected]
-    assert late and all(m == "protect" for m in late), modes[-5:]
+    assert "protect" in late, modes[-5:]  # it decided from the meter with the broker gone
+    # At 1000x a loaded machine can starve the meter feed for 25 simulated (25 ms of wall) seconds: the
+    # only other mode allowed is the stale-data fallback, never a mode that needs the broker.
+    assert all(m == "protect" or str(m).startswith("fixed: stale") for m in late), modes[-5:]
     assert report["stale_s"] < 60  # the start, before the first list, only
     assert report["trips"] == 0
 
