@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from apm.cli.support import TIME_HELP, parse_time
@@ -24,6 +24,7 @@ from apm.core.eco.planner import (
 from apm.core.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, sample_week
 from apm.core.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.core.eco.savings import commuter_week, report
+from apm.core.eco.schedule import next_clock_time
 from apm.core.eco.tariff import ELVIA, NO_GRID_CHARGE, TariffError
 from apm.io.http.prices import PriceApiError, PriceClient, PriceFeed
 from apm.io.storage import paths
@@ -190,13 +191,9 @@ def _departure(text: str | None, now: datetime, who: str) -> datetime:
         raise InputError(f"{who}: --departure is required (HH:MM or ISO time)")
     if len(text) <= 5 and ":" in text:
         try:
-            hh, mm = (int(x) for x in text.split(":"))
-            clock = time(hh, mm)
+            return next_clock_time(text, now)
         except ValueError:
             raise InputError(f"{who}: departure {text!r} is not HH:MM") from None
-        local = now.astimezone(OSLO)
-        d = datetime.combine(local.date(), clock, OSLO)
-        return d if d > local else datetime.combine(local.date() + timedelta(days=1), clock, OSLO)
     d = _time(text, f"{who}: departure")
     if d <= now:
         raise InputError(f"{who}: departure {d.isoformat()} is not after now {now.isoformat()}")
