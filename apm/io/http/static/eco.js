@@ -4,9 +4,11 @@
 "use strict";
 const ECO_COLOURS = ["#2f7de1", "#9333ea", "#0d9488", "#db2777"];
 const ecoSeen = {}; // per car: the request last written into its form (the owner's typing is not overwritten)
+// Times as the device plans them (Oslo), whatever the phone's own zone: a departure typed in the form is Oslo time.
+const ECO_TZ = "Europe/Oslo";
 
-function ecoClock(t) {
-  return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+function ecoClock(t, more = {}) {
+  return new Date(t * 1000).toLocaleString("en-GB", { timeZone: ECO_TZ, hour: "2-digit", minute: "2-digit", hour12: false, ...more });
 }
 
 function ecoChart(e) {
@@ -50,7 +52,7 @@ function ecoChart(e) {
   });
   svg.innerHTML = parts.join("");
   const n = p.length, mins = Math.round((p[0][1] - p[0][0]) / 60);
-  $("eco-span").textContent = `${n} slots of ${mins} min · ${e.area || ""} spot + grid energy charge`;
+  $("eco-span").textContent = `· ${n} slots of ${mins} min · ${e.area || ""} spot + grid energy charge`;
 }
 
 function ecoCarCard(c, i) {
@@ -94,8 +96,7 @@ function ecoForm(c) {
   ecoSeen[c.id] = key;
   $(`eco-on-${c.id}`).checked = c.on;
   if (c.on) {
-    const d = new Date(c.departure);
-    $(`eco-dep-${c.id}`).value = `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+    $(`eco-dep-${c.id}`).value = ecoClock(Date.parse(c.departure) / 1000);
     if (c.energy_kwh !== null) $(`eco-kwh-${c.id}`).value = c.energy_kwh;
   }
 }
@@ -103,7 +104,7 @@ function ecoForm(c) {
 function ecoCar(c, e) {
   let status = "eco off: charges at once";
   if (c.on) {
-    const by = new Date(c.departure).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit", hour12: false });
+    const by = ecoClock(Date.parse(c.departure) / 1000, { weekday: "short" });
     status = `leaves ${by} · ${fmt(c.energy_kwh, 1, " kWh")}`;
   }
   $(`eco-status-${c.id}`).textContent = status;
