@@ -56,6 +56,12 @@ async def shoot(url: str, out: Path, settle: float, proc: subprocess.Popen[bytes
                 raise SystemExit(f"the demo's page never came up at {url}")
             await asyncio.sleep(0.5)
         await page.wait_for("/^\\d+\\.\\d A$/.test(document.querySelector('.setpoint')?.textContent || '')", 30)
+        # The first car asks Smart eco for 20 kWh by 07:00 through the page's form, so the shot has a plan.
+        await page.wait_for("document.querySelector('#eco-cars form') !== null", 30)
+        await page.eval("(f => { f.querySelector('input[type=checkbox]').checked = true;"
+                        " f.querySelector('input[type=time]').value = '07:00';"
+                        " f.querySelector('input[type=number]').value = '20'; f.querySelector('button').click(); })"
+                        "(document.querySelector('#eco-cars form'))")
         await asyncio.sleep(settle)  # a picture, not a test: let the plot fill
         for name, (w, h, mobile) in SIZES.items():
             await page.size(w, h, mobile=mobile)

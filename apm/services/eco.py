@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from apm.core.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan
+from apm.core.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan, plan_at_once
 from apm.core.eco.prices import OSLO, PriceSeries
 from apm.core.eco.tariff import ELVIA, EnergyCharge
 from apm.io.mqtt.link import MqttLink
@@ -84,6 +84,7 @@ class EcoPlanner:
         self.budget_a = budget_a
         self.requests: dict[str, Request] = {}
         self.plan: Plan | None = None
+        self.at_once: Plan | None = None  # the same requests charged at once: what the plan saves against
 
     def handle(self, d: EcoRequest | Mapping[str, Any], now: datetime) -> EcoPlanPayload | None:
         req = parse_request(d, self.chargers)
@@ -99,14 +100,16 @@ class EcoPlanner:
         """The plan over the requests whose departure is still ahead (older ones are dropped)."""
         self.requests = {c: r for c, r in self.requests.items() if r.departure > now}
         if not self.requests:
-            self.plan = None
+            self.plan = self.at_once = None
             return None
         cars = []
         for r in self.requests.values():
             ch = self.chargers[r.charger]
             cars.append(CarRequest.for_hours(ch, r.departure, r.hours) if r.hours is not None
                         else CarRequest(ch, r.departure, r.energy_kwh or 0.0))
-        self.plan = plan(cars, self.prices(now), now, PlanOptions(grid=self.grid, budget_a=self.budget_a))
+        prices, options = self.prices(now), PlanOptions(grid=self.grid, budget_a=self.budget_a)
+        self.plan = plan(cars, prices, now, options)
+        self.at_once = plan_at_once(cars, prices, now, options)
         return EcoPlanPayload.of(self.plan, [c for c, r in self.requests.items() if r.charge_now])
 
 
@@ -153,6 +156,16 @@ class EcoService:
     async def _serve(self) -> None:
         async for m in self.link.messages():
             self.on_message(m.topic, m.payload)
+
+    def submit(self, request: Mapping[str, Any]) -> str | None:
+        """A request from the device itself (the web page): planned and the plan published as for one on
+        ``eco/request``; None when taken, else why not."""
+        try:
+            plan = self.planner.handle(request, self.clock())
+        except (PayloadError, RequestError, PlanError) as exc:
+            return str(exc)
+        self.link.publish(plan_message(self.topics, plan))
+        return None
 
     def on_message(self, topic: str, payload: bytes) -> bool:
         """A request: planned and the plan published (True), or refused and logged; never an exception

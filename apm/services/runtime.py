@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from apm.io.http.web import WebPlan
     from apm.io.mqtt.auth import UserTable
     from apm.io.replay import Capture
+    from apm.services.eco import EcoService
 
 log = logging.getLogger("apm.run")
 
@@ -103,6 +104,7 @@ class Running:
     broker_url: str = ""
     embedded: bool = False
     web_url: str = ""  # the local web page ("" when off)
+    eco: EcoService | None = None  # Smart eco (None: no price source)
 
     def charger_links(self) -> dict[str, dict[str, Any]]:
         """Each charger's protocol, connection, last report and limit (the live view)."""
@@ -153,7 +155,7 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
         else:
             run = await _device(stack, plan, plan.source, url)
         run.broker_url, run.embedded = url, plan.broker is not None
-        run.work = await _with_eco(stack, plan, url, run.work)
+        run.work, run.eco = await _with_eco(stack, plan, url, run.work)
         if plan.web is not None:
             run.web_url = await _web(stack, plan.web, run)
         yield run
@@ -197,7 +199,8 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     return Running(device, balancer, beside(balancer.run(), work), chargers=edges)
 
 
-async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work) -> Work:
+async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str,
+                    work: Work) -> tuple[Work, EcoService | None]:
     """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
     planned jointly and published on ``eco/plan``, which the balancer follows."""
     from apm.core.eco.planner import Charger
@@ -208,7 +211,7 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
     config = plan.config
     if plan.eco is None or not config.chargers:
         log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
-        return work
+        return work, None
     if plan.eco.refresh is not None:  # prices fetched in the background: the planner never waits for them
         work = beside(plan.eco.refresh, work)
     network = config.grid.network
@@ -218,7 +221,7 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
     budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
     service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget))
     log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
-    return beside(service.run(), work)
+    return beside(service.run(), work), service
 
 
 async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> str:
@@ -226,10 +229,11 @@ async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> 
     from apm.io.http.web import WebError, WebServer
     from apm.services.web import DevicePage
 
-    page = DevicePage(run.device, run.balancer, chargers=run.chargers, image=web.image)
+    page = DevicePage(run.device, run.balancer, chargers=run.chargers, image=web.image, eco=run.eco)
     try:
         server = await stack.enter_async_context(
-            WebServer(web, serial=run.device.config.serial, snapshot=page.snapshot, change=page.change))
+            WebServer(web, serial=run.device.config.serial, snapshot=page.snapshot, change=page.change,
+                      eco_change=page.eco_change))
     except WebError as exc:
         raise PlanError(str(exc)) from None
     listener = page.on_headroom(server.notify)

@@ -9,6 +9,11 @@ decision, the charger edges' links) and keeps the last minutes of line currents 
 `change()` puts a charger's new max current through the configuration's schema (`apm.core.config`, as
 `apm flash write` does), stores it in the flash image when the configuration came from one, and hands it
 to the running balancer.
+
+Smart eco (``eco``, the running `EcoService`, None without a price source): the snapshot's ``eco`` key is
+each car's request and plan over the prices it was planned on, with the plan's cost against charging at
+once; `eco_change()` takes a car's on/off, departure and energy through `eco_request`, the one function
+to re-point when the settings path (an ``[eco]`` configuration table) takes these over.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +31,21 @@ from apm.core.lines import LINES
 from apm.io.storage.flash import Flash, FlashError
 
 if TYPE_CHECKING:
+    from apm.core.eco.planner import Plan
+    from apm.core.eco.prices import PriceSeries
+    from apm.core.eco.tariff import EnergyCharge
     from apm.core.headroom import HeadroomNote
     from apm.services.balancer import BalancerService
     from apm.services.device import Device
+    from apm.services.eco import EcoService
     from apm.services.runtime import ChargerEdges
 
 log = logging.getLogger(__name__)
 
 HISTORY_S = 600.0  # the plot's last ten minutes
 HISTORY_POINTS = 600
+ECO_CHART_H = 36  # the price chart's hours ahead at most (today's evening to tomorrow's morning)
+ECO_FIELDS = frozenset({"on", "departure", "energy_kwh"})
 
 
 def _r(v: float | None, digits: int = 2) -> float | None:
@@ -42,8 +54,9 @@ def _r(v: float | None, digits: int = 2) -> float | None:
 
 class DevicePage:
     def __init__(self, device: Device, balancer: BalancerService, *, chargers: ChargerEdges | None = None,
-                 image: Path | None = None) -> None:
+                 image: Path | None = None, eco: EcoService | None = None) -> None:
         self.device = device
+        self.eco = eco
         self.balancer = balancer
         self.edges = chargers
         self.image = image  # where settings are stored (None: this run only)
@@ -78,6 +91,7 @@ class DevicePage:
             "broker": self._broker(),
             "advice": list(d.advice),
             "settings": {"stored_in": str(self.image) if self.image else None},
+            "eco": self._eco(),
         }
 
     def _keep(self, now: float, currents: tuple[float | None, ...]) -> None:
@@ -146,6 +160,33 @@ class DevicePage:
         return {"url": s.broker, "connected": s.connected, "last_error": s.last_error,
                 "records_pending": s.records_pending}
 
+    def _eco(self) -> dict[str, Any] | None:
+        if self.eco is None:
+            return None
+        planner, now = self.eco.planner, self.eco.clock()
+        plan, at_once = planner.plan, planner.at_once
+        ends = [r.departure for r in planner.requests.values()]
+        try:
+            prices: PriceSeries | None = planner.prices(now)
+        except Exception as exc:  # noqa: BLE001 (no prices yet is shown, not raised: the page goes on)
+            prices, why = None, str(exc)
+        else:
+            why = None
+        cars = []
+        for cid in planner.chargers:
+            r = planner.requests.get(cid)
+            cars.append({"id": cid, "on": r is not None,
+                         "departure": r.departure.isoformat() if r is not None else None,
+                         "energy_kwh": r.energy_kwh if r is not None else None,
+                         **_car_plan(plan, at_once, cid)})
+        return {"now": now.timestamp(), "cars": cars, "prices": _chart(prices, now, ends, planner.grid),
+                "prices_error": why,
+                "area": prices.area if prices is not None else None,
+                "cost_nok": _r(plan.cost_nok) if plan is not None else None,
+                "at_once_nok": _r(at_once.cost_nok) if at_once is not None else None,
+                "notes": list(plan.notes) if plan is not None else [],
+                "errors": self.eco.errors[-3:]}
+
     # --- what the page may change ------------------------------------------------------------------
 
     def change(self, charger_id: str, fields: Mapping[str, Any]) -> str | None:
@@ -169,6 +210,15 @@ class DevicePage:
                  f" (stored in {self.image})" if self.image else " (this run only: no flash image)")
         return None
 
+    def eco_change(self, charger_id: str, fields: Mapping[str, Any]) -> str | None:
+        """A car's Smart eco settings from the page: None when taken, else why not."""
+        if self.eco is None:
+            return "Smart eco is off (no price source)"
+        refused = eco_request(self.eco, charger_id, fields)
+        if refused is None:
+            log.info("web: eco %s: %s", charger_id, ", ".join(f"{k} {v}" for k, v in fields.items()))
+        return refused
+
     def _apply(self, new: cfg.DeviceConfig, charger_id: str) -> None:
         self.device.controller.replace_charger(next(c for c in new.chargers if c.id == charger_id))
         self.device.config = self.balancer.config = new
@@ -184,3 +234,55 @@ def changed(config: cfg.DeviceConfig, charger_id: str, fields: Mapping[str, Any]
     i = ids.index(charger_id)
     data["chargers"][i] = {**data["chargers"][i], **fields}
     return cfg.from_dict(data)
+
+
+# --- Smart eco ---------------------------------------------------------------------------------------
+
+
+def eco_request(eco: EcoService, charger_id: str, fields: Mapping[str, Any]) -> str | None:
+    """The page's Smart eco settings for one car, ``{"on": bool, "departure": "HH:MM" or ISO time,
+    "energy_kwh": x}``, as a request to the running planner (`EcoService.submit`, as one on
+    ``eco/request``); None when taken, else why not. The one place the page's eco settings go: re-point
+    it at the settings path when that holds them (they last this run only until then)."""
+    from apm.core.eco.schedule import next_clock_time
+
+    unknown = set(fields) - ECO_FIELDS
+    if unknown:
+        return f"the page may change {', '.join(sorted(ECO_FIELDS))} only, not {', '.join(sorted(unknown))}"
+    if not fields.get("on", True):
+        return eco.submit({"charger": charger_id, "clear": True})
+    departure = fields.get("departure")
+    if isinstance(departure, str) and len(departure) <= 5:
+        try:
+            departure = next_clock_time(departure, eco.clock()).isoformat()
+        except ValueError as exc:
+            return f"departure: {exc}"
+    return eco.submit({"charger": charger_id, "departure": departure, "energy_kwh": fields.get("energy_kwh")})
+
+
+def _car_plan(plan: Plan | None, at_once: Plan | None, charger_id: str) -> dict[str, Any]:
+    """One car's part of the plan: its slots as ``[start, end, amperes, kWh]`` (epoch seconds), its cost
+    and the cost of the same energy charged at once."""
+    if plan is None or charger_id not in plan.charger_ids:
+        return {"slots": [], "feasible": None, "reason": None, "cost_nok": None, "at_once_nok": None,
+                "planned_kwh": None}
+    c = plan.charger(charger_id)
+    ref = at_once.charger(charger_id) if at_once is not None and charger_id in at_once.charger_ids else None
+    return {"slots": [[s.start.timestamp(), s.end.timestamp(), _r(s.current_a, 1), _r(s.energy_kwh, 3)]
+                      for s in c.slots],
+            "feasible": c.feasible, "reason": c.reason, "cost_nok": _r(c.cost_nok),
+            "at_once_nok": _r(ref.cost_nok) if ref is not None else None, "planned_kwh": _r(c.energy_kwh)}
+
+
+def _chart(prices: PriceSeries | None, now: datetime, departures: list[datetime],
+           grid: EnergyCharge | None) -> list[list[Any]]:
+    """The price chart's slots, ``[start, end, spot, grid]`` (epoch seconds, NOK/kWh: what the planner
+    weighs), from the slot holding now to the last departure (at least 12 hours, at most ``ECO_CHART_H``):
+    15-minute prices give 4 a hour."""
+    if prices is None:
+        return []
+    until = max([now + timedelta(hours=12), *departures])
+    until = min(until, now + timedelta(hours=ECO_CHART_H))
+    return [[s.start.timestamp(), s.end.timestamp(), round(s.nok_per_kwh, 4),
+             round(grid.rate_at(s.start), 4) if grid is not None else 0.0]
+            for s in prices if s.end > now and s.start < until]

@@ -1,22 +1,26 @@
 """The device's web page in Debian's headless chromium (tools.cdp), against `apm run --sim`: the three line
 currents shown and changing, a max current changed in the page reaching the flash image and the balancer,
-and logins off loopback (a wrong one refused, a reader may look but not change)."""
+logins off loopback (a wrong one refused, a reader may look but not change), and Smart eco (a car's plan
+over the 15-minute price chart, its request changed in the page reaching the planner)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import math
 import os
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from apm.core.eco.prices import OSLO, PriceSeries, PriceSlot
 from apm.io.mqtt.auth import Login, Role, UserTable
 from apm.io.storage.flash import Flash
 from tests.mqtt_broker import accepts, free_port
@@ -55,7 +59,7 @@ def logins(tmp_path: Path) -> tuple[Login, Login]:
     return device, reader
 
 
-def _start(tmp: Path, host: str) -> Iterator[tuple[str, Path]]:
+def _start(tmp: Path, host: str, *more: str) -> Iterator[tuple[str, Path]]:
     env = _env(tmp)
     (tmp / "c.toml").write_text(CONFIG)
     image = tmp / "flash.img"
@@ -63,7 +67,8 @@ def _start(tmp: Path, host: str) -> Iterator[tuple[str, Path]]:
                    check=True, env=env, cwd=ROOT, capture_output=True)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "apm", "run", "--sim", "kaifa:3p-it", "--speed", "10",
-                             "--image", str(image), "--http", f"{host}:{port}", "--broker-port", "0", "--plain"],
+                             "--image", str(image), "--http", f"{host}:{port}", "--broker-port", "0", "--plain",
+                             *more],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -91,6 +96,24 @@ def local(tmp_path: Path, logins: tuple[Login, Login]) -> Iterator[tuple[str, Pa
 def lan(tmp_path: Path, logins: tuple[Login, Login]) -> Iterator[tuple[str, Path]]:
     """Listening on 127.0.0.2: not 127.0.0.1, so the page asks for a login as on the LAN."""
     yield from _start(tmp_path, "127.0.0.2")
+
+
+def _quarter_prices(path: Path) -> Path:
+    """Two days of 15-minute prices from the hour before now (96 slots a day): dear in the evening,
+    cheap at night."""
+    start = datetime.now(OSLO).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    slots = []
+    for k in range(2 * 96):
+        t = start + timedelta(minutes=15 * k)
+        h = t.hour + t.minute / 60
+        slots.append(PriceSlot(t, t + timedelta(minutes=15), round(1.0 + 0.6 * math.cos((h - 18) / 12 * math.pi), 4)))
+    path.write_text(PriceSeries("NO1", tuple(slots)).to_csv())
+    return path
+
+
+@pytest.fixture
+def with_prices(tmp_path: Path, logins: tuple[Login, Login]) -> Iterator[tuple[str, Path]]:
+    yield from _start(tmp_path, "127.0.0.1", "--prices", str(_quarter_prices(tmp_path / "prices.csv")))
 
 
 def _currents_js() -> str:
@@ -171,3 +194,60 @@ def test_off_loopback_a_login_is_needed(lan: tuple[str, Path], logins: tuple[Log
     assert _status(url + "api/chargers/garage", (device.username, device.password), body) == 200
     stored = Flash(image).read().config
     assert stored is not None and stored.chargers[0].max_a == 20
+
+
+def _state(url: str) -> dict:
+    with urllib.request.urlopen(url + "api/state", timeout=10) as r:
+        return dict(json.load(r))
+
+
+def test_eco_shows_the_plan_over_the_prices_and_takes_a_request(with_prices: tuple[str, Path]) -> None:
+    url, _ = with_prices
+    form = ("(b => { b.querySelector('#eco-on-garage').checked = {on};"
+            " b.querySelector('#eco-dep-garage').value = '{dep}'; b.querySelector('#eco-kwh-garage').value = '{kwh}';"
+            " b.querySelector('#eco-save-garage').click(); })(document)")
+    msg = "document.getElementById('eco-msg-garage').textContent"
+
+    async def main() -> None:
+        async with Browser.start(CHROMIUM) as browser:
+            page = await browser.page()
+            await page.size(390, 844, mobile=True)
+            assert await page.goto(url) == 200
+            # The price chart at once, a bar per 15-minute slot (12 hours at least), nothing planned yet.
+            bars = await page.wait_for("(n => n >= 48 && n)(document.querySelectorAll('#eco-chart rect.eco-off').length)")
+            assert await page.eval("document.querySelectorAll('#eco-chart rect.eco-on').length") == 0
+            assert "no car asks" in await page.eval("document.getElementById('eco-state').textContent")
+
+            # A request the planner refuses (negative energy): its message in the page.
+            await page.eval(form.replace("{on}", "true").replace("{dep}", "06:00").replace("{kwh}", "-5"))
+            err = await page.wait_for("(e => e.classList.contains('err') && e.textContent)"
+                                      "(document.getElementById('eco-msg-garage'))")
+            assert "energy" in err
+
+            # Leave at 06:00 with 15 kWh: planned in the cheap night slots, the cost against at once.
+            await page.eval(form.replace("{on}", "true").replace("{dep}", "06:00").replace("{kwh}", "15"))
+            assert (await page.wait_for(f"{msg}.startsWith('planned') && {msg}")).startswith("planned: leave 06:00")
+            cost = await page.wait_for("(t => t.includes('at once') && t)"
+                                       "(document.getElementById('eco-cost-garage').textContent)")
+            assert "saves" in cost
+            assert await page.wait_for("document.querySelectorAll('#eco-chart rect.eco-on').length > 0")
+            assert bars >= 48
+
+            state = _state(url)["eco"]
+            car = state["cars"][0]
+            departure = datetime.fromisoformat(car["departure"]).astimezone(OSLO)
+            assert car["on"] and car["energy_kwh"] == 15 and (departure.hour, departure.minute) == (6, 0)
+            assert car["feasible"] and car["planned_kwh"] == pytest.approx(15, abs=0.05)
+            assert car["cost_nok"] < car["at_once_nok"]
+            # Every planned slot is a quarter of an hour before departure, on the chart's slots.
+            starts = {p[0] for p in state["prices"]}
+            assert all(e - s == 900 for s, e, *_ in state["prices"])
+            assert all(s[0] in starts and s[1] <= departure.timestamp() for s in car["slots"])
+
+            # Eco off: the request is dropped from the planner, the chart shows nothing planned.
+            await page.eval(form.replace("{on}", "false").replace("{dep}", "06:00").replace("{kwh}", "15"))
+            await page.wait_for(f"{msg} === 'eco off'")
+            await page.wait_for("document.querySelectorAll('#eco-chart rect.eco-on').length === 0")
+            assert _state(url)["eco"]["cars"][0]["on"] is False
+
+    asyncio.run(main())

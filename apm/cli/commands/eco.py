@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from datetime import datetime, time, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from apm.cli.support import TIME_HELP, parse_time
@@ -24,8 +24,10 @@ from apm.core.eco.planner import (
 from apm.core.eco.prices import AREAS, OSLO, PriceError, PriceSeries, load_file, sample_week
 from apm.core.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.core.eco.savings import commuter_week, report
+from apm.core.eco.schedule import next_clock_time
 from apm.core.eco.tariff import ELVIA, NO_GRID_CHARGE, TariffError
-from apm.io.http.prices import PriceApiError, PriceClient, PriceFeed
+from apm.io.http.fallback import price_source
+from apm.io.http.prices import PriceApiError, PriceFeed
 from apm.io.storage import paths
 
 DEFAULT_CACHE = paths.price_cache()
@@ -111,7 +113,9 @@ def register(sub) -> None:
     )
     src = pl.add_mutually_exclusive_group()
     src.add_argument("--prices", type=Path, help="prices file (.csv or .json)")
-    src.add_argument("--api", metavar="URL", help="base URL of a day-ahead price API (…/api/v1/prices/…)")
+    src.add_argument("--api", metavar="URL", action="append",
+                     help="base URL of a day-ahead price API (…/api/v1/prices/…); twice: a second one "
+                          "asked when the first fails")
     pl.add_argument("--area", choices=AREAS, default="NO1", help="price area (NO1)")
     pl.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"price cache folder ({DEFAULT_CACHE})")
     pl.add_argument("--now", metavar="TIME", help=f"time to plan from ({TIME_HELP}; default: the clock)")
@@ -190,13 +194,9 @@ def _departure(text: str | None, now: datetime, who: str) -> datetime:
         raise InputError(f"{who}: --departure is required (HH:MM or ISO time)")
     if len(text) <= 5 and ":" in text:
         try:
-            hh, mm = (int(x) for x in text.split(":"))
-            clock = time(hh, mm)
+            return next_clock_time(text, now)
         except ValueError:
             raise InputError(f"{who}: departure {text!r} is not HH:MM") from None
-        local = now.astimezone(OSLO)
-        d = datetime.combine(local.date(), clock, OSLO)
-        return d if d > local else datetime.combine(local.date() + timedelta(days=1), clock, OSLO)
     d = _time(text, f"{who}: departure")
     if d <= now:
         raise InputError(f"{who}: departure {d.isoformat()} is not after now {now.isoformat()}")
@@ -229,7 +229,9 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
     if args.api:
         import asyncio
 
-        update = asyncio.run(PriceFeed(PriceClient(args.area, args.api, args.cache)).update(now))
+        if len(args.api) > 2:
+            raise InputError("--api: at most two price services (the second when the first fails)")
+        update = asyncio.run(PriceFeed(price_source(args.area, args.api, args.cache)).update(now))
         if update.series is None:
             raise PriceApiError(f"no prices published for {now.astimezone(OSLO).date()} in {args.area}")
         return update.series

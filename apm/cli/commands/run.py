@@ -104,8 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", metavar="FILE", help="--port: where serial settings that worked are remembered")
     p.add_argument("--prices", metavar="FILE",
                    help="Smart eco: day-ahead prices (CSV or JSON) for planning charging requests")
-    p.add_argument("--price-api", metavar="URL",
-                   help="Smart eco: a day-ahead price service (hvakosterstrommen.no style), cached")
+    p.add_argument("--price-api", metavar="URL", action="append",
+                   help="Smart eco: a day-ahead price service (hvakosterstrommen.no style), cached; "
+                        "give it twice for a second service used when the first fails")
     p.add_argument("--area", default="NO1", help="Smart eco: price area NO1..NO5 (default NO1)")
     p.add_argument("--http", metavar="HOST:PORT", default=None,
                    help=f"the local web page (default {DEFAULT_HTTP}; off: none). Off 127.0.0.1 only with "
@@ -389,19 +390,22 @@ def _eco(args: argparse.Namespace, fallback: Callable[[datetime], PriceSeries] |
     return EcoPlan(fallback) if fallback is not None else None
 
 
-def _price_feed(area: str, url: str) -> EcoPlan:
+def _price_feed(area: str, urls: list[str]) -> EcoPlan:
     from apm.core.eco.planner import PlanError
     from apm.core.eco.prices import OSLO
-    from apm.io.http.prices import PriceClient, PriceFeed
+    from apm.io.http.fallback import price_source
+    from apm.io.http.prices import PriceFeed
     from apm.io.storage import paths
     from apm.services.runtime import EcoPlan
 
-    feed = PriceFeed(PriceClient(area, url, paths.price_cache()))
+    if len(urls) > 2:
+        raise UsageError("--price-api: at most two price services (the second when the first fails)")
+    feed = PriceFeed(price_source(area, urls, paths.price_cache()))
 
     def known(now: datetime) -> PriceSeries:
         series = feed.latest.series if feed.latest is not None else None
         if series is None:
-            raise PlanError(f"no prices for {area} from {url} yet")
+            raise PlanError(f"no prices for {area} from {' or '.join(urls)} yet")
         return series
 
     return EcoPlan(known, feed.run(lambda: datetime.now(OSLO)))

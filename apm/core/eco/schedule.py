@@ -9,9 +9,22 @@ The balancer still caps the result by the fuse headroom.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time, timedelta
 
 from apm.core.eco.planner import AMP_TOL, Plan, SlotPlan
+from apm.core.eco.prices import OSLO
+
+
+def next_clock_time(text: str, now: datetime) -> datetime:
+    """The next ``HH:MM`` (Oslo time) after ``now``: a departure as an owner gives it. ValueError if
+    ``text`` is not HH:MM."""
+    hh, sep, mm = text.strip().partition(":")
+    if not sep or not (hh.isdigit() and mm.isdigit() and len(mm) == 2):
+        raise ValueError(f"{text!r} is not HH:MM")
+    clock = time(int(hh), int(mm))
+    local = now.astimezone(OSLO)
+    d = datetime.combine(local.date(), clock, OSLO)
+    return d if d > local else datetime.combine(local.date() + timedelta(days=1), clock, OSLO)
 
 
 def _on_from(slot: SlotPlan, min_a: float) -> datetime:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
+from typing import Protocol
 
 from apm.core.eco.prices import OSLO, PriceError, PriceSeries, check_area, concat, parse_json
 
@@ -62,6 +63,12 @@ async def http_get(url: str, timeout: float) -> Response:
         raise OSError(f"no answer within {timeout:g} s") from None
     except aiohttp.ClientError as exc:
         raise OSError(str(exc) or type(exc).__name__) from None
+
+
+class DaySource(Protocol):
+    """Where a feed gets a day of prices: a `PriceClient`, or apm.io.http.fallback.FallbackSource over two."""
+
+    async def day(self, day: date) -> PriceSeries | None: ...
 
 
 class PriceClient:
@@ -159,7 +166,7 @@ class PriceFeed:
 
     def __init__(
         self,
-        client: PriceClient,
+        client: DaySource,
         publish_time: dtime = PUBLISH_TIME,
         retry: timedelta = timedelta(minutes=15),
     ) -> None:

@@ -6,6 +6,8 @@
     GET  /api/state           the same state once (scripts, curl)
     POST /api/chargers/{id}   {"max_a": 20}: a charger's max current, through the configuration's schema;
                               400 {"error": the schema's message} when refused
+    POST /api/eco/{id}        {"on": true, "departure": "07:00", "energy_kwh": 20}: a car's Smart eco
+                              request (``eco_change``), 400 {"error": ...} when refused
 
 What the page shows and what a change does are the caller's (``snapshot`` and ``change``,
 `apm.services.web`): this module only serves them.
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 EVERY_S = 1.0  # an event at least this often
 MIN_GAP_S = 0.2  # and at most five a second, however fast headroom comes (a replay at speed)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-STATIC = ("index.html", "app.js", "app.css")
+STATIC = ("index.html", "app.js", "app.css", "eco.js")
 TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
 
 Snapshot = Callable[[], Mapping[str, Any]]
@@ -120,10 +122,12 @@ def _static(name: str) -> bytes:
 class WebServer:
     """The page's server; an async context manager. ``notify()`` sends the state to every page now."""
 
-    def __init__(self, plan: WebPlan, *, serial: str, snapshot: Snapshot, change: Change) -> None:
+    def __init__(self, plan: WebPlan, *, serial: str, snapshot: Snapshot, change: Change,
+                 eco_change: Change | None = None) -> None:
         self.plan = plan
         self.snapshot = snapshot
         self.change = change
+        self.eco_change = eco_change  # None: no Smart eco (404)
         self.logins = Logins(serial, plan.users_path) if plan.needs_login else None
         self.url = ""
         self._clients: set[asyncio.Queue[str]] = set()
@@ -133,7 +137,7 @@ class WebServer:
         app = web.Application(middlewares=[self._auth])
         app.add_routes([web.get("/", self._file), web.get("/static/{name}", self._file),
                         web.get("/events", self._events), web.get("/api/state", self._state),
-                        web.post("/api/chargers/{id}", self._charger)])
+                        web.post("/api/chargers/{id}", self._charger), web.post("/api/eco/{id}", self._eco)])
         self.app = app
 
     async def __aenter__(self) -> WebServer:
@@ -230,6 +234,14 @@ class WebServer:
         return web.Response(text=self._encode(), content_type="application/json")
 
     async def _charger(self, request: web.Request) -> web.Response:
+        return await self._apply(request, self.change, '{"max_a": 16}')
+
+    async def _eco(self, request: web.Request) -> web.Response:
+        if self.eco_change is None:
+            return web.json_response({"error": "Smart eco is off (no price source)"}, status=404)
+        return await self._apply(request, self.eco_change, '{"on": true, "departure": "07:00", "energy_kwh": 20}')
+
+    async def _apply(self, request: web.Request, change: Change, example: str) -> web.Response:
         if request.get("role", "device") != "device":
             return web.json_response({"error": "only the device's login may change settings"}, status=403)
         try:
@@ -237,8 +249,8 @@ class WebServer:
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
-            return web.json_response({"error": "send a JSON object, e.g. {\"max_a\": 16}"}, status=400)
-        refused = self.change(request.match_info["id"], body)
+            return web.json_response({"error": f"send a JSON object, e.g. {example}"}, status=400)
+        refused = change(request.match_info["id"], body)
         if refused is not None:
             return web.json_response({"error": refused}, status=400)
         self.notify()

@@ -130,6 +130,7 @@ function show(s) {
   plot(s);
   chargers(s);
   device(s);
+  document.dispatchEvent(new CustomEvent("apm:state", { detail: s })); // sections in their own files (eco.js)
 }
 
 function connect() {
