@@ -6,23 +6,22 @@
 
 `snapshot()` reads the parts `apm run` already has (the `Device`, its `Controller`, the balancer's last
 decision, the charger edges' links) and keeps the last minutes of line currents for the page's plot.
-`change()` puts a charger's new max current through the configuration's schema (`apm.core.config`, as
-`apm flash write` does), stores it in the flash image when the configuration came from one, and hands it
-to the running balancer.
+`change()` hands a charger's new settings (max current, Smart eco's departure and energy) to the one
+settings path, `apm.services.settings.Settings`: validated by the configuration's schema as `apm flash
+write` does, stored in the flash image when the configuration came from one, applied to the running
+balancer. `page.settings.apply(...)` takes any owner setting (Smart eco on/off, sharing).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apm.core import config as cfg
 from apm.core.lines import LINES
-from apm.io.storage.flash import Flash, FlashError
+from apm.services.settings import Settings
 
 if TYPE_CHECKING:
     from apm.core.headroom import HeadroomNote
@@ -42,11 +41,13 @@ def _r(v: float | None, digits: int = 2) -> float | None:
 
 class DevicePage:
     def __init__(self, device: Device, balancer: BalancerService, *, chargers: ChargerEdges | None = None,
-                 image: Path | None = None) -> None:
+                 image: Path | None = None, settings: Settings | None = None) -> None:
         self.device = device
         self.balancer = balancer
         self.edges = chargers
-        self.image = image  # where settings are stored (None: this run only)
+        # The one settings path (apm.services.settings), shared with Home Assistant's commands.
+        self.settings = settings or Settings(device, balancer, image=image)
+        self.image = self.settings.image  # where settings are stored (None: this run only)
         self.history: deque[tuple[float, tuple[float | None, ...]]] = deque(maxlen=HISTORY_POINTS)
 
     def on_headroom(self, notify: Callable[[], None]) -> Callable[[float, HeadroomNote], None]:
@@ -150,37 +151,4 @@ class DevicePage:
 
     def change(self, charger_id: str, fields: Mapping[str, Any]) -> str | None:
         """A charger's settings from the page: None when applied (and stored), else why not."""
-        unknown = set(fields) - {"max_a"}
-        if unknown:
-            return f"the page may change max_a only, not {', '.join(sorted(unknown))}"
-        try:
-            running = changed(self.device.config, charger_id, fields)
-            if self.image is not None:
-                # The stored configuration, not the running one: that one carries the broker login
-                # `apm run` put in for this run.
-                Flash(self.image).update(lambda c: dataclasses.replace(
-                    c, config=changed(c.config, charger_id, fields) if c.config is not None else running))
-        except cfg.ConfigError as exc:
-            return str(exc)
-        except FlashError as exc:
-            return f"not stored: {exc}"
-        self._apply(running, charger_id)
-        log.info("web: charger %s: %s%s", charger_id, ", ".join(f"{k} {v}" for k, v in fields.items()),
-                 f" (stored in {self.image})" if self.image else " (this run only: no flash image)")
-        return None
-
-    def _apply(self, new: cfg.DeviceConfig, charger_id: str) -> None:
-        self.device.controller.replace_charger(next(c for c in new.chargers if c.id == charger_id))
-        self.device.config = self.balancer.config = new
-        self.balancer.update(self.balancer.clock.now(), publish_all=True)
-
-
-def changed(config: cfg.DeviceConfig, charger_id: str, fields: Mapping[str, Any]) -> cfg.DeviceConfig:
-    """``config`` with ``fields`` of one charger changed, validated by the schema (`cfg.ConfigError`)."""
-    ids = [c.id for c in config.chargers]
-    if charger_id not in ids:
-        raise cfg.ConfigError("chargers", f"no charger {charger_id!r} (the chargers: {', '.join(ids) or 'none'})")
-    data = cfg.to_dict(config)
-    i = ids.index(charger_id)
-    data["chargers"][i] = {**data["chargers"][i], **fields}
-    return cfg.from_dict(data)
+        return self.settings.change_charger(charger_id, fields, source="web")
