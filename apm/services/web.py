@@ -24,7 +24,7 @@ from apm.core.lines import LINES
 from apm.services.settings import Settings
 
 if TYPE_CHECKING:
-    from apm.core.headroom import HeadroomNote
+    from apm.io.mqtt.messages import HeadroomNote
     from apm.services.balancer import BalancerService
     from apm.services.device import Device
     from apm.services.runtime import ChargerEdges
