@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, get_args
 
 from apm.core import config as cfg
@@ -47,8 +47,8 @@ from apm.services.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from apm.core.eco.prices import PriceSeries
-    from apm.io.mqtt.messages import HeadroomNote
     from apm.services.device import Device
+    from han.reading import Reading
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ SOURCE = "home assistant"
 MAX_COMMAND_BYTES = 64
 ENERGY_EVERY_S = 10.0  # clock seconds between two publications of the hour's energy
 PRICE_EVERY_S = 60.0  # clock seconds between two looks at the price (it changes every 15 or 60 min)
-# A power value older than this is not integrated: a silent meter must not run the hour's energy on.
-POWER_FRESH_S = 30.0
 
 # The settings each command topic may set, and what the value must be.
 DEVICE_SETTINGS: Mapping[str, tuple[str, str]] = {"eco_enabled": ("eco", "enabled"),
@@ -127,6 +125,7 @@ class HaControls(MqttNode):
         config = settings.config
         self.topics = t = Topics(config.serial)
         self.rejections = Rejections(t, "settings")
+        self.applied = self.refused = 0  # commands taken and refused (for `apm info` and tests)
         self.hour: HourMeter | None = None
         self._energy_sent_at = float("-inf")
         birth = controls_messages(t, charger_limits(config), sharing=get_args(cfg.Sharing),
@@ -138,13 +137,13 @@ class HaControls(MqttNode):
     async def __aenter__(self) -> HaControls:
         await super().__aenter__()
         self.settings.listeners.append(self.on_settings)
-        self.device.headroom_listeners.append(self.on_headroom)
+        self.device.reading_listeners.append(self.on_reading)
         self.publish_settings()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for listeners, me in ((self.settings.listeners, self.on_settings),
-                              (self.device.headroom_listeners, self.on_headroom)):
+                              (self.device.reading_listeners, self.on_reading)):
             if me in listeners:
                 listeners.remove(me)  # type: ignore[arg-type]
         await super().__aexit__(*exc)
@@ -178,21 +177,25 @@ class HaControls(MqttNode):
             change = command_change(ref.setting, payload, ref.charger if ref.kind == CHARGER_SET else None)
         except (SettingsError, PayloadError) as exc:
             self.rejections.reject(topic, str(exc))
+            self.refused += 1
             return False
         refused = self.settings.apply(change, source=SOURCE)
         if refused is not None:
+            self.refused += 1
             self.publish_settings()  # Home Assistant shows the setting that holds, not the refused value
-        return refused is None
+            return False
+        self.applied += 1
+        return True
 
     # --- sensors ----------------------------------------------------------------------------------
 
-    def on_headroom(self, now: float, _note: HeadroomNote) -> None:
-        """After every reading: the hour's energy goes on with the meter's power (list 1, else list 2)."""
-        state = self.device.state
-        power, age = state.value("active_import_w"), state.age("active_import_w", now)
-        if power is None or age is None or age > POWER_FRESH_S:
+    def on_reading(self, now: float, reading: Reading) -> None:
+        """The hour's energy goes on with the meter's import power (list 1 every 2 s where the meter
+        sends it, else list 2); the power holds between readings, as `HourMeter` integrates it."""
+        power = reading.active_import_w
+        if power is None:
             return
-        t = self.device.clock.datetime()
+        t = datetime.fromtimestamp(now, UTC)  # when the meter measured (clock seconds)
         if self.hour is None:
             self.hour = HourMeter.start(t, power)
             return
