@@ -68,6 +68,9 @@ BROKER_SCHEMES = ("mqtt", "mqtts")
 # A per-phase list is two missed 10 s lists plus slack old before it counts as stale (SmartEVSE gives
 # up after 11 s of a 2 s meter; OpenEVSE after 120 s).
 STALE_AFTER_S = 25.0
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"  # a local time of day, 00:00..23:59
+ECO_DEPARTURE, ECO_ENERGY_KWH = "07:00", 20.0  # a charger's Smart eco default: overnight, ~100 km
+MAX_ECO_KWH = 200.0  # above the largest car battery on the road (~120 kWh)
 
 T = TypeVar("T")
 
@@ -111,6 +114,11 @@ class ChargerConfig(Struct, frozen=True, forbid_unknown_fields=True):
                             examples=["ZAP000123"])] = None
     goe_serial: Annotated[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$")] | None,
                           _doc("protocol goe: the go-e's serial number", examples=["012345"])] = None
+    # Smart eco's daily default for this charger ([eco] enabled): ready by this time with this much.
+    eco_departure: Annotated[str, _doc("Smart eco: the car's usual departure, HH:MM local time",
+                                       pattern=HHMM)] = ECO_DEPARTURE
+    eco_energy_kwh: Annotated[float, _doc("Smart eco: the energy to charge by then", ge=1.0,
+                                          le=MAX_ECO_KWH)] = ECO_ENERGY_KWH
 
     def __post_init__(self) -> None:
         if sorted(self.rotation) != list(LINES):
@@ -299,6 +307,14 @@ class CapacitySettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
                                          f"({', '.join(_fmt(b) for b in bounds) or 'none'})")
 
 
+class EcoSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Smart eco as an owner setting; the device config's ``[eco]`` table. Each charger's
+    ``eco_departure`` and ``eco_energy_kwh`` are its daily request while this is on."""
+
+    enabled: Annotated[bool, _doc("Smart eco: charge each car in the cheapest hours before its departure "
+                                  "(off: charge at once)")] = False
+
+
 class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     serial: Annotated[str, _doc("the device's serial number: letters, digits, '-', '_', '.'",
                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "APM000000"
@@ -317,6 +333,7 @@ class DeviceConfig(Struct, frozen=True, forbid_unknown_fields=True):
     balancer: BalancerSettings = field(default_factory=BalancerSettings)
     headroom: HeadroomSettings = field(default_factory=HeadroomSettings)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    eco: EcoSettings = field(default_factory=EcoSettings)
     ocpp: OcppConfig = field(default_factory=OcppConfig)
 
     def __post_init__(self) -> None:
@@ -668,7 +685,7 @@ def describe() -> str:
     lines = ["configuration keys (examples/config.toml has them all, commented):",
              f"  {'KEY':<{w0}}  {'DEFAULT':<{w1}}  {'TAKES':<{w2}}  MEANING"]
     lines += [f"  {a:<{w0}}  {b:<{w1}}  {c:<{w2}}  {d}" for a, b, c, d in rows]
-    lines.append(f"Tables: [grid], [broker], [balancer], [headroom], [capacity], and one [[chargers]] per charger "
+    lines.append(f"Tables: [grid], [broker], [balancer], [headroom], [capacity], [eco], and one [[chargers]] per charger "
                  f"(at most {MAX_CHARGERS}). Strings: {', '.join(_STRIP)} are trimmed, "
                  "grid.network, country and installation_type taken in upper case.")
     return "\n".join(lines)
@@ -714,10 +731,16 @@ def to_dict(config: DeviceConfig) -> dict[str, Any]:
     for c in d.get("chargers", ()):
         if c.get("protocol") == "mqtt":  # the default, as images before the protocols stored it
             del c["protocol"]
-    for key in ("chargers", "balancer", "headroom", "capacity", "ocpp"):
+        for key in ("eco_departure", "eco_energy_kwh"):  # defaults, as images before Smart eco's settings
+            if c.get(key) == _CHARGER_DEFAULTS[key]:
+                del c[key]
+    for key in ("chargers", "balancer", "headroom", "capacity", "eco", "ocpp"):
         if not d.get(key):
             d.pop(key, None)
     return d
+
+
+_CHARGER_DEFAULTS = {"eco_departure": ECO_DEPARTURE, "eco_energy_kwh": ECO_ENERGY_KWH}
 
 
 def _drop_none(d: Any) -> Any:

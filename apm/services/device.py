@@ -261,6 +261,8 @@ class Device:
         self.hourly: list[HourlyEnergy] = []
         self.headroom_seq = 0
         self.headroom_listeners: list[HeadroomListener] = []
+        # Told every reading as the meter measured it (Home Assistant's energy this hour).
+        self.reading_listeners: list[Callable[[float, Reading], None]] = []
         self.problems = 0
         self.last_problem: str | None = None
         self.rejections = Rejections(self.topics, "device")
@@ -393,6 +395,8 @@ class Device:
         for line in out.advice or ():
             log.info("installation advice: %s", line)
         self._publish_headroom(now, out.headroom)
+        for listener in self.reading_listeners:
+            listener(now, reading)
         return out
 
     def on_charger_state(self, now: float, state: ChargerState) -> None:

@@ -16,12 +16,14 @@ ids) and ``expected_cost_nok`` (the plan's cost, spot + grid energy charge).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from typing import Any
 
+from apm.core.config import DeviceConfig
 from apm.core.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan, plan_at_once
 from apm.core.eco.prices import OSLO, PriceSeries
 from apm.core.eco.tariff import ELVIA, EnergyCharge
@@ -47,6 +49,25 @@ class Request:
     energy_kwh: float | None = None
     hours: float | None = None
     charge_now: bool = False
+    default: bool = False  # made from the owner's daily setting, not asked for on eco/request
+
+
+def next_departure(hhmm: str, now: datetime) -> datetime:
+    """The next ``HH:MM`` in Oslo after ``now`` (today's or tomorrow's)."""
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    local = now.astimezone(OSLO)
+    for day in (local.date(), local.date() + timedelta(days=1)):
+        at = datetime.combine(day, time(hour, minute), tzinfo=OSLO)
+        if at > now:
+            return at
+    raise AssertionError("a time of day comes again within two days")
+
+
+def daily_defaults(config: DeviceConfig) -> dict[str, tuple[str, float]] | None:
+    """The configuration's Smart eco setting as `EcoPlanner.set_defaults` takes it (None: off)."""
+    if not config.eco.enabled:
+        return None
+    return {c.id: (c.eco_departure, c.eco_energy_kwh) for c in config.chargers}
 
 
 def parse_request(d: EcoRequest | Mapping[str, Any], chargers: Mapping[str, Charger]) -> Request | str:
@@ -85,6 +106,20 @@ class EcoPlanner:
         self.requests: dict[str, Request] = {}
         self.plan: Plan | None = None
         self.at_once: Plan | None = None  # the same requests charged at once: what the plan saves against
+        # Smart eco's daily requests (the owner's [eco] setting): charger -> (departure HH:MM, kWh).
+        self.defaults: dict[str, tuple[str, float]] = {}
+
+    def set_defaults(self, defaults: Mapping[str, tuple[str, float]] | None, now: datetime) -> EcoPlanPayload | None:
+        """Smart eco on with these daily requests, or off (None): every request dropped, so the chargers
+        charge at once. A charger's own request (``eco/request``) goes before its default until it departs."""
+        if defaults is None:
+            self.defaults = {}
+            self.requests.clear()
+        else:
+            self.defaults = {c: d for c, d in defaults.items() if c in self.chargers}
+            # A default request made before stands for the old setting: made again from the new one.
+            self.requests = {c: r for c, r in self.requests.items() if not r.default}
+        return self.replan(now)
 
     def handle(self, d: EcoRequest | Mapping[str, Any], now: datetime) -> EcoPlanPayload | None:
         req = parse_request(d, self.chargers)
@@ -97,8 +132,12 @@ class EcoPlanner:
         return self.replan(now)
 
     def replan(self, now: datetime) -> EcoPlanPayload | None:
-        """The plan over the requests whose departure is still ahead (older ones are dropped)."""
+        """The plan over the requests whose departure is still ahead (older ones are dropped; a daily
+        default is made again for its next departure)."""
         self.requests = {c: r for c, r in self.requests.items() if r.departure > now}
+        for cid, (hhmm, kwh) in self.defaults.items():
+            if cid not in self.requests:
+                self.requests[cid] = Request(cid, next_departure(hhmm, now), kwh, default=True)
         if not self.requests:
             self.plan = self.at_once = None
             return None
@@ -124,8 +163,10 @@ class EcoService:
     per request on its own topic would be a later addition)."""
 
     def __init__(self, link: MqttLink, topics: Topics, planner: EcoPlanner,
-                 clock: Callable[[], datetime] = lambda: datetime.now(OSLO), replan_s: float = 900.0) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(OSLO), replan_s: float = 900.0,
+                 defaults: Mapping[str, tuple[str, float]] | None = None) -> None:
         self.link = link
+        self.defaults = defaults  # the owner's Smart eco setting at the start (None: off)
         self.topics = topics
         self.planner = planner
         self.clock = clock
@@ -147,11 +188,37 @@ class EcoService:
 
     async def run(self) -> None:
         await self.link.subscribe(request_topic(self.topics), 1)
+        if self.defaults is not None:
+            self.use_defaults(self.defaults)
         ticker = asyncio.create_task(self._replan_every())
         try:
             await self._serve()
         finally:
             ticker.cancel()
+
+    def on_settings(self, old: DeviceConfig, new: DeviceConfig) -> None:
+        """A settings listener (apm.services.settings): Smart eco turned on or off, or a charger's
+        departure or energy changed: planned again at once."""
+        resized = False
+        for c in new.chargers:  # a new max current: the plan's currents must fit it
+            ch = self.planner.chargers.get(c.id)
+            if ch is not None and ch.max_a != c.max_a:
+                self.planner.chargers[c.id] = dataclasses.replace(ch, max_a=c.max_a)
+                resized = True
+        if resized or daily_defaults(new) != daily_defaults(old):
+            self.use_defaults(daily_defaults(new))
+
+    def use_defaults(self, defaults: Mapping[str, tuple[str, float]] | None) -> None:
+        self.defaults = defaults
+        try:
+            payload = self.planner.set_defaults(defaults, self.clock())
+        except PlanError as exc:  # e.g. no prices yet: the next re-plan tries again
+            self.errors = [*self.errors[-99:], str(exc)[:300]]
+            log.warning("eco: cannot plan the daily requests: %s", exc)
+            return
+        self.link.publish(plan_message(self.topics, payload))
+        log.info("eco: Smart eco %s", "off: the chargers charge at once" if defaults is None else
+                 "on: " + ", ".join(f"{c} by {d} with {e:g} kWh" for c, (d, e) in defaults.items()))
 
     async def _serve(self) -> None:
         async for m in self.link.messages():

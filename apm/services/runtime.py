@@ -34,6 +34,7 @@ from apm.io.clock import Clock, RealClock, ScaledClock
 from apm.io.storage.outbox import Outbox
 from apm.services.balancer import BalancerService
 from apm.services.device import Device, SubscriptionSource
+from apm.services.settings import Settings
 
 if TYPE_CHECKING:
     import ssl
@@ -82,6 +83,7 @@ class Storage:
     outbox: Outbox | None = None  # None: records wait in memory
     baseline: BaselineStore | None = None  # where the hourly energy baseline is kept
     status_file: Path | None = None  # read by `apm info`
+    settings_image: Path | None = None  # where owner settings changed while running are stored (None: not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class Running:
     embedded: bool = False
     web_url: str = ""  # the local web page ("" when off)
     eco: EcoService | None = None  # Smart eco (None: no price source)
+    settings: Settings | None = None  # the one path for owner settings (web page, Home Assistant)
 
     def charger_links(self) -> dict[str, dict[str, Any]]:
         """Each charger's protocol, connection, last report and limit (the live view)."""
@@ -155,7 +158,10 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
         else:
             run = await _device(stack, plan, plan.source, url)
         run.broker_url, run.embedded = url, plan.broker is not None
-        run.work, run.eco = await _with_eco(stack, plan, url, run.work)
+        image = plan.storage.settings_image or (plan.web.image if plan.web is not None else None)
+        run.settings = Settings(run.device, run.balancer, image=image)
+        run.work, run.eco = await _with_eco(stack, plan, url, run.work, run.settings)
+        run.work = await _with_controls(stack, plan, url, run)
         if plan.web is not None:
             run.web_url = await _web(stack, plan.web, run)
         yield run
@@ -199,14 +205,14 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     return Running(device, balancer, beside(balancer.run(), work), chargers=edges)
 
 
-async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str,
-                    work: Work) -> tuple[Work, EcoService | None]:
+async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work,
+                    settings: Settings) -> tuple[Work, EcoService | None]:
     """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
     planned jointly and published on ``eco/plan``, which the balancer follows."""
     from apm.core.eco.planner import Charger
     from apm.io.mqtt.link import MqttLink, link_settings
     from apm.io.mqtt.topics import Topics
-    from apm.services.eco import EcoPlanner, EcoService, request_topic
+    from apm.services.eco import EcoPlanner, EcoService, daily_defaults, request_topic
 
     config = plan.config
     if plan.eco is None or not config.chargers:
@@ -219,9 +225,22 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str,
     link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
                                                     **link_settings(config.broker)))
     budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
-    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget))
+    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget),
+                         defaults=daily_defaults(config))
+    settings.listeners.append(service.on_settings)  # Smart eco on/off, a departure or energy changed
+    stack.callback(settings.listeners.remove, service.on_settings)
     log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
     return beside(service.run(), work), service
+
+
+async def _with_controls(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, run: Running) -> Work:
+    """Home Assistant's controls (owner settings through ``run.settings``), the price and this hour's energy."""
+    from apm.services.controls import HaControls
+
+    assert run.settings is not None
+    controls = await stack.enter_async_context(HaControls(
+        run.settings, run.device, url=url, prices=plan.eco.prices if plan.eco is not None else None))
+    return beside(controls.run(), run.work)
 
 
 async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> str:
@@ -229,7 +248,8 @@ async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> 
     from apm.io.http.web import WebError, WebServer
     from apm.services.web import DevicePage
 
-    page = DevicePage(run.device, run.balancer, chargers=run.chargers, image=web.image, eco=run.eco)
+    page = DevicePage(run.device, run.balancer, chargers=run.chargers, image=web.image, eco=run.eco,
+                      settings=run.settings)
     try:
         server = await stack.enter_async_context(
             WebServer(web, serial=run.device.config.serial, snapshot=page.snapshot, change=page.change,

@@ -6,19 +6,19 @@
 
 `snapshot()` reads the parts `apm run` already has (the `Device`, its `Controller`, the balancer's last
 decision, the charger edges' links) and keeps the last minutes of line currents for the page's plot.
-`change()` puts a charger's new max current through the configuration's schema (`apm.core.config`, as
-`apm flash write` does), stores it in the flash image when the configuration came from one, and hands it
-to the running balancer.
+`change()` hands a charger's new settings (max current, Smart eco's departure and energy) to the one
+settings path, `apm.services.settings.Settings`: validated by the configuration's schema as `apm flash
+write` does, stored in the flash image when the configuration came from one, applied to the running
+balancer. `page.settings.apply(...)` takes any owner setting (Smart eco on/off, sharing).
 
 Smart eco (``eco``, the running `EcoService`, None without a price source): the snapshot's ``eco`` key is
 each car's request and plan over the prices it was planned on, with the plan's cost against charging at
-once; `eco_change()` takes a car's on/off, departure and energy through `eco_request`, the one function
-to re-point when the settings path (an ``[eco]`` configuration table) takes these over.
+once; `eco_change()` takes the page's Smart eco switch and a car's departure and energy through the same
+settings path (``[eco] enabled``, the charger's ``eco_departure`` and ``eco_energy_kwh``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -26,15 +26,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apm.core import config as cfg
 from apm.core.lines import LINES
-from apm.io.storage.flash import Flash, FlashError
+from apm.services.settings import Settings
 
 if TYPE_CHECKING:
     from apm.core.eco.planner import Plan
     from apm.core.eco.prices import PriceSeries
     from apm.core.eco.tariff import EnergyCharge
-    from apm.core.headroom import HeadroomNote
+    from apm.io.mqtt.messages import HeadroomNote
     from apm.services.balancer import BalancerService
     from apm.services.device import Device
     from apm.services.eco import EcoService
@@ -54,12 +53,15 @@ def _r(v: float | None, digits: int = 2) -> float | None:
 
 class DevicePage:
     def __init__(self, device: Device, balancer: BalancerService, *, chargers: ChargerEdges | None = None,
-                 image: Path | None = None, eco: EcoService | None = None) -> None:
+                 image: Path | None = None, eco: EcoService | None = None,
+                 settings: Settings | None = None) -> None:
         self.device = device
         self.eco = eco
         self.balancer = balancer
         self.edges = chargers
-        self.image = image  # where settings are stored (None: this run only)
+        # The one settings path (apm.services.settings), shared with Home Assistant's commands.
+        self.settings = settings or Settings(device, balancer, image=image)
+        self.image = self.settings.image  # where settings are stored (None: this run only)
         self.history: deque[tuple[float, tuple[float | None, ...]]] = deque(maxlen=HISTORY_POINTS)
 
     def on_headroom(self, notify: Callable[[], None]) -> Callable[[float, HeadroomNote], None]:
@@ -190,74 +192,37 @@ class DevicePage:
     # --- what the page may change ------------------------------------------------------------------
 
     def change(self, charger_id: str, fields: Mapping[str, Any]) -> str | None:
-        """A charger's settings from the page: None when applied (and stored), else why not."""
-        unknown = set(fields) - {"max_a"}
-        if unknown:
-            return f"the page may change max_a only, not {', '.join(sorted(unknown))}"
-        try:
-            running = changed(self.device.config, charger_id, fields)
-            if self.image is not None:
-                # The stored configuration, not the running one: that one carries the broker login
-                # `apm run` put in for this run.
-                Flash(self.image).update(lambda c: dataclasses.replace(
-                    c, config=changed(c.config, charger_id, fields) if c.config is not None else running))
-        except cfg.ConfigError as exc:
-            return str(exc)
-        except FlashError as exc:
-            return f"not stored: {exc}"
-        self._apply(running, charger_id)
-        log.info("web: charger %s: %s%s", charger_id, ", ".join(f"{k} {v}" for k, v in fields.items()),
-                 f" (stored in {self.image})" if self.image else " (this run only: no flash image)")
-        return None
+        """A charger's settings from the page (its max current): None when applied (and stored), else why not."""
+        return self.settings.change_charger(charger_id, fields, source="web")
 
     def eco_change(self, charger_id: str, fields: Mapping[str, Any]) -> str | None:
-        """A car's Smart eco settings from the page: None when taken, else why not."""
+        """The page's Smart eco form for one car: None when applied (and stored), else why not."""
         if self.eco is None:
             return "Smart eco is off (no price source)"
-        refused = eco_request(self.eco, charger_id, fields)
-        if refused is None:
-            log.info("web: eco %s: %s", charger_id, ", ".join(f"{k} {v}" for k, v in fields.items()))
-        return refused
-
-    def _apply(self, new: cfg.DeviceConfig, charger_id: str) -> None:
-        self.device.controller.replace_charger(next(c for c in new.chargers if c.id == charger_id))
-        self.device.config = self.balancer.config = new
-        self.balancer.update(self.balancer.clock.now(), publish_all=True)
-
-
-def changed(config: cfg.DeviceConfig, charger_id: str, fields: Mapping[str, Any]) -> cfg.DeviceConfig:
-    """``config`` with ``fields`` of one charger changed, validated by the schema (`cfg.ConfigError`)."""
-    ids = [c.id for c in config.chargers]
-    if charger_id not in ids:
-        raise cfg.ConfigError("chargers", f"no charger {charger_id!r} (the chargers: {', '.join(ids) or 'none'})")
-    data = cfg.to_dict(config)
-    i = ids.index(charger_id)
-    data["chargers"][i] = {**data["chargers"][i], **fields}
-    return cfg.from_dict(data)
+        try:
+            change = eco_settings(charger_id, fields)
+        except ValueError as exc:
+            return str(exc)
+        return self.settings.apply(change, source="web")
 
 
 # --- Smart eco ---------------------------------------------------------------------------------------
 
 
-def eco_request(eco: EcoService, charger_id: str, fields: Mapping[str, Any]) -> str | None:
-    """The page's Smart eco settings for one car, ``{"on": bool, "departure": "HH:MM" or ISO time,
-    "energy_kwh": x}``, as a request to the running planner (`EcoService.submit`, as one on
-    ``eco/request``); None when taken, else why not. The one place the page's eco settings go: re-point
-    it at the settings path when that holds them (they last this run only until then)."""
-    from apm.core.eco.schedule import next_clock_time
-
+def eco_settings(charger_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The page's Smart eco form, ``{"on": bool, "departure": "HH:MM", "energy_kwh": x}``, as owner
+    settings: the switch is Smart eco's own (``[eco] enabled``, every car, as Home Assistant's switch),
+    departure and energy are this car's daily request (``eco_departure``, ``eco_energy_kwh``), kept in
+    the flash image. The schema judges the values (`Settings.apply`)."""
     unknown = set(fields) - ECO_FIELDS
     if unknown:
-        return f"the page may change {', '.join(sorted(ECO_FIELDS))} only, not {', '.join(sorted(unknown))}"
-    if not fields.get("on", True):
-        return eco.submit({"charger": charger_id, "clear": True})
-    departure = fields.get("departure")
-    if isinstance(departure, str) and len(departure) <= 5:
-        try:
-            departure = next_clock_time(departure, eco.clock()).isoformat()
-        except ValueError as exc:
-            return f"departure: {exc}"
-    return eco.submit({"charger": charger_id, "departure": departure, "energy_kwh": fields.get("energy_kwh")})
+        raise ValueError(f"the page may change {', '.join(sorted(ECO_FIELDS))} only, not {', '.join(sorted(unknown))}")
+    car = {key: fields[name] for name, key in (("departure", "eco_departure"), ("energy_kwh", "eco_energy_kwh"))
+           if name in fields}
+    change: dict[str, Any] = {"eco": {"enabled": fields.get("on", True)}}
+    if car:
+        change["chargers"] = {charger_id: car}
+    return change
 
 
 def _car_plan(plan: Plan | None, at_once: Plan | None, charger_id: str) -> dict[str, Any]:

@@ -93,7 +93,13 @@ def test_each_role_publishes_only_its_topics() -> None:
     assert not any(matches(T.charger_state("garage"), f) for f in device.publish)
     assert not any(matches(T.subscription_revocation, f) for f in device.publish)
     reader = acl(Role("reader"), SERIAL)
-    assert reader.publish == (f"{T.root}/eco/request",)
+    # A reader (Home Assistant) sends requests and owner settings, nothing a charger or the balancer says.
+    assert reader.publish == (f"{T.root}/eco/request", f"{T.root}/settings/+/set", f"{T.root}/charger/+/settings/+/set")
+    assert any(matches(T.charger_set("garage", "max_a"), f) for f in reader.publish)
+    for forged in (T.charger_state("garage"), T.charger_setpoint("garage"), T.charger_settings("garage"), T.settings,
+                   T.headroom):
+        assert not any(matches(forged, f) for f in reader.publish), forged
+    assert not any(matches(T.charger_set("garage", "max_a"), f) for f in garage.publish)
 
 
 # --- the users file --------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -138,8 +139,11 @@ def _plan(args: argparse.Namespace, closers: list[Callable[[], None]]) -> RunPla
     config, broker = _broker(_broker_options(config, args), args)
     passwords = _ocpp_passwords(config)
     source = _source(args, config, closers)
-    # Settings changed in the page are stored where the configuration came from: the image.
-    return RunPlan(config, source, _storage(args, config, image, closers), broker=broker,
+    # Settings changed in the page or from Home Assistant are stored where the configuration came from:
+    # the image.
+    storage = dataclasses.replace(_storage(args, config, image, closers),
+                                  settings_image=None if args.config else image)
+    return RunPlan(config, source, storage, broker=broker,
                    eco=_eco(args, None), web=_web(args, None if args.config else image),
                    ocpp_passwords=passwords)
 

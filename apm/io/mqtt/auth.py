@@ -10,8 +10,9 @@
 
 Roles, for the device with serial S (topics of apm.io.mqtt.topics under ``apm/S/``):
 
-    device          publishes status, reading/+, headroom, energy/hourly, subscription, eco/plan,
-                    charger/+/setpoint and Home Assistant discovery; reads everything under apm/S/
+    device          publishes status, reading/+, headroom, energy/hourly, energy/hour, subscription, eco/plan,
+                    price, settings, charger/+/setpoint, charger/+/settings and Home Assistant discovery;
+                    reads everything under apm/S/
     charger:<id>    publishes only charger/<id>/state; reads only charger/<id>/setpoint
     reader          reads apm/S/# and homeassistant/#; publishes only READER_COMMANDS
     issuer          publishes only subscription/revocation (signed: the device checks it); reads nothing
@@ -48,7 +49,7 @@ DEVICE_USER: Final = "apm-device"
 DISCOVERY_ROOT: Final = "homeassistant"  # apm.io.mqtt.discovery.DISCOVERY_PREFIX (not imported: it pulls in more)
 # The command topics (below apm/<serial>/) a reader may publish: a request of the user's, which the
 # device checks like any other input. A new command for Home Assistant is one more entry here.
-READER_COMMANDS: Final = ("eco/request",)
+READER_COMMANDS: Final = ("eco/request", "settings/+/set", "charger/+/settings/+/set")
 ACTIONS: Final = ("publish", "subscribe", "receive")
 FILE_VERSION: Final = 1
 
@@ -97,7 +98,8 @@ def acl(role: Role, serial: str) -> Acl:
     t = Topics(serial)
     if role.kind == "device":
         return Acl((t.status, f"{t.root}/reading/+", t.headroom, t.energy_hourly, t.subscription, t.eco_plan,
-                    t.all_charger_setpoints, f"{DISCOVERY_ROOT}/#"),
+                    t.all_charger_setpoints, t.settings, f"{t.root}/charger/+/settings", t.price, t.energy_hour,
+                    f"{DISCOVERY_ROOT}/#"),
                    (f"{t.root}/#",))
     if role.kind == "charger" and role.charger is not None:
         return Acl((t.charger_state(role.charger),), (t.charger_setpoint(role.charger),))

@@ -59,7 +59,7 @@ class Sensor:
     state_topic: str
     field: str  # the JSON field of the state topic's payload
     unit: str
-    device_class: str
+    device_class: str | None  # None: none fits (a price per kWh is not "monetary": see `price_sensor`)
     state_class: str  # "measurement" | "total_increasing"
     expire_after_s: int | None = None
     precision: int | None = None  # suggested display precision
@@ -69,8 +69,13 @@ def node_id(serial: str) -> str:
     return "apm_" + _ID_UNSAFE.sub("_", serial)
 
 
-def config_topic(serial: str, object_id: str, prefix: str = DISCOVERY_PREFIX) -> str:
-    return f"{prefix}/sensor/{node_id(serial)}/{object_id}/config"
+def config_topic(serial: str, object_id: str, prefix: str = DISCOVERY_PREFIX, component: str = "sensor") -> str:
+    return f"{prefix}/{component}/{node_id(serial)}/{object_id}/config"
+
+
+def object_id_of(cid: str) -> str:
+    """A charger id as part of a Home Assistant object id."""
+    return _ID_UNSAFE.sub("_", cid)
 
 
 def sensors(topics: Topics, *, chargers: Sequence[str] = (), lines: Sequence[int] = (1, 2, 3),
@@ -105,7 +110,7 @@ def sensors(topics: Topics, *, chargers: Sequence[str] = (), lines: Sequence[int
                           "measurement", FRESH_FOR_S, 1))
     seen: dict[str, str] = {}
     for cid in chargers:
-        object_id = "setpoint_" + _ID_UNSAFE.sub("_", cid)
+        object_id = "setpoint_" + object_id_of(cid)
         if object_id in seen:
             raise ValueError(f"charger ids {seen[object_id]!r} and {cid!r} give the same Home Assistant id")
         seen[object_id] = cid
@@ -146,3 +151,112 @@ def discovery_messages(topics: Topics, device: DeviceInfo | None = None, *, char
         for s in sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
     ]
 
+
+
+# --- owner settings as controls, and the sensors beside them (apm.services.controls) -----------------
+
+# Home Assistant has no MQTT `time` entity (discovery lists none: home-assistant discussion #2348), so a
+# departure is a `text` held to HH:MM by its pattern (the configuration's own, apm.core.config.HHMM).
+SWITCH_ON, SWITCH_OFF = "ON", "OFF"  # Home Assistant's switch payloads (its defaults)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """One owner setting as a Home Assistant entity: ``component`` number | switch | select | text; the
+    state is the JSON ``field`` of ``state_topic``, a new value goes to ``command_topic``."""
+
+    component: str
+    object_id: str
+    name: str
+    state_topic: str
+    field: str
+    command_topic: str
+    unit: str | None = None
+    device_class: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] = ()
+    pattern: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerLimits:
+    """What a charger's controls take: its max current and eco energy bounds (from the config schema)."""
+
+    id: str
+    min_a: float
+    max_a: float
+    min_kwh: float
+    max_kwh: float
+
+
+def controls(topics: Topics, chargers: Sequence[ChargerLimits], *, sharing: Sequence[str],
+             departure_pattern: str) -> list[Control]:
+    out = [
+        Control("switch", "eco_enabled", "Smart eco", topics.settings, "eco_enabled",
+                topics.settings_set("eco_enabled")),
+        Control("select", "sharing", "Charger sharing", topics.settings, "sharing", topics.settings_set("sharing"),
+                options=tuple(sharing)),
+    ]
+    for c in chargers:
+        oid, st = object_id_of(c.id), topics.charger_settings(c.id)
+        out += [
+            Control("number", f"max_a_{oid}", f"Charger {c.id} max current", st, "max_a",
+                    topics.charger_set(c.id, "max_a"), "A", "current", c.min_a, c.max_a, 1.0),
+            Control("number", f"eco_energy_{oid}", f"Charger {c.id} eco energy", st, "eco_energy_kwh",
+                    topics.charger_set(c.id, "eco_energy_kwh"), "kWh", "energy", c.min_kwh, c.max_kwh, 1.0),
+            Control("text", f"eco_departure_{oid}", f"Charger {c.id} eco departure", st, "eco_departure",
+                    topics.charger_set(c.id, "eco_departure"), pattern=departure_pattern),
+        ]
+    return out
+
+
+def control_payload(c: Control, topics: Topics, device: DeviceInfo) -> DiscoveryConfig:
+    template = f"{{{{ value_json.{c.field} }}}}"
+    extra: dict[str, object] = {}
+    if c.component == "switch":
+        template = f"{{{{ '{SWITCH_ON}' if value_json.{c.field} else '{SWITCH_OFF}' }}}}"
+        extra = {"payload_on": SWITCH_ON, "payload_off": SWITCH_OFF, "state_on": SWITCH_ON, "state_off": SWITCH_OFF}
+    elif c.component == "number":
+        extra = {"min": c.minimum, "max": c.maximum, "step": c.step, "mode": "box"}
+    elif c.component == "select":
+        extra = {"options": list(c.options)}
+    elif c.component == "text":
+        extra = {"pattern": c.pattern, "min": 5, "max": 5, "mode": "text"}
+    return DiscoveryConfig(
+        name=c.name, unique_id=f"{node_id(topics.serial)}_{c.object_id}", state_topic=c.state_topic,
+        value_template=template, command_topic=c.command_topic, unit_of_measurement=c.unit,
+        device_class=c.device_class, entity_category="config", availability_topic=topics.status,
+        payload_available=ONLINE, payload_not_available=OFFLINE, device=device.payload(),
+        origin=DiscoveryOrigin(name="apm-emulator", sw_version=device.sw_version or package_version()),
+        **extra)  # type: ignore[arg-type]
+
+
+def price_sensor(topics: Topics) -> Sensor:
+    """The electricity price now. Not ``monetary``: Home Assistant keeps that class for amounts in a
+    currency (unit an ISO 4217 code, state_class total or none), and a price per kWh is neither."""
+    return Sensor("price", "Electricity price", topics.price, "nok_per_kwh", "NOK/kWh", None, "measurement",
+                  None, 3)
+
+
+def hour_energy_sensor(topics: Topics) -> Sensor:
+    """Energy imported this clock hour: ``total_increasing`` (its fall to 0 at the hour is a new cycle),
+    unavailable when it was not refreshed for two minutes (meter silent)."""
+    return Sensor("energy_this_hour", "Energy this hour", topics.energy_hour, "import_kwh", "kWh", "energy",
+                  "total_increasing", 2 * FRESH_FOR_S, 3)
+
+
+def controls_messages(topics: Topics, chargers: Sequence[ChargerLimits], *, sharing: Sequence[str],
+                      departure_pattern: str, price: bool, device: DeviceInfo | None = None,
+                      prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
+    """The retained configs of the owner's controls, the hour's energy and (``price``) the price sensor."""
+    device = device or DeviceInfo(topics.serial)
+    spec = SPECS[DISCOVERY]
+    out = [OutMessage(config_topic(topics.serial, c.object_id, prefix, c.component),
+                      payload_bytes(spec, control_payload(c, topics, device)), spec.qos, spec.retain)
+           for c in controls(topics, chargers, sharing=sharing, departure_pattern=departure_pattern)]
+    for s in [hour_energy_sensor(topics), *([price_sensor(topics)] if price else [])]:
+        out.append(OutMessage(config_topic(topics.serial, s.object_id, prefix),
+                              payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain))
+    return out

@@ -70,6 +70,11 @@ Revocation = Annotated[str, msgspec.Meta(
     title="Revocation", pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$",
     description="Plain text, not JSON: a signed revocation JWT (apm.core.token.sign_revocation).")]
 
+Command = Annotated[str, msgspec.Meta(
+    title="Command", max_length=64,
+    description="Plain text, not JSON: a setting's new value as Home Assistant sends it: a number, "
+                "ON or OFF, an option, HH:MM (apm.services.controls).")]
+
 
 P = TypeVar("P", bound="Payload")
 
@@ -327,22 +332,72 @@ class DiscoveryOrigin(Payload, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class DiscoveryConfig(Payload, frozen=True, kw_only=True, omit_defaults=True):
-    """One Home Assistant sensor (`apm.io.mqtt.discovery`), retained on ``homeassistant/sensor/<node>/<object>/config``."""
+    """One Home Assistant entity (`apm.io.mqtt.discovery`), retained on
+    ``homeassistant/<component>/<node>/<object>/config``: a sensor, or a control (number, switch, select,
+    text) with the ``command_topic`` Home Assistant sends its new value to."""
 
     name: str
     unique_id: str
     state_topic: str
     value_template: str
-    unit_of_measurement: str
-    device_class: str
-    state_class: str
     availability_topic: str
     payload_available: str
     payload_not_available: str
     device: DiscoveryDevice
     origin: DiscoveryOrigin
+    unit_of_measurement: str | None = None
+    device_class: str | None = None
+    state_class: str | None = None
     expire_after: int | None = None
     suggested_display_precision: int | None = None
+    # Controls.
+    command_topic: str | None = None
+    min: float | None = None  # number; text: the least length
+    max: float | None = None
+    step: float | None = None
+    mode: str | None = None  # number: box | slider; text: text
+    options: list[str] | None = None  # select
+    pattern: str | None = None  # text: a regex the value must match
+    payload_on: str | None = None  # switch
+    payload_off: str | None = None
+    state_on: str | None = None
+    state_off: str | None = None
+    entity_category: str | None = None  # "config": a setting
+    icon: str | None = None
+
+
+# --- owner settings, price and the hour's energy (apm.services.controls) ------------------------------
+
+
+class SettingsPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """The device-wide owner settings in force, retained."""
+
+    eco_enabled: bool
+    sharing: Literal["fair", "max_energy"]
+
+
+class ChargerSettingsPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """One charger's owner settings in force, retained."""
+
+    max_a: NonNegative
+    eco_departure: str  # HH:MM local time
+    eco_energy_kwh: NonNegative
+
+
+class PricePayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """The electricity price now, from Smart eco's price feed (spot, NOK/kWh), retained."""
+
+    nok_per_kwh: float
+    start: Ts  # the start of the price's interval
+    end: Ts
+
+
+class HourEnergyPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """Energy imported in the clock hour so far (kWh), integrated from the meter's power; 0 at each hour."""
+
+    hour_start: Ts
+    import_kwh: NonNegative
+    ts: Ts
 
 
 # --- encoding and decoding ---------------------------------------------------------------------------

@@ -30,15 +30,20 @@ from apm.core.meter_state import HourlyEnergy
 from apm.io.mqtt.messages import (
     OFFLINE,
     ONLINE,
+    ChargerSettingsPayload,
     ChargerStatePayload,
+    Command,
     DiscoveryConfig,
     EcoPlanPayload,
     EcoRequest,
     EnergyRecord,
     HeadroomPayload,
+    HourEnergyPayload,
     PayloadError,
+    PricePayload,
     Revocation,
     SetpointPayload,
+    SettingsPayload,
     Status,
     SubscriptionPayload,
     convert,
@@ -66,6 +71,12 @@ CHARGER_STATE: Final = "charger/state"
 CHARGER_SETPOINT: Final = "charger/setpoint"
 ECO_PLAN: Final = "eco/plan"
 ECO_REQUEST: Final = "eco/request"
+SETTINGS: Final = "settings"
+SETTINGS_SET: Final = "settings/set"
+CHARGER_SETTINGS: Final = "charger/settings"
+CHARGER_SET: Final = "charger/set"
+PRICE: Final = "price"
+ENERGY_HOUR: Final = "energy/hour"
 DISCOVERY: Final = "discovery"
 
 DISCOVERY_PREFIX: Final = "homeassistant"
@@ -109,13 +120,22 @@ TABLE: Final[tuple[TopicSpec, ...]] = (
     TopicSpec(CHARGER_SETPOINT, "apm/{serial}/charger/{charger}/setpoint", SetpointPayload, 1, False, "balancer"),
     TopicSpec(ECO_PLAN, "apm/{serial}/eco/plan", EcoPlanPayload, 1, True, "eco service (empty: no plan)"),
     TopicSpec(ECO_REQUEST, "apm/{serial}/eco/request", EcoRequest, 1, False, "the user (an app, Home Assistant)"),
-    TopicSpec(DISCOVERY, "homeassistant/sensor/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
+    TopicSpec(SETTINGS, "apm/{serial}/settings", SettingsPayload, 1, True, "device (its owner settings)"),
+    TopicSpec(SETTINGS_SET, "apm/{serial}/settings/{setting}/set", Command, 1, False,
+              "the owner (Home Assistant): eco_enabled, sharing", text=True),
+    TopicSpec(CHARGER_SETTINGS, "apm/{serial}/charger/{charger}/settings", ChargerSettingsPayload, 1, True,
+              "device (a charger's owner settings)"),
+    TopicSpec(CHARGER_SET, "apm/{serial}/charger/{charger}/settings/{setting}/set", Command, 1, False,
+              "the owner (Home Assistant): max_a, eco_departure, eco_energy_kwh", text=True),
+    TopicSpec(PRICE, "apm/{serial}/price", PricePayload, 0, True, "device (Smart eco's price feed)"),
+    TopicSpec(ENERGY_HOUR, "apm/{serial}/energy/hour", HourEnergyPayload, 0, False, "device"),
+    TopicSpec(DISCOVERY, "homeassistant/{component}/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
 )
 SPECS: Final[Mapping[str, TopicSpec]] = {s.kind: s for s in TABLE}
 
 # What a variable level may hold when a topic is parsed.
 _LEVELS = {"list": "(?P<list>[123])", "charger": "(?P<charger>[^/+#\x00]+)", "node": "[^/+#\x00]+",
-           "object": "[^/+#\x00]+"}
+           "object": "[^/+#\x00]+", "component": "[a-z_]+", "setting": "(?P<setting>[a-z_]+)"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,11 +151,12 @@ class OutMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TopicRef:
-    """What `Topics.parse` found: the kind, and the charger id or list number where the kind has one."""
+    """What `Topics.parse` found: the kind, and the charger id, list number or setting where the kind has one."""
 
     kind: str
     charger: str | None = None
     list: int | None = None
+    setting: str | None = None
 
 
 def check_level(value: str, what: str) -> str:
@@ -166,9 +187,13 @@ class Topics:
     def __repr__(self) -> str:
         return f"Topics({self.serial!r})"
 
-    def topic(self, kind: str, *, charger: str | None = None, list_no: int | None = None) -> str:
-        """The topic of ``kind`` (a charger's topics need ``charger``, a reading ``list_no``)."""
+    def topic(self, kind: str, *, charger: str | None = None, list_no: int | None = None,
+              setting: str | None = None) -> str:
+        """The topic of ``kind`` (a charger's topics need ``charger``, a reading ``list_no``, a command
+        ``setting``)."""
         levels: dict[str, object] = {"serial": self.serial}
+        if setting is not None:
+            levels["setting"] = check_level(setting, "setting")
         if charger is not None:
             levels["charger"] = check_level(charger, "charger id")
         if list_no is not None:
@@ -221,7 +246,36 @@ class Topics:
     def eco_request(self) -> str:
         return self.topic(ECO_REQUEST)
 
+    @property
+    def settings(self) -> str:
+        return self.topic(SETTINGS)
+
+    def settings_set(self, setting: str) -> str:
+        return self.topic(SETTINGS_SET, setting=setting)
+
+    def charger_settings(self, charger_id: str) -> str:
+        return self.topic(CHARGER_SETTINGS, charger=charger_id)
+
+    def charger_set(self, charger_id: str, setting: str) -> str:
+        return self.topic(CHARGER_SET, charger=charger_id, setting=setting)
+
+    @property
+    def price(self) -> str:
+        return self.topic(PRICE)
+
+    @property
+    def energy_hour(self) -> str:
+        return self.topic(ENERGY_HOUR)
+
     # Subscription filters.
+    @property
+    def all_settings_sets(self) -> str:
+        return f"{self.root}/settings/+/set"
+
+    @property
+    def all_charger_sets(self) -> str:
+        return f"{self.root}/charger/+/settings/+/set"
+
     @property
     def all_charger_states(self) -> str:
         return f"{self.root}/charger/+/state"
@@ -237,7 +291,8 @@ class Topics:
             if m is not None:
                 groups = m.groupdict()
                 list_no = groups.get("list")
-                return TopicRef(kind, charger=groups.get("charger"), list=int(list_no) if list_no else None)
+                return TopicRef(kind, charger=groups.get("charger"), list=int(list_no) if list_no else None,
+                                setting=groups.get("setting"))
         return None
 
     # --- messages ------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ function ecoCarCard(c, i) {
       <span class="dim" id="eco-status-${c.id}"></span></h3>
     <p class="eco-cost" id="eco-cost-${c.id}"></p>
     <form class="max eco-form" id="eco-form-${c.id}">
-      <label><input type="checkbox" id="eco-on-${c.id}"> eco</label>
+      <label><input type="checkbox" id="eco-on-${c.id}"> Smart eco (all cars)</label>
       <label>leave <input type="time" id="eco-dep-${c.id}" value="07:00"></label>
       <label><input type="number" id="eco-kwh-${c.id}" step="any" inputmode="decimal" value="20"> kWh</label>
       <button type="submit" id="eco-save-${c.id}">Save</button><span class="msg" id="eco-msg-${c.id}"></span></form>`;
