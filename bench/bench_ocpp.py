@@ -29,11 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from bench.bench_latency import ROOT, TARGET_P99_MS, Result, _free_port, _listening, _mosquitto
+from bench.bench_latency import ROOT, Result, _free_port, _listening, _mosquitto, table
 
 SERIAL = "APMBENCHO1"
 HOUSE_A = tuple(8.0 + k for k in range(10))  # per line, one step per list 2
@@ -214,16 +212,7 @@ def render(r: Result, console: Console | None = None) -> None:
     console.print("[bold]Latency to an OCPP charger[/bold]: frame's last byte written to the pty -> "
                   f"SetChargingProfile at the charge point (`apm run --port PTY`, OCPP 1.6J over a websocket, "
                   f"{r.broker}), {r.frames} Aidon list 2 frames, each moving the limit")
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("frames", "measured", "median ms", "p99 ms", "max ms", "target p99"):
-        table.add_column(name, justify="right")
-    if r.latencies_ms:
-        ok = "ok" if r.p99_ms < TARGET_P99_MS else "ABOVE"
-        table.add_row(str(r.frames), str(len(r.latencies_ms)), f"{r.median_ms:.2f}", f"{r.p99_ms:.2f}",
-                      f"{max(r.latencies_ms):.2f}", f"< {TARGET_P99_MS:g} ms {ok}")
-    else:
-        table.add_row(str(r.frames), "0", "-", "-", "-", "no limit measured")
-    console.print(table)
+    console.print(table(r))
     if r.missing:
         console.print(f"{r.missing} frame(s) without a new limit at the charger (lost, unchanged, or late).")
 
