@@ -223,6 +223,13 @@ def render(r: Result, console: Console | None = None) -> None:
     console = console or Console()
     console.print("[bold]Latency[/bold]: frame's last byte written to the pty -> charger setpoint at the "
                   f"broker (`apm run --port PTY`, {r.broker}), {r.frames} Aidon list 2 frames")
+    console.print(table(r))
+    if r.missing:
+        console.print(f"{r.missing} frame(s) without a matching setpoint (lost, or answered late).")
+
+
+def table(r: Result) -> Table:
+    """frames, measured, median, p99, max and the target, as one row."""
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("frames", "measured", "median ms", "p99 ms", "max ms", "target p99"):
         table.add_column(name, justify="right")
@@ -231,10 +238,8 @@ def render(r: Result, console: Console | None = None) -> None:
         table.add_row(str(r.frames), str(len(r.latencies_ms)), f"{r.median_ms:.2f}", f"{r.p99_ms:.2f}",
                       f"{max(r.latencies_ms):.2f}", f"< {TARGET_P99_MS:g} ms {ok}")
     else:
-        table.add_row(str(r.frames), "0", "-", "-", "-", "no setpoint measured")
-    console.print(table)
-    if r.missing:
-        console.print(f"{r.missing} frame(s) without a matching setpoint (lost, or answered late).")
+        table.add_row(str(r.frames), "0", "-", "-", "-", "nothing measured")
+    return table
 
 
 def run() -> None:

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apm.core import eligibility
 from apm.core.token import (
@@ -38,6 +38,9 @@ from apm.core.token import (
     sign_revocation,
     sign_subscription,
 )
+
+if TYPE_CHECKING:
+    from apm.core.config import DeviceConfig
 
 PLANS: dict[str, tuple[str, ...]] = {"premium": ("eco", "fuse_protection")}
 DEFAULT_PLAN = "premium"
@@ -337,6 +340,23 @@ class Issuer:
             "revocations": self._revocations,
         }
         _write_atomic(self.state_path, json.dumps(doc, indent=2).encode())
+
+
+def provision(image: str | os.PathLike[str], config: DeviceConfig, cloud_dir: str | os.PathLike[str],
+              now: datetime, meter: str = "aidon") -> Issuer:
+    """A device as an installer leaves it: ``config`` in its flash ``image``, subscribed by a new issuer
+    (its state in ``cloud_dir``) and that issuer's token and key installed, so `apm run` protects the fuse."""
+    from apm.io.storage.flash import Flash
+
+    issuer = Issuer.keygen(Path(cloud_dir) / "cloud.json")
+    issuer.subscribe(Installation(config.installation_id, config.serial, country=config.country,
+                                  installation_type=config.installation_type,
+                                  chargers=max(1, len(config.chargers)), meter=meter), now)
+    flash = Flash(image)
+    flash.write_config(config)
+    flash.write_token(issuer.issue(config.serial, now))
+    flash.write_issuer_key(issuer.public_key_pem)
+    return issuer
 
 
 def _bill(sub: Subscription, now: datetime) -> Subscription:

@@ -141,10 +141,21 @@ class OcppConfig(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=
     cert_file: Annotated[str | None, _doc("PEM certificate (chain) for wss:// (OCPP Security Profile 2); "
                                           "unset: ws://", examples=["/etc/apm/ocpp-cert.pem"])] = None
     key_file: Annotated[str | None, _doc("PEM private key of cert_file", examples=["/etc/apm/ocpp-key.pem"])] = None
+    # The failsafe (issue 14): a charger that stops hearing from us is back at its safe current within
+    # 2 minutes, because every limit we send runs out by itself; a few seconds suit a test.
+    validity_s: Annotated[float, _doc("a limit sent to a charger runs out this long after it was sent (the "
+                                      "charger then falls back to its safe current by itself)",
+                                      ge=2.0, le=120.0)] = 90.0
+    renew_s: Annotated[float, _doc("the limit is sent again this often; at most validity_s / 2, so one "
+                                   "late or lost renewal does not let it run out", ge=1.0, le=60.0)] = 30.0
 
     def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
             raise ConfigError("cert_file", "give both cert_file and key_file for TLS, or neither")
+        if self.renew_s > self.validity_s / 2:
+            raise ConfigError("renew_s", f"{_fmt(self.renew_s)} s is more than half of validity_s "
+                                         f"({_fmt(self.validity_s)} s): one late renewal would let the limit "
+                                         "run out while the device is running")
 
 
 # Declared once, used by GridConfig and by the simulator's scenarios (sim.closed_loop).

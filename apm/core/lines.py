@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from apm.core.config import Network
+from apm.core.config import ChargerConfig, Network
 
-__all__ = ["LINES", "LINE_INDEX", "ZERO", "Network", "Triple", "add", "charging_power_w", "rotation_index",
-           "terminal_currents", "to_lines", "usage"]
+__all__ = ["LINES", "LINE_INDEX", "ZERO", "Network", "Triple", "add", "charging_power_w", "fixed_shares",
+           "rotation_index", "terminal_currents", "to_lines", "usage"]
 
 Triple = tuple[float, float, float]
 
@@ -57,6 +57,19 @@ def usage(network: Network, phases: int, rotation: Sequence[str], supply_phases:
     for k in range(3):
         out[r[k]] += t[k]
     return (out[0], out[1], out[2])
+
+
+def fixed_shares(fixed_a: float, network: Network, chargers: Sequence[ChargerConfig]) -> dict[str, float]:
+    """Each charger's failsafe current: its share of ``fixed_a`` when every charger falls back on its own.
+
+    A charger that has lost the device cannot ask the others what they draw, so the shares are fixed in
+    advance: a charger gets ``fixed_a`` divided by the number of chargers on the busiest line it loads
+    (capped by its ``max_a``). On every line the shares then add up to at most ``fixed_a``, which the
+    configuration keeps at or below the fuse less the margin, whatever the chargers draw at once."""
+    uses = {c.id: usage(network, c.phases, c.rotation) for c in chargers}
+    on_line = [sum(1 for u in uses.values() if u[k] > 0) for k in range(3)]
+    return {c.id: min(c.max_a, fixed_a / max(on_line[k] for k in range(3) if uses[c.id][k] > 0))
+            for c in chargers}
 
 
 def to_lines(terminals: Triple, rotation: Sequence[str], supply_phases: int = 3) -> Triple:

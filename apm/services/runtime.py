@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, DeviceConfig, OcppConfig
+from apm.core.lines import fixed_shares
 from apm.core.meter_state import BaselineStore
 from apm.io.clock import Clock, RealClock, ScaledClock
 from apm.io.storage.outbox import Outbox
@@ -461,8 +462,9 @@ def charger_links(device: Device, balancer: BalancerService | None,
 
 
 def safe_current(config: DeviceConfig, charger: ChargerConfig) -> float:
-    """The failsafe's current: the configuration's fixed current, capped by the charger's rating."""
-    return min(config.fallback_a, charger.max_a)
+    """The failsafe's current: the charger's share of the configuration's fixed current (all chargers may
+    fall back at once: on each line the shares add up to at most the fixed current), capped by its rating."""
+    return fixed_shares(config.fallback_a, config.grid.network, config.chargers)[charger.id]
 
 
 async def attach_chargers(stack: contextlib.AsyncExitStack, device: Device, balancer: BalancerService, url: str,
@@ -492,7 +494,7 @@ def _report_to(device: Device, rename: Mapping[str, str]) -> Callable[[ChargerSt
 
 async def _ocpp(stack: contextlib.AsyncExitStack, device: Device, passwords: Mapping[str, str],
                 port: int | None) -> OcppCentral | None:
-    from apm.io.chargers.ocpp_policy import OcppCharger
+    from apm.io.chargers.ocpp_policy import OcppCharger, ProfilePolicy
     from apm.io.chargers.ocpp_server import OcppCentral
 
     config = device.config
@@ -503,8 +505,9 @@ async def _ocpp(stack: contextlib.AsyncExitStack, device: Device, passwords: Map
                                                safe_current_a=safe_current(config, c), phases=c.phases)
                 for c in mine}
     o = config.ocpp
+    policy = ProfilePolicy(validity_s=o.validity_s, renew_s=o.renew_s)
     central = OcppCentral(chargers, host=o.listen, port=o.port if port is None else port, ssl=_ocpp_tls(o),
-                          clock=device.clock,
+                          clock=device.clock, policy=policy,
                           on_report=_report_to(device, {c.charge_point_id: c.id for c in mine}))
     try:
         await stack.enter_async_context(central)

@@ -191,6 +191,8 @@ ROOM = {
     "balancer.min_a": {"chargers[].max_a": 80},
     "capacity.step_kw": {"capacity.ladder": [[0, 100], [0.5, 200], [10000, 300]]},
     "fixed_current_a": {"grid.fuse_a": 400, "grid.safety_margin_a": 0, "balancer.decrease_deadband_a": 0},
+    "ocpp.validity_s": {"ocpp.renew_s": 1},
+    "ocpp.renew_s": {"ocpp.validity_s": 120},
 }
 NUMERIC = [k for k in cfg.schema_keys() if k.bounds != (None, None)]
 
@@ -298,3 +300,56 @@ configs = st.builds(
 def test_dump_then_load_is_the_identity(c):
     assert cfg.loads(cfg.dumps(c)) == c
     assert cfg.from_dict(cfg.to_dict(c)) == c
+
+
+# --- [ocpp]: the failsafe's timing and current --------------------------------------------------------
+
+
+def test_an_ocpp_renewal_must_leave_room_for_a_late_one():
+    c = cfg.from_dict({"ocpp": {"validity_s": 6, "renew_s": 3}})
+    assert (c.ocpp.validity_s, c.ocpp.renew_s) == (6, 3)
+    with pytest.raises(ConfigError) as err:
+        cfg.from_dict({"ocpp": {"validity_s": 6, "renew_s": 3.5}})
+    assert err.value.path == "ocpp.renew_s" and "more than half of validity_s (6 s)" in err.value.message
+    with pytest.raises(ConfigError, match="out of range"):
+        cfg.from_dict({"ocpp": {"validity_s": 121}})  # the issue's 2 minutes
+
+
+_charger = st.builds(lambda phases, rot, max_a: {"phases": phases, "rotation": rot, "max_a": max_a},
+                     st.sampled_from([1, 3]), st.permutations(["L1", "L2", "L3"]),
+                     st.sampled_from([6, 10, 16, 32, 80]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(network=st.sampled_from(["TN", "IT"]), fuse=st.sampled_from([16, 25, 40, 63, 125]),
+       fixed=st.none() | st.floats(0, 60), chargers=st.lists(_charger, min_size=1, max_size=cfg.MAX_CHARGERS))
+def test_failsafe_currents_of_all_chargers_at_once_stay_within_the_fuse(network, fuse, fixed, chargers):
+    """Every charger falls back on its own when the device is gone: together they must not overload a line."""
+    from apm.core.lines import usage
+    from apm.services.runtime import safe_current
+
+    doc = {"grid": {"network": network, "fuse_a": fuse},
+           "chargers": [{"id": f"c{i}", **c} for i, c in enumerate(chargers)]}
+    if fixed is not None and fixed <= fuse - 2:
+        doc["fixed_current_a"] = fixed
+    c = cfg.from_dict(doc)
+    safe = {ch.id: safe_current(c, ch) for ch in c.chargers}
+    for k in range(3):
+        on_line = sum(safe[ch.id] * usage(network, ch.phases, ch.rotation)[k] for ch in c.chargers)
+        assert on_line <= c.fallback_a + 1e-9 <= c.grid.fuse_a - c.grid.safety_margin_a + 1e-9
+    assert all(0 <= safe[ch.id] <= ch.max_a for ch in c.chargers)
+
+
+def test_chargers_on_separate_lines_each_keep_the_whole_fixed_current():
+    from apm.services.runtime import safe_current
+
+    c = cfg.from_dict({"grid": {"network": "TN", "fuse_a": 63}, "fixed_current_a": 20, "chargers": [
+        {"id": "a", "phases": 1, "rotation": ["L1", "L2", "L3"]},
+        {"id": "b", "phases": 1, "rotation": ["L2", "L3", "L1"]},
+        {"id": "c", "phases": 3}]})
+    # a on L1 and b on L2 share their line with c only; c shares L1 and L2 with one other each.
+    assert {ch.id: safe_current(c, ch) for ch in c.chargers} == {"a": 10, "b": 10, "c": 10}
+    two = cfg.from_dict({"grid": {"network": "TN", "fuse_a": 63}, "fixed_current_a": 20, "chargers": [
+        {"id": "a", "phases": 1, "rotation": ["L1", "L2", "L3"]},
+        {"id": "b", "phases": 1, "rotation": ["L2", "L3", "L1"]}]})
+    assert {ch.id: safe_current(two, ch) for ch in two.chargers} == {"a": 20, "b": 20}
