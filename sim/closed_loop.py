@@ -24,7 +24,9 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
             long before the currents)
     [household] model = "winter" | trace = "file.csv" (relative to the scenario), seed = 1,
             outdoor_c = -8, heaters = 6, scale = 1.0, reactive = true (false: every load PF 1),
-            thermostat_step_s = 1 (10: heater switches land on the meter's list-2 instants)
+            thermostat_step_s = 1 (10: heater switches land on the meter's list-2 instants),
+            base_pf = 0.9 (the standby and ventilation base load's), offset_s = 0 (the household's
+            time of day at t = 0: 57600 starts the run at the household's 16:00)
     [[charger]] id *, max_a = 32, phases = 3, rotation = ["L1", "L2", "L3"]
     [[ev]]  charger *, phases = 1, max_a = 32, battery_kwh = 60, soc = 0.3, arrive_s = 0,
             depart_s = duration_s, id, target_soc = 1.0, response_s = 3, start_delay_s = 5,
@@ -162,6 +164,7 @@ class Scenario:
     repeat_hourly: bool = False
     skew_s: float = 0.0
     household: dict[str, Any] = field(default_factory=dict)
+    house_offset_s: float = 0.0  # the household's time of day at t = 0 (s after its midnight)
     chargers: tuple[ChargerConfig, ...] = ()
     evs: tuple[EVSpec, ...] = ()
     balancer: dict[str, Any] = field(default_factory=dict)
@@ -249,6 +252,8 @@ class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_de
     scale: Annotated[float, Meta(ge=0.0, le=20.0)] = 1.0
     reactive: bool = True
     thermostat_step_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 1.0
+    base_pf: Annotated[float, Meta(ge=0.5, le=1.0)] = 0.9
+    offset_s: Annotated[float, Meta(ge=0.0, lt=86400.0)] = 0.0  # the household's time of day at t = 0
 
 
 class ScenarioEV(Struct, frozen=True, forbid_unknown_fields=True):
@@ -364,6 +369,7 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
     except ConfigError as exc:
         raise ScenarioError(str(exc), exc.path) from None
     house = msgspec.to_builtins(f.household)
+    house_offset_s = float(house.pop("offset_s", 0.0))
     if "trace" in house and base is not None:
         house["trace"] = str((base / house["trace"]).resolve())
     headroom = msgspec.to_builtins(f.headroom)
@@ -376,7 +382,8 @@ def scenario_from_dict(data: dict[str, Any], name: str = "scenario", base: Path 
         safety_margin_a=g.safety_margin_a, curve=g.curve, grid_model=f.model,
         supply_phases=g.phases or (1 if f.kind == "1p" else 3), sequence=_SEQUENCES[g.sequence],
         unbalance=g.unbalance, vendor=f.meter.vendor, outages=f.meter.outages,
-        repeat_hourly=f.meter.repeat_hourly, skew_s=f.meter.skew_s, household=house, chargers=f.charger,
+        repeat_hourly=f.meter.repeat_hourly, skew_s=f.meter.skew_s, household=house,
+        house_offset_s=house_offset_s, chargers=f.charger,
         evs=tuple(f.ev_spec(i) for i in range(len(f.ev))), balancer=msgspec.to_builtins(f.balancer),
         headroom=headroom, fixed_current_a=f.fixed_current_a, start=f.start, step_s=f.step_s,
     )

@@ -201,7 +201,7 @@ class Pipeline:
         trace: Trace | None = None,
         duration_s: float | None | str = "scenario",
         start: datetime | None = None,
-        house_offset_s: float = 0.0,
+        house_offset_s: float | None = None,  # None: the scenario's
         serial: str = SERIAL,
         subscription: SubscriptionSource | None = None,
         outbox: Outbox | None = None,

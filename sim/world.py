@@ -32,12 +32,14 @@ if TYPE_CHECKING:
 class World:
     """A scenario's household, chargers, EVs, grid and fuse judge (see the module doc)."""
 
-    def __init__(self, sc: Scenario, *, trace: Trace | None = None, house_offset_s: float = 0.0,
+    def __init__(self, sc: Scenario, *, trace: Trace | None = None, house_offset_s: float | None = None,
                  oracles: bool = True, duration_s: float | None = None, step_s: float | None = None,
                  history_s: int = 0) -> None:
         self.sc = sc
         self.trace = trace
         self.step_s = sc.step_s if step_s is None else step_s
+        # None: the scenario's (the demo passes the wall clock's time of day)
+        house_offset_s = sc.house_offset_s if house_offset_s is None else house_offset_s
         self.house_offset_s = house_offset_s
         span = sc.duration_s if duration_s is None else duration_s
         self._days = 7 if not math.isfinite(span) else int(math.ceil((span + house_offset_s) / 86400.0)) + 1
