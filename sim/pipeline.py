@@ -357,7 +357,7 @@ class Pipeline:
         assert dev is not None and bal is not None
         report: dict[str, Any] = {"scenario": sc.name, "mode": "protect", "network": sc.network,
                                   "fuse_a": sc.fuse_a, "duration_s": float(max(w.k, 0))}
-        report.update(w.fuse.report())
+        report.update(w.fuse_report())
         report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in w.evs.items()}
         report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in w.evs.values()), 3)
         report["final_soc"] = {e: round(ev.soc, 4) for e, ev in w.evs.items()}
