@@ -239,6 +239,14 @@ class ScenarioMeter(Struct, frozen=True, forbid_unknown_fields=True):
         for i, (start, end) in enumerate(self.outages):
             if end <= start:
                 raise ConfigError(f"outages[{i}]", f"ends ({end:g} s) before it starts ({start:g} s)")
+            if i == 0:
+                continue
+            p_start, p_end = self.outages[i - 1]
+            if start < p_start:
+                raise ConfigError(f"outages[{i}]", f"starts ({start:g} s) before outages[{i - 1}] "
+                                                   f"({p_start:g} s): list them in order")
+            if start < p_end:
+                raise ConfigError(f"outages[{i}]", f"overlaps outages[{i - 1}] (which ends at {p_end:g} s)")
 
 
 class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
