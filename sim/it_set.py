@@ -223,13 +223,20 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
-def run_cases(cs: Sequence[Case], jobs: int = 1) -> list[dict[str, Any]]:
+def run_cases(cs: Sequence[Case], jobs: int = 1, progress: bool = False) -> list[dict[str, Any]]:
+    """The cases' rows, in order; ``progress``: a line on stderr as each ends."""
+    def done(row: dict[str, Any]) -> dict[str, Any]:
+        if progress:
+            print(f"{row['case']}: {row['ratio']} of measured, {row['trips']} trips, {row['runtime_s']} s",
+                  file=sys.stderr, flush=True)
+        return row
+
     if jobs <= 1:
-        return [run_case(c) for c in cs]
+        return [done(run_case(c)) for c in cs]
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs) as pool:
-        return list(pool.map(run_case, cs))
+        return [done(r) for r in pool.map(run_case, cs)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.table or args.json):
         return 0
     t0 = time.perf_counter()
-    rows = judge(run_cases(cs, args.jobs))
+    rows = judge(run_cases(cs, args.jobs, progress=True))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     if args.table:
