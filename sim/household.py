@@ -55,7 +55,7 @@ class HouseSample(NamedTuple):
 
 # Reactive power per watt (tan of the power-factor angle; < 0 capacitive) of the appliance kinds.
 Q_RESISTIVE = 0.0
-Q_STANDBY = math.tan(math.acos(0.9))  # ventilation fans, router, standby: a mix, mostly motors
+Q_STANDBY = math.tan(math.acos(0.9))  # ventilation fans, router, standby: a mix, mostly motors (base_pf)
 Q_FRIDGE = math.tan(math.acos(0.8))
 Q_WASHER_MOTOR = math.tan(math.acos(0.7))
 Q_DRYER = math.tan(math.acos(0.95))
@@ -109,7 +109,7 @@ class SyntheticHome:
 
     def __init__(self, network: Network, seed: int = 1, *, heaters: int = 6, weather: WinterDay | None = None,
                  days: int = 2, scale: float = 1.0, reactive: bool = True,
-                 thermostat_step_s: float = 1.0) -> None:
+                 thermostat_step_s: float = 1.0, base_pf: float = 0.9) -> None:  # see Q_STANDBY
         self.network: Network = network
         self.reactive = reactive  # False: every load resistive (PF 1), the same day otherwise
         # how often the room thermostats look (from midnight); 10 s puts every heater switch on a
@@ -118,6 +118,8 @@ class SyntheticHome:
         self.seed = seed
         self.weather = weather or WinterDay()
         self.scale = scale
+        # the base load's (standby, ventilation, router) power factor: a mix, mostly motors
+        self._q_base = math.tan(math.acos(base_pf))
         rng = random.Random(seed)
         self._rng = rng
         self._slot_w = [0.0, 0.0, 0.0, 0.0]  # scheduled appliances
@@ -166,7 +168,7 @@ class SyntheticHome:
 
     def _plan_day(self, d0: float, rng: random.Random) -> None:
         slot = rng.randrange
-        self._on(d0, d0 + DAY, 0, rng.uniform(300.0, 500.0), Q_STANDBY)  # standby, ventilation, router...
+        self._on(d0, d0 + DAY, 0, rng.uniform(300.0, 500.0), self._q_base)  # standby, ventilation, router...
         fridge = slot(3)
         t = d0 + rng.uniform(0, 1800)
         while t < d0 + DAY:  # fridge/freezer compressor
@@ -349,5 +351,6 @@ def make_household(network: Network, model: str | None = None, trace: str | Path
         return SyntheticHome(network, seed, weather=weather, heaters=int(options.pop("heaters", 6)),
                              scale=float(options.pop("scale", 1.0)), days=int(options.pop("days", 2)),
                              reactive=bool(options.pop("reactive", True)),
-                             thermostat_step_s=float(options.pop("thermostat_step_s", 1.0)))
+                             thermostat_step_s=float(options.pop("thermostat_step_s", 1.0)),
+                             base_pf=float(options.pop("base_pf", 0.9)))
     raise ValueError(f"household model {model!r} is not known (winter, or trace = \"file.csv\")")

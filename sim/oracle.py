@@ -3,8 +3,9 @@ would have delivered, from exact household currents, with no delays, list interv
 
 Each `Oracle` charges its own copies of the scenario's EVs, within charger and EV limits and the 6 A
 minimum; `Oracles` steps the three the report compares with (its keys are described in
-sim/closed_loop.py): the issue's (its headroom rule with the conservative bound on an unreported I2,
-shared fairly), one that also knows I2, and one that also gives up fairness for power.
+sim/closed_loop.py): the headline one, which knows every line current and shares fairly; one that
+also gives up fairness for power; and a diagnostic that applies the device's conservative bound on an
+unreported I2 (what the headroom rule costs, not what the fuse allows).
 """
 
 from __future__ import annotations
@@ -96,24 +97,30 @@ class Oracles:
 
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc
-        self.issue = Oracle(sc, "fair")
-        self.measured = Oracle(sc, "fair") if not reports_i2(sc) else None  # else the same as issue
+        self.measured = Oracle(sc, "fair")
+        # the diagnostic differs only where the meter leaves I2 out; else it is the measured one
+        self.conservative = Oracle(sc, "fair") if not reports_i2(sc) else None
         self.max = Oracle(sc, "max")
 
     def step(self, now: float, dt: float, house_lines: Triple) -> None:
-        self.issue.step(now, dt, rule_house(self.sc, house_lines))
-        if self.measured is not None:
-            self.measured.step(now, dt, house_lines)
+        self.measured.step(now, dt, house_lines)
+        if self.conservative is not None:
+            self.conservative.step(now, dt, rule_house(self.sc, house_lines))
         self.max.step(now, dt, house_lines)
 
     def report(self, energy_kwh: float) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        measured = self.measured or self.issue
-        for key, o in (("oracle", self.issue), ("oracle_measured", measured), ("oracle_max", self.max)):
+        """``ratio`` (the headline: delivered / ``oracle_measured_energy_kwh``) and each oracle's energy
+        and ratio (sim/closed_loop.py describes them)."""
+        measured = self.measured.energy_kwh
+        out: dict[str, Any] = {"ratio": round(energy_kwh / measured, 4) if measured else None}
+        conservative = self.conservative or self.measured
+        for key, o in (("oracle_measured", self.measured), ("oracle_max", self.max),
+                       ("oracle_conservative_i2", conservative)):
             e = o.energy_kwh
             out[f"{key}_energy_kwh"] = round(e, 3)
             out[f"{key}_ratio"] = round(energy_kwh / e, 4) if e else None
-        out["oracle_energy_per_ev_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in self.issue.evs.items()}
+        out["oracle_measured_energy_per_ev_kwh"] = {e: round(ev.energy_kwh, 3)
+                                                    for e, ev in self.measured.evs.items()}
         return out
 
 

@@ -201,7 +201,7 @@ class Pipeline:
         trace: Trace | None = None,
         duration_s: float | None | str = "scenario",
         start: datetime | None = None,
-        house_offset_s: float = 0.0,
+        house_offset_s: float | None = None,  # None: the scenario's
         serial: str = SERIAL,
         subscription: SubscriptionSource | None = None,
         outbox: Outbox | None = None,
@@ -357,7 +357,7 @@ class Pipeline:
         assert dev is not None and bal is not None
         report: dict[str, Any] = {"scenario": sc.name, "mode": "protect", "network": sc.network,
                                   "fuse_a": sc.fuse_a, "duration_s": float(max(w.k, 0))}
-        report.update(w.fuse.report())
+        report.update(w.fuse_report())
         report["energy_kwh"] = {e: round(ev.energy_kwh, 3) for e, ev in w.evs.items()}
         report["energy_total_kwh"] = round(sum(ev.energy_kwh for ev in w.evs.values()), 3)
         report["final_soc"] = {e: round(ev.soc, 4) for e, ev in w.evs.items()}

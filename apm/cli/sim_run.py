@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     problem = _check_files(args)
     if problem:
         return _fail(problem)
-    from sim.closed_loop import ScenarioError, Trace, compare, load_scenario, plot
+    from sim.closed_loop import ScenarioError, Trace, compare, fixed_ratio, load_scenario, plot
     from sim.closed_loop import run as run_fast
 
     try:
@@ -125,13 +126,12 @@ def run(args: argparse.Namespace) -> int:
             return 130
         if not args.no_compare:
             fixed = run_fast(sc, fixed=True)
-            fixed["oracle_ratio"] = (round(fixed["energy_total_kwh"] / report["oracle_energy_kwh"], 4)
-                                     if report.get("oracle_energy_kwh") else None)
+            fixed["ratio"] = fixed_ratio(fixed, report)
             report[f"fixed_{sc.fixed_current_a:g}a"] = fixed
     _write(report, args.report)
     if args.plot and trace is not None:
         plot(sc, trace, args.plot)
-    print(_headline(report), file=sys.stderr)
+    print(_headline(report, sc.start), file=sys.stderr)
     return 0
 
 
@@ -143,14 +143,21 @@ def _write(report: dict[str, Any], path: str | None) -> None:
         print(text)
 
 
-def _headline(r: dict[str, Any]) -> str:
+def _headline(r: dict[str, Any], start: datetime) -> str:
+    """The summary line: energy against the fair oracle that knows every line current (the max one
+    beside it), trips, the worst second and the seconds above In, setpoint changes."""
     how = "in-process loop" if "pipeline" not in r else f"pipeline at {r['pipeline']['speed']:g}x"
-    ratio, measured = r.get("oracle_ratio"), r.get("oracle_measured_ratio")
-    share = "" if ratio is None else f" ({ratio * 100:.1f} % of the oracle"
-    if share and measured is not None and measured != ratio:
-        share += f"; {measured * 100:.1f} % of one that knows the unreported I2"
-    return (f"{PROG}: {r['scenario']} ({how}): {r['trips']} trip(s), "
-            f"{r['energy_total_kwh']:.2f} kWh to the EVs" + (share + ")" if share else "")
+    ratio, most = r.get("ratio"), r.get("oracle_max_ratio")
+    share = "" if ratio is None else f" ({ratio * 100:.1f} % of the fair oracle that knows every line"
+    if share and most is not None:
+        share += f", {most * 100:.1f} % of the max-energy one"
+    peak = r.get("peak")
+    worst = "" if peak is None else (
+        f", peak {peak['x_in']:.2f} In on {peak['line']} at "
+        f"{(start + timedelta(seconds=peak['at_s'])).strftime('%H:%M:%S')}, "
+        f"{r['seconds_above_in_total']:g} s above In")
+    return (f"{PROG}: {r['scenario']} ({how}): {r['energy_total_kwh']:.2f} kWh to the EVs"
+            + (share + ")" if share else "") + f", {r['trips']} trip(s){worst}"
             + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s")
 
 

@@ -74,6 +74,8 @@ def test_the_world_keys_match_the_simulator():
         ({"meter": {"outages": [[-5, 300]]}}, "meter.outages[0][0]", "-5 is out of range (0..31622400)"),
         ({"meter": {"outages": [[600, 4000]]}}, "meter.outages[0]", "after the scenario (duration_s = 3600)"),
         ({"meter": {"outages": [[600]]}}, "meter.outages[0]", "length 2"),
+        ({"meter": {"outages": [[600, 900], [100, 200]]}}, "meter.outages[1]", "before outages[0] (600 s)"),
+        ({"meter": {"outages": [[600, 900], [800, 1000]]}}, "meter.outages[1]", "overlaps outages[0]"),
         ({"meter": {"kind": "3p-it"}}, "meter.kind", "a 3p-it meter on an TN network"),
         ({"household": {"heaters": 2.5}}, "household.heaters", "is not a whole number"),
         ({"household": {"colour": "red"}}, "household.colour", "unknown setting"),
