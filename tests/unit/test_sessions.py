@@ -123,3 +123,15 @@ def test_the_chargers_register_is_preferred() -> None:
     s = late.on_report(report(20.0, energy_wh=530.0))
     assert s is not None and s.source == "charger"
     assert s.energy_wh == pytest.approx(3 * 230.0 * 16.0 * 10.0 / 3600.0 + 30.0)
+
+
+def test_a_go_e_reports_its_energy_register() -> None:
+    """``eto`` (API v2: Wh) rides on every state the go-e's keys make."""
+    from apm.io.chargers.goe import GoeCharger, GoeControl
+
+    g = GoeControl("garage", GoeCharger(serial="012345"))
+    assert g.on_message("go-eCharger/012345/car", b"2", 1.0).energy_wh is None  # type: ignore[union-attr]
+    state = g.on_message("go-eCharger/012345/eto", b"123456", 2.0)
+    assert state is not None and state.energy_wh == 123456.0 and state.mode == "charging"
+    assert g.on_message("go-eCharger/012345/eto", b"true", 3.0) is None  # not a register
+    assert g.state(4.0).energy_wh == 123456.0
