@@ -25,6 +25,9 @@ class ChargerState:
     # The setpoint the charger applies now (what it last accepted).
     setpoint_a: float = 0.0
     at: float = 0.0  # the clock time of this report (seconds)
+    # The charger's own energy register (Wh, never falling while it runs), None when it reports none:
+    # OCPP Energy.Active.Import.Register, a go-e's ``eto``. The session meter prefers it (apm.core.sessions).
+    energy_wh: float | None = None
 
     @property
     def wants_current(self) -> bool:

@@ -49,13 +49,28 @@ from apm.core.config import DeviceConfig
 from apm.core.controller import Controller, ReadingOutcome, balancer_settings
 from apm.core.headroom import Headroom, HeadroomEstimator
 from apm.core.meter_state import BaselineStore, HourlyEnergy, MeterState
+from apm.core.sessions import Session, SessionMeter
 from apm.core.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
 from apm.core.token import verify_revocation_for
 from apm.io.clock import Clock, RealClock
-from apm.io.mqtt.discovery import discovery_messages
+from apm.io.mqtt.discovery import discovery_messages, session_messages
 from apm.io.mqtt.link import MqttLink
-from apm.io.mqtt.messages import HeadroomNote, Rejections, headroom_message, read_charger_state, read_headroom
-from apm.io.mqtt.topics import CHARGER_STATE, SUBSCRIPTION_REVOCATION, PayloadError, Topics, iso_ts
+from apm.io.mqtt.messages import (
+    HeadroomNote,
+    Rejections,
+    SessionPayload,
+    headroom_message,
+    read_charger_state,
+    read_headroom,
+)
+from apm.io.mqtt.topics import (
+    CHARGER_SESSION,
+    CHARGER_STATE,
+    SUBSCRIPTION_REVOCATION,
+    PayloadError,
+    Topics,
+    iso_ts,
+)
 from apm.io.storage.outbox import MemoryOutbox, Outbox
 from apm.io.tasks import stop
 from han import HanReader, Reading
@@ -75,6 +90,7 @@ _EMPTY_READS_LOST = 64
 MAX_FRAME_TIME_S = 2.0  # the longest a frame takes on the line (Aidon's list 3 at 2400 baud: ~1.5 s)
 MAX_REVOCATION_BYTES = 16 * 1024
 PLAUSIBLE_DRAW = 1.1  # a charger's report may show this much more than its max_a (meter tolerance)
+SESSION_EVERY_S = 10.0  # clock seconds between two publications of an open session's energy
 
 
 class PortLost(OSError):
@@ -85,6 +101,15 @@ class DeviceFailed(RuntimeError):
     """One of the device's own tasks ended with an error (logged with its traceback): `Device.run`
     raises it, so that `apm run` exits non-zero within a second and systemd starts it again, rather
     than running on without a listener or housekeeping."""
+
+
+def session_view(session: Session | None, now: float) -> dict[str, Any] | None:
+    """``{energy_kwh, started_at, ended_at, duration_s, source, active}`` (ISO times), None before the first EV."""
+    if session is None:
+        return None
+    return {"energy_kwh": round(session.energy_kwh, 3), "started_at": iso_ts(session.started_at),
+            "ended_at": iso_ts(session.ended_at) if session.ended_at is not None else None,
+            "duration_s": round(session.duration_s(now)), "source": session.source, "active": session.active}
 
 
 def granted_subscription(reason: str = "simulated subscription (demo)") -> SubscriptionSource:
@@ -266,9 +291,13 @@ class Device:
         self.problems = 0
         self.last_problem: str | None = None
         self.rejections = Rejections(self.topics, "device")
+        # Each charger's charging session, from the reports below (apm.core.sessions).
+        self.sessions = SessionMeter(config.grid.network, config.chargers)
+        self._session_sent: dict[str, tuple[float, float, bool]] = {}  # charger -> (sent at, started_at, active)
+        charger_ids = [c.id for c in config.chargers]
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
-            birth=discovery_messages(self.topics, chargers=[c.id for c in config.chargers]),
+            birth=discovery_messages(self.topics, chargers=charger_ids) + session_messages(self.topics, charger_ids),
             subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: asyncio.Future[DeviceFailed] | None = None
@@ -401,8 +430,28 @@ class Device:
 
     def on_charger_state(self, now: float, state: ChargerState) -> None:
         """A charger's report: what it drew at ``state.at`` goes into the estimator's history (kept in
-        time order), then the headroom is recomputed."""
+        time order), then the headroom is recomputed; its session goes on (`sessions`)."""
         self._publish_headroom(now, self.controller.on_charger_states(now, [state]))
+        volts = tuple(self.state.value(f"voltage_l{k}_v") for k in (1, 2, 3))
+        session = self.sessions.on_report(state, volts)
+        if session is not None:
+            self._publish_session(now, session)
+
+    def _publish_session(self, now: float, session: Session) -> None:
+        """Retained on the charger's session topic: at once when a session starts or ends, else every
+        SESSION_EVERY_S (a go-e reports every few seconds; Home Assistant needs no more)."""
+        sent = self._session_sent.get(session.charger)
+        if sent is not None and sent[1:] == (session.started_at, session.active) and now - sent[0] < SESSION_EVERY_S:
+            return
+        self._session_sent[session.charger] = (now, session.started_at, session.active)
+        payload = SessionPayload(energy_kwh=round(session.energy_kwh, 3), started_at=iso_ts(session.started_at),
+                                 ended_at=iso_ts(session.ended_at) if session.ended_at is not None else None,
+                                 duration_s=round(session.duration_s(now), 1), source=session.source)
+        self.link.publish(self.topics.message(CHARGER_SESSION, payload, charger=session.charger))
+
+    def session_view(self, charger_id: str) -> dict[str, Any] | None:
+        """A charger's session (the open one, else the last) as the page and the status file show it."""
+        return session_view(self.sessions.session(charger_id), self.clock.now())
 
     def publish_headroom(self, now: float) -> Headroom | None:
         return self._publish_headroom(now, self.controller.headroom_at(now))
@@ -537,7 +586,7 @@ class Device:
                             "last_report_at": s.at if (s := self.chargers.get(c.id)) else None, "limit_a": None}
                      for c in self.config.chargers}
         return {cid: {**link, "last_report_at": iso_ts(at) if isinstance(at := link.get("last_report_at"), float)
-                      else None} for cid, link in links.items()}
+                      else None, "session": self.session_view(cid)} for cid, link in links.items()}
 
     def write_status(self) -> None:
         if self.status_file is None:

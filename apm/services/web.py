@@ -138,6 +138,8 @@ class DevicePage:
                 "ev_a": [_r(v, 1) for v in s.currents_a] if s is not None else None,
                 "setpoint_a": self.balancer.setpoints.get(c.id),
                 "why": decision.reasons.get(c.id, "") if decision is not None else "",
+                # The charging session: the open one, else the last (None before the first EV).
+                "session": self.device.session_view(c.id),
             })
         return out
 

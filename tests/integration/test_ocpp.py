@@ -280,6 +280,7 @@ async def test_meter_values_become_charger_state() -> None:
                         break
             assert state.id == "garage" and state.phases_in_use == 3 and state.setpoint_a == 16.0
             assert state.at == clock.now()
+            assert state.energy_wh == round(cp.energy_wh)  # the register, for the session meter
             link = central.links()["garage"]
             assert link.power_w == pytest.approx(3 * 230 * 16, abs=1) and link.status == "Charging"
             assert link.last_report_at == clock.now()

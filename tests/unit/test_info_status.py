@@ -76,3 +76,12 @@ def test_each_chargers_link_as_the_running_device_wrote_it() -> None:
         "mqtt, no report yet, limit 6.0 A"
     assert charger_link("ocpp", link, False) == "ocpp (the device is not running)"
     assert charger_link("ocpp", None, True) == "ocpp"
+    # The charging session, as the device keeps it (apm.core.sessions).
+    session = {"energy_kwh": 7.25, "started_at": "2030-03-17T17:00:00.000Z", "ended_at": None, "duration_s": 2798,
+               "source": "charger", "active": True}
+    assert charger_link("ocpp", {**link, "session": session}, True).endswith(
+        ", session 7.25 kWh since 2030-03-17T17:00:00.000Z (charger's register)")
+    ended = {**session, "active": False, "source": "integrated"}
+    assert "last session 7.25 kWh since 2030-03-17T17:00:00.000Z (integrated)" in \
+        charger_link("ocpp", {**link, "session": ended}, True)
+    assert charger_link("ocpp", {**link, "session": None}, True) == charger_link("ocpp", link, True)

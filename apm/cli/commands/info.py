@@ -164,6 +164,12 @@ def charger_link(protocol: str, link: object, live: bool) -> str:
     parts.append(f"last report {last}" if last else "no report yet")
     limit = link.get("limit_a")
     parts.append(f"limit {limit:.1f} A" if isinstance(limit, int | float) else "no limit sent yet")
+    session = link.get("session")
+    if isinstance(session, dict) and isinstance(energy := session.get("energy_kwh"), int | float):
+        # The charging session (apm.core.sessions): the open one, else the last.
+        how = "charger's register" if session.get("source") == "charger" else "integrated"
+        which = "session" if session.get("active") else "last session"
+        parts.append(f"{which} {energy:.2f} kWh since {session.get('started_at')} ({how})")
     return ", ".join(parts)
 
 

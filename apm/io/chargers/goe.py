@@ -6,8 +6,9 @@
 
 A go-e publishes every key retained as ``go-eCharger/<serial>/<key>`` (JSON values) and takes
 ``<key>/set``: ``amp`` (A, whole amperes, 6..32), ``frc`` (0 neutral, 1 off, 2 on). ``nrg`` carries
-voltages, currents and powers ([U1, U2, U3, UN, I1, I2, I3, P1, P2, P3, PN, Ptotal, ...]) and ``car``
-the state (1 idle, 2 charging, 3 waiting for the car, 4 complete, 5 error).
+voltages, currents and powers ([U1, U2, U3, UN, I1, I2, I3, P1, P2, P3, PN, Ptotal, ...]), ``car``
+the state (1 idle, 2 charging, 3 waiting for the car, 4 complete, 5 error) and ``eto`` the energy
+register (Wh; the session meter's source, apm.core.sessions).
 
 A go-e keeps the last ``amp`` it got, for ever: it has no profile that runs out. So the failsafe is
 ours, in three layers (`GoeControl`, sans-IO):
@@ -88,6 +89,7 @@ class GoeControl:
         self.frc: int | None = None
         self.car: int | None = None
         self.currents: Triple = ZERO
+        self.eto_wh: float | None = None  # ``eto``: the charger's energy register (API v2: Wh)
         self.echo_at: float | None = None
         self._sent: tuple[int, int] | None = None
         self._sent_at = -math.inf
@@ -119,6 +121,8 @@ class GoeControl:
             self.frc = value
         elif key == "car" and isinstance(value, int):
             self.car = value
+        elif key == "eto" and isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            self.eto_wh = float(value)
         elif key == "nrg" and isinstance(value, list) and len(value) >= 7:
             try:
                 self.currents = (float(value[4]), float(value[5]), float(value[6]))
@@ -133,7 +137,7 @@ class GoeControl:
         currents = self.currents if mode == "charging" else ZERO
         return ChargerState(id=self.id, mode=mode, currents_a=currents,
                             phases_in_use=phases_in_use(currents) if mode == "charging" else None,
-                            setpoint_a=self.applied_a(), at=now)
+                            setpoint_a=self.applied_a(), at=now, energy_wh=self.eto_wh)
 
     def applied_a(self) -> float:
         if self.frc == FRC_OFF:

@@ -183,6 +183,7 @@ class _Session:
         self.wake = asyncio.Event()
         self.mode: Mode = "disconnected"
         self.currents: Triple = ZERO
+        self.energy_wh: float | None = None  # the charger's Energy.Active.Import.Register, as last sampled
 
     # -- reports in -------------------------------------------------------------------------------
     def booted(self, vendor: str, model: str) -> None:
@@ -206,7 +207,7 @@ class _Session:
         if sample.power_w is not None:
             changes["power_w"] = sample.power_w
         if sample.energy_wh is not None:
-            changes["energy_wh"] = sample.energy_wh
+            changes["energy_wh"] = self.energy_wh = sample.energy_wh
         self.central._update(self.id, **changes)
         self.report()
 
@@ -219,7 +220,7 @@ class _Session:
             applied = link.limit_a
         state = ChargerState(id=self.id, mode=self.mode, currents_a=self.currents,
                              phases_in_use=phases_in_use(self.currents) if self.mode == "charging" else None,
-                             setpoint_a=applied, at=now)
+                             setpoint_a=applied, at=now, energy_wh=self.energy_wh)
         c._update(self.id, last_report_at=now)
         c._emit(state)
 

@@ -260,3 +260,25 @@ def controls_messages(topics: Topics, chargers: Sequence[ChargerLimits], *, shar
         out.append(OutMessage(config_topic(topics.serial, s.object_id, prefix),
                               payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain))
     return out
+
+
+# --- each charger's charging session (apm.core.sessions) ----------------------------------------------
+
+
+def session_sensors(topics: Topics, chargers: Sequence[str]) -> list[Sensor]:
+    """Per charger the energy of its charging session (the open one, else the last): ``total_increasing``,
+    whose fall to 0 when the next EV is plugged in Home Assistant takes as a new cycle. No expiry: the
+    last session's energy stays true while no EV is there and nothing is reported."""
+    return [Sensor("session_energy_" + object_id_of(cid), f"Charger {cid} session energy",
+                   topics.charger_session(cid), "energy_kwh", "kWh", "energy", "total_increasing", None, 2)
+            for cid in chargers]
+
+
+def session_messages(topics: Topics, chargers: Sequence[str], device: DeviceInfo | None = None,
+                     prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
+    """The retained config of every charger's session energy sensor."""
+    device = device or DeviceInfo(topics.serial)
+    spec = SPECS[DISCOVERY]
+    return [OutMessage(config_topic(topics.serial, s.object_id, prefix),
+                       payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
+            for s in session_sensors(topics, chargers)]

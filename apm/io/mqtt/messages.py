@@ -141,7 +141,7 @@ class ChargerStatePayload(Payload, frozen=True, kw_only=True, omit_defaults=True
     """What a charger reports: its mode, the current on its own L1..L3 terminals, its limits.
 
     ``phases``: the phases the EV draws on (null: not known yet); ``setpoint_a``: the setpoint the
-    charger applies now.
+    charger applies now; ``energy_wh``: its own energy register, if it has one (the session's energy).
     """
 
     state: Literal["disconnected", "connected", "charging", "finished"]
@@ -152,14 +152,16 @@ class ChargerStatePayload(Payload, frozen=True, kw_only=True, omit_defaults=True
     phases: Literal[1, 3] | None
     ts: Ts | None = None
     setpoint_a: Amperes | None = None
+    energy_wh: NonNegative | None = None
 
     @classmethod
     def make(cls, state: str, currents_a: tuple[float, float, float], *, max_a: float, phases: int | None,
-             ts: datetime | float | str | None = None, setpoint_a: float | None = None) -> ChargerStatePayload:
+             ts: datetime | float | str | None = None, setpoint_a: float | None = None,
+             energy_wh: float | None = None) -> ChargerStatePayload:
         a, b, c = currents_a
         return cls(state=state, current_l1_a=a, current_l2_a=b, current_l3_a=c,  # type: ignore[arg-type]
                    max_a=max_a, phases=phases, ts=None if ts is None else _ts(ts),  # type: ignore[arg-type]
-                   setpoint_a=setpoint_a)
+                   setpoint_a=setpoint_a, energy_wh=energy_wh)
 
     def currents(self) -> tuple[float, float, float]:
         return (self.current_l1_a, self.current_l2_a, self.current_l3_a)
@@ -392,6 +394,18 @@ class PricePayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
     end: Ts
 
 
+class SessionPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """A charger's charging session, the open one else the last (`apm.core.sessions`), retained: the
+    energy since the EV was plugged in, from the charger's own register (``source`` "charger") or
+    integrated from its reported currents ("integrated"); ``ended_at`` null while the EV is there."""
+
+    energy_kwh: NonNegative
+    started_at: Ts
+    ended_at: Ts | None
+    duration_s: NonNegative
+    source: Literal["charger", "integrated"]
+
+
 class HourEnergyPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
     """Energy imported in the clock hour so far (kWh), integrated from the meter's power; 0 at each hour."""
 
@@ -570,7 +584,8 @@ def headroom_value(note: HeadroomNote, now: float, network: Network) -> Headroom
 def charger_state_payload(state: ChargerState, max_a: float, ts: float) -> ChargerStatePayload:
     c = state.currents_a
     return ChargerStatePayload.make(state.mode, (round(c[0], 2), round(c[1], 2), round(c[2], 2)), max_a=max_a,
-                                    phases=state.phases_in_use, ts=ts, setpoint_a=state.setpoint_a)
+                                    phases=state.phases_in_use, ts=ts, setpoint_a=state.setpoint_a,
+                                    energy_wh=state.energy_wh)
 
 
 def read_charger_state(charger_id: str, payload: bytes, received_at: float) -> ChargerState:
@@ -588,7 +603,7 @@ def read_charger_state(charger_id: str, payload: bytes, received_at: float) -> C
         if 0.0 <= received_at - ts <= REPORT_AGE_S:
             at = ts
     return ChargerState(id=charger_id, mode=p.state, currents_a=p.currents(),
-                        phases_in_use=p.phases, setpoint_a=p.setpoint_a or 0.0, at=at)
+                        phases_in_use=p.phases, setpoint_a=p.setpoint_a or 0.0, at=at, energy_wh=p.energy_wh)
 
 
 def setpoint_message(topics: Topics, charger_id: str, current_a: float, reason: str, *, ts: float,

@@ -8,7 +8,8 @@ declared in `apm.io.mqtt.messages`; ``python -m apm.io.mqtt.topics --schema`` wr
 (docs/mqtt-payloads.schema.json) and ``--table`` the table of docs/mqtt.md.
 
 Why these flags: a reading is state (Home Assistant shows the last one at once) and carries the meter's
-clock, so it may be retained; headroom, charger state and setpoints are commands or inputs to commands,
+clock, so it may be retained (a charger's charging session too: what its EV took, not an input to
+anything); headroom, charger state and setpoints are commands or inputs to commands,
 so they are never retained: a value that outlives its publisher must not steer a charger. Hourly
 energy is QoS 1 and leaves the device through the persistent outbox (apm.io.storage.outbox): none may be lost,
 so it is delivered at least once and consumers drop duplicates by ``id``. A revocation and the eco plan
@@ -42,6 +43,7 @@ from apm.io.mqtt.messages import (
     PayloadError,
     PricePayload,
     Revocation,
+    SessionPayload,
     SetpointPayload,
     SettingsPayload,
     Status,
@@ -75,6 +77,7 @@ SETTINGS: Final = "settings"
 SETTINGS_SET: Final = "settings/set"
 CHARGER_SETTINGS: Final = "charger/settings"
 CHARGER_SET: Final = "charger/set"
+CHARGER_SESSION: Final = "charger/session"
 PRICE: Final = "price"
 ENERGY_HOUR: Final = "energy/hour"
 DISCOVERY: Final = "discovery"
@@ -127,6 +130,8 @@ TABLE: Final[tuple[TopicSpec, ...]] = (
               "device (a charger's owner settings)"),
     TopicSpec(CHARGER_SET, "apm/{serial}/charger/{charger}/settings/{setting}/set", Command, 1, False,
               "the owner (Home Assistant): max_a, eco_departure, eco_energy_kwh", text=True),
+    TopicSpec(CHARGER_SESSION, "apm/{serial}/charger/{charger}/session", SessionPayload, 0, True,
+              "device (a charger's charging session: its energy, start and duration)"),
     TopicSpec(PRICE, "apm/{serial}/price", PricePayload, 0, True, "device (Smart eco's price feed)"),
     TopicSpec(ENERGY_HOUR, "apm/{serial}/energy/hour", HourEnergyPayload, 0, False, "device"),
     TopicSpec(DISCOVERY, "homeassistant/{component}/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
@@ -258,6 +263,9 @@ class Topics:
 
     def charger_set(self, charger_id: str, setting: str) -> str:
         return self.topic(CHARGER_SET, charger=charger_id, setting=setting)
+
+    def charger_session(self, charger_id: str) -> str:
+        return self.topic(CHARGER_SESSION, charger=charger_id)
 
     @property
     def price(self) -> str:

@@ -86,6 +86,15 @@ async function saveMax(id) {
   }
 }
 
+// A charging session: its energy, since when and how long; whose meter counted it.
+function session(x) {
+  if (!x) return "no EV yet";
+  const d = Math.round(x.duration_s / 60), h = Math.floor(d / 60);
+  const since = new Date(x.started_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const src = x.source === "charger" ? "charger's meter" : "from its currents";
+  return `${fmt(x.energy_kwh, 2, " kWh")} · ${h ? `${h} h ` : ""}${d % 60} min from ${since} (${src})`;
+}
+
 function chargers(s) {
   const box = $("chargers");
   if (s.chargers.length && box.querySelector("p")) box.innerHTML = "";
@@ -98,6 +107,7 @@ function chargers(s) {
     dl($(`info-${c.id}`), [
       ["State", c.mode + (c.report_age_s === null ? "" : ` (${c.report_age_s} s ago)`)],
       ["EV draws", c.ev_a ? c.ev_a.map((a) => fmt(a, 1)).join(" / ") + " A" : "–"],
+      [c.session && !c.session.active ? "Last session" : "Session", session(c.session)],
     ]);
     $(`cap-${c.id}`).textContent = `now ${c.max_a} A`;
   }
