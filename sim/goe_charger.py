@@ -47,7 +47,7 @@ class SimGoeCharger:
         self.steps = steps
         self.publish_every_s = publish_every_s
         self.voltage = voltage
-        self.login = {"username": username, "password": password}  # as typed into the go-e app's MQTT URL
+        self.username, self.password = username, password  # as typed into the go-e app's MQTT URL
         self.amp = int(charger.config.max_a if amp is None else amp)  # kept until told otherwise
         self.frc = 0
         self.received: list[tuple[str, Any]] = []  # every accepted write, in order (for tests)
@@ -136,7 +136,8 @@ class SimGoeCharger:
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=f"go-e-{self.serial}",
-                                          timeout=10, **self.login) as client:
+                                          timeout=10, username=self.username,
+                                          password=self.password) as client:
                     await client.subscribe(base + "+/set", qos=1)
                     self._client = client
                     self._published.clear()

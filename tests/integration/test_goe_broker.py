@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -119,7 +119,7 @@ async def inbox(c: aiomqtt.Client) -> AsyncIterator[list[tuple[str, bytes]]]:
             await task
 
 
-async def until(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
