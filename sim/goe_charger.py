@@ -36,7 +36,8 @@ CAR = {"disconnected": 1, "charging": 2, "connected": 3, "finished": 4}
 class SimGoeCharger:
     def __init__(self, charger: SimCharger, serial: str, url: str, *, clock: Clock | None = None,
                  origin: float = 0.0, steps: bool = True, publish_every_s: float = 5.0,
-                 amp: int | None = None, voltage: float = 230.0) -> None:
+                 amp: int | None = None, voltage: float = 230.0, username: str | None = None,
+                 password: str | None = None) -> None:
         self.charger = charger
         self.serial = serial
         parts = urlsplit(url)
@@ -46,6 +47,7 @@ class SimGoeCharger:
         self.steps = steps
         self.publish_every_s = publish_every_s
         self.voltage = voltage
+        self.username, self.password = username, password  # as typed into the go-e app's MQTT URL
         self.amp = int(charger.config.max_a if amp is None else amp)  # kept until told otherwise
         self.frc = 0
         self.received: list[tuple[str, Any]] = []  # every accepted write, in order (for tests)
@@ -134,7 +136,8 @@ class SimGoeCharger:
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=f"go-e-{self.serial}",
-                                          timeout=10) as client:
+                                          timeout=10, username=self.username,
+                                          password=self.password) as client:
                     await client.subscribe(base + "+/set", qos=1)
                     self._client = client
                     self._published.clear()

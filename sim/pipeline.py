@@ -311,8 +311,10 @@ class Pipeline:
                                        steps=False)
         else:
             assert config.goe_serial is not None
+            login = self.charger_logins.get(charger.id)  # on the embedded broker: its goe:<serial> user
             point = SimGoeCharger(charger, config.goe_serial, url, clock=self.clock, origin=self.origin,
-                                  steps=False)
+                                  steps=False, username=login.username if login else None,
+                                  password=login.password if login else None)
         self.world.after_step.append(point.after_step)
         return point
 

@@ -56,7 +56,8 @@ class Demo:
         table = UserTable()
         logins: dict[str, Login] = {}
         for c in self.config.chargers:
-            table, logins[c.id] = table.add(f"sim-charger-{c.id}", Role("charger", c.id))
+            role = Role("goe", c.goe_serial) if c.protocol == "goe" and c.goe_serial else Role("charger", c.id)
+            table, logins[c.id] = table.add(f"sim-charger-{c.id}", role)
         return table, Demo(self.scenario, self.config, self.speed, logins)
 
     async def start(self, stack: contextlib.AsyncExitStack, url: str, config: DeviceConfig,

@@ -2,13 +2,18 @@
 
     apm broker user add garage-box --role charger:garage   # prints the new password, once
     apm broker user add home-assistant --role reader
+    apm broker user add goe-012345 --role goe:012345       # a go-e charger, by its serial
+    apm broker user show goe-012345                         # a go-e's password again
     apm broker user list
     apm broker user remove garage-box
 
 The password goes to stdout alone (a script can take it: ``PW=$(apm broker user add ...)``) and is
-shown only this once: the file keeps its hash. A running `apm run` reads the file again at the next
+shown only this once: the file keeps its hash. A go-e's is the exception: the installer types it into
+the go-e app's MQTT URL (mqtt://USER:PASSWORD@PI:1883), so it stays readable with `show`, like the OCPP
+chargers' passwords (the file is the service user's alone, 0600). A running `apm run` reads the file again at the next
 login, so nothing needs a restart; a removed user keeps a connection it has until it reconnects.
-Roles: ``charger:<id>`` publishes only its charger's state and reads only its setpoint; ``reader``
+Roles: ``charger:<id>`` publishes only its charger's state and reads only its setpoint; ``goe:<serial>``
+(a go-e) publishes only its own go-eCharger/<serial>/<key> and reads only their <key>/set; ``reader``
 (Home Assistant) reads the device's topics and discovery and publishes only the command topics
 (``eco/request``); ``issuer`` publishes only signed revocations. The device's own user is created by
 `apm run` on its first start.
@@ -27,7 +32,8 @@ from apm.cli.support import Failure, UsageError, command
 if TYPE_CHECKING:
     from apm.io.mqtt.auth import UserTable
 
-ROLE_HELP = "charger:<id> (a charger), reader (Home Assistant, dashboards) or issuer (revocations)"
+ROLE_HELP = ("charger:<id> (a charger on our MQTT topics), goe:<serial> (a go-e), reader (Home Assistant, "
+             "dashboards) or issuer (revocations)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _users_option(s)
     s.set_defaults(func=run_list)
+
+    w = actions.add_parser("show", help="a go-e's password again (the only ones kept readable)")
+    w.add_argument("name", metavar="NAME")
+    _users_option(w)
+    w.set_defaults(func=run_show)
 
     r = actions.add_parser("remove", help="remove a user")
     r.add_argument("name", metavar="NAME")
@@ -85,14 +96,34 @@ def run_add(args: argparse.Namespace) -> int:
 
     path, table = _load(args)
     try:
-        table, login = table.add(args.name, Role.parse(args.role))
+        role = Role.parse(args.role)
+        table, login = table.add(args.name, role)
     except AuthError as exc:
         raise UsageError(str(exc)) from None
     _save(table, path)
     print(login.password)
+    if role.keeps_password:
+        print(f"user {login.username} ({role}) added to {path}. In the go-e app (Internet, Advanced settings, "
+              f"MQTT): URL mqtt://{login.username}:<the password above>@<the device's address>:1883, "
+              "allow writes (not read-only), keep the topic prefix at its default; "
+              f"`apm broker user show {login.username}` shows the password again.", file=sys.stderr)
+        return 0
     print(f"user {login.username} ({args.role}) added to {path}; its password (above) is shown only now. "
           f"Give the client: the device's address and broker port (1883), user {login.username}, "
           "that password.", file=sys.stderr)
+    return 0
+
+
+@command("broker")
+def run_show(args: argparse.Namespace) -> int:
+    path, table = _load(args)
+    user = table.users.get(args.name)
+    if user is None:
+        raise UsageError(f"no user {args.name!r} in {path}")
+    if not user.role.keeps_password or args.name not in table.own:
+        raise UsageError(f"the password of {args.name} ({user.role}) is not kept (only a go-e's is): "
+                         f"`apm broker user remove {args.name}` and add it again for a new one")
+    print(table.own[args.name])
     return 0
 
 

@@ -21,7 +21,9 @@ ours, in three layers (`GoeControl`, sans-IO):
 - **the will**: each charger has its own MQTT connection whose will is ``amp/set`` = the safe value,
   so when the device dies (SIGKILL, power, network) and the broker stays up, the broker itself sends
   the charger back to the safe current. With the broker embedded in the device, the broker dies too
-  and the go-e keeps the last value it got: use an external broker (mosquitto) for go-e chargers.
+  and the go-e keeps the last value it got: use an external broker (mosquitto) for go-e chargers
+  (tests/integration/test_goe_failsafe.py shows both). On the embedded broker a go-e logs in as its
+  own ``goe:<serial>`` user (apm.io.mqtt.auth).
 """
 
 from __future__ import annotations

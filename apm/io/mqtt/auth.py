@@ -16,6 +16,8 @@ Roles, for the device with serial S (topics of apm.io.mqtt.topics under ``apm/S/
     charger:<id>    publishes only charger/<id>/state; reads only charger/<id>/setpoint
     reader          reads apm/S/# and homeassistant/#; publishes only READER_COMMANDS
     issuer          publishes only subscription/revocation (signed: the device checks it); reads nothing
+    goe:<serial>    a go-e charger: publishes only its own keys (go-eCharger/<serial>/<key>, and the
+                    <key>/result answers of its firmware); reads only its go-eCharger/<serial>/<key>/set
 
 Passwords are always generated here (``secrets``, 192 bits), never chosen by a person, so a salted
 SHA-256 is enough to store them: nobody can guess a 192-bit secret from its hash. A slow hash (scrypt,
@@ -23,7 +25,8 @@ argon2) would buy nothing here and cost the device's event loop, which checks ev
 milliseconds per attempt; a LAN client could then stall the fuse protection by connecting in a loop.
 
 The file keeps every user's hash and role, and in plain text only the passwords the device needs for its
-own links (``own``). It is created 0600 in a 0700 directory; a file that others can read is tightened.
+own links and those an installer must read again to type them into a charger's app (a go-e's, like the
+OCPP chargers' passwords): ``own``. It is created 0600 in a 0700 directory; a file that others can read is tightened.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_USER: Final = "apm-device"
 DISCOVERY_ROOT: Final = "homeassistant"  # apm.io.mqtt.discovery.DISCOVERY_PREFIX (not imported: it pulls in more)
+GOE_ROOT: Final = "go-eCharger"  # apm.io.chargers.goe.PREFIX (not imported: it pulls in aiomqtt and more)
 # The command topics (below apm/<serial>/) a reader may publish: a request of the user's, which the
 # device checks like any other input. A new command for Home Assistant is one more entry here.
 READER_COMMANDS: Final = ("eco/request", "settings/+/set", "charger/+/settings/+/set")
@@ -66,24 +70,30 @@ class AuthError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Role:
-    kind: str  # "device" | "charger" | "reader" | "issuer"
-    charger: str | None = None
+    kind: str  # "device" | "charger" | "goe" | "reader" | "issuer"
+    charger: str | None = None  # the charger's id (charger), its serial (goe)
 
     @classmethod
     def parse(cls, text: str) -> Role:
         kind, sep, cid = str(text).partition(":")
-        if kind == "charger" and sep and cid:
+        if kind in ("charger", "goe") and sep and cid:
             try:
-                check_level(cid, "charger id")
+                check_level(cid, "charger id" if kind == "charger" else "go-e serial")
             except TopicError as exc:
                 raise AuthError(f"role {text!r}: {exc}") from None
-            return cls("charger", cid)
+            return cls(kind, cid)
         if kind in ("device", "reader", "issuer") and not sep:
             return cls(kind)
-        raise AuthError(f"role {text!r}: one of charger:<id>, reader, issuer (device is the device's own)")
+        raise AuthError(f"role {text!r}: one of charger:<id>, goe:<serial>, reader, issuer "
+                        "(device is the device's own)")
+
+    @property
+    def keeps_password(self) -> bool:
+        """A go-e's password stays readable (`apm broker user show`): the installer types it into its app."""
+        return self.kind == "goe"
 
     def __str__(self) -> str:
-        return f"charger:{self.charger}" if self.charger is not None else self.kind
+        return f"{self.kind}:{self.charger}" if self.charger is not None else self.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +109,14 @@ def acl(role: Role, serial: str) -> Acl:
     if role.kind == "device":
         return Acl((t.status, f"{t.root}/reading/+", t.headroom, t.energy_hourly, t.subscription, t.eco_plan,
                     t.all_charger_setpoints, t.settings, f"{t.root}/charger/+/settings", t.price, t.energy_hour,
-                    f"{DISCOVERY_ROOT}/#"),
-                   (f"{t.root}/#",))
+                    f"{DISCOVERY_ROOT}/#", f"{GOE_ROOT}/+/+/set"),
+                   (f"{t.root}/#", f"{GOE_ROOT}/#"))
     if role.kind == "charger" and role.charger is not None:
         return Acl((t.charger_state(role.charger),), (t.charger_setpoint(role.charger),))
+    if role.kind == "goe" and role.charger is not None:
+        # One level only: "+" never matches "amp/set", so a go-e cannot write its own (or another's) amp.
+        own = f"{GOE_ROOT}/{role.charger}"
+        return Acl((f"{own}/+", f"{own}/+/result"), (f"{own}/+/set",))
     if role.kind == "reader":
         return Acl(tuple(f"{t.root}/{c}" for c in READER_COMMANDS), (f"{t.root}/#", f"{DISCOVERY_ROOT}/#"))
     if role.kind == "issuer":
@@ -198,7 +212,7 @@ class UserTable:
             raise AuthError("the device role is the device's own user")
         login = Login(name, new_password())
         users = {**self.users, name: User(name, role, hash_password(login.password))}
-        mine = {**self.own, name: login.password} if own else dict(self.own)
+        mine = {**self.own, name: login.password} if own or role.keeps_password else dict(self.own)
         return UserTable(users, mine), login
 
     def remove(self, name: str) -> UserTable:

@@ -16,10 +16,17 @@ client id and no password. `_GuardedBroker` checks the login first, and refuses 
 user's session holds. Checked with amqtt 0.12.1 on Python 3.11 against aiomqtt 2.5 clients: publish and
 subscribe, QoS 1 acknowledgements, retained messages for late subscribers, and the last will on an
 abrupt disconnect (tests/integration/test_broker.py).
+
+amqtt 0.12 reads a packet of any announced length (up to MQTT's 256 MB): a client that announces a huge
+PUBLISH and sends it makes the device buffer all of it. Every connection's bytes pass through a
+`PacketBound` (a framer that only counts: fixed header, remaining length, body), which refuses a packet
+announcing more than ``max_packet_bytes`` (64 KiB; the device's own largest message is a few KiB)
+before its body is read; the connection is closed and the others go on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
@@ -27,6 +34,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, BrokerError, MQTTError
@@ -57,6 +65,86 @@ _BARE_CONNECTION_FILTER = _BareConnectionFilter()
 
 
 _REFUSED = "apm: connection refused"
+MAX_PACKET_BYTES = 64 * 1024
+
+
+class PacketTooLarge(AMQTTError):
+    """A packet announced more than the bound. An AMQTTError: amqtt then closes the connection (a
+    MQTTError would make its reader skip the packet and read its body as the next one)."""
+
+
+class PacketBound:
+    """Follows the MQTT framing of a byte stream (sans-IO) and raises `PacketTooLarge` as soon as a
+    packet's remaining length is known to exceed ``limit``. Cost: a few operations per header byte,
+    one subtraction per body chunk."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._body = 0  # body bytes still to come of the current packet
+        self._in_length = False  # reading the remaining length's bytes
+        self._length = 0
+        self._shift = 0
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._body:
+                take = min(self._body, n - i)
+                self._body -= take
+                i += take
+            elif not self._in_length:  # the fixed header's first byte: type and flags
+                self._in_length, self._length, self._shift = True, 0, 0
+                i += 1
+            else:
+                byte = data[i]
+                i += 1
+                self._length += (byte & 0x7F) << self._shift
+                self._shift += 7
+                if self._length > self.limit:
+                    raise PacketTooLarge(f"a packet of more than {self.limit} bytes (at least {self._length})")
+                if not byte & 0x80 or self._shift > 21:  # amqtt refuses a fifth length byte itself
+                    self._in_length, self._body = False, self._length
+
+
+class _BoundedReader(ReaderAdapter):
+    def __init__(self, reader: ReaderAdapter, limit: int) -> None:
+        self._reader = reader
+        self.bound = PacketBound(limit)
+        self.refused: PacketTooLarge | None = None
+
+    async def read(self, n: int = -1) -> bytes:
+        if self.refused is not None:
+            raise self.refused
+        data = await self._reader.read(n)
+        try:
+            self.bound.feed(data)
+        except PacketTooLarge as exc:
+            self.refused = exc
+            raise
+        return data
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class _BoundedBroker(Broker):
+    """amqtt's broker with every connection's packets bounded (see the module doc)."""
+
+    max_packet_bytes = MAX_PACKET_BYTES
+    refused_packets = 0
+
+    async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                               listener_name: str) -> None:
+        bounded = _BoundedReader(StreamReaderAdapter(reader), self.max_packet_bytes)
+        try:
+            await self._client_connected(listener_name, bounded, StreamWriterAdapter(writer))
+        finally:
+            if bounded.refused is not None:
+                self.refused_packets += 1  # the first at WARNING: a client in a loop must not flood the log
+                log.log(logging.WARNING if self.refused_packets == 1 else logging.DEBUG,
+                        "embedded MQTT broker: closed a connection from %s: %s",
+                        writer.get_extra_info("peername"), bounded.refused)
+                writer.close()
 
 
 class _PolicyAuth(BaseAuthPlugin):
@@ -71,7 +159,7 @@ class _PolicyAuth(BaseAuthPlugin):
         return policy.login(session.username, session.password, session.client_id) is not None
 
 
-class _GuardedBroker(Broker):
+class _GuardedBroker(_BoundedBroker):
     """amqtt's broker with the login checked before an existing session is touched (see the module doc)."""
 
     def __init__(self, config: dict[str, Any], policy: Policy) -> None:
@@ -82,7 +170,7 @@ class _GuardedBroker(Broker):
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
         try:
             handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
-        except MQTTError:
+        except (MQTTError, PacketTooLarge):
             await writer.close()
             raise
         if not self._admit(session):
@@ -136,14 +224,17 @@ class EmbeddedBrokerError(RuntimeError):
 
 class EmbeddedBroker:
     def __init__(self, port: int = 1883, host: str = "127.0.0.1", *, policy: Policy | None = None,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is out of range (0..65535)")
         if policy is None and not _loopback(host):
             raise ValueError(f"an anonymous broker listens on a loopback address only, not {host!r}: "
                              "give it a policy (users and their roles)")
+        if max_packet_bytes < 1024:
+            raise ValueError(f"max_packet_bytes {max_packet_bytes} is below 1024: the device's own messages")
         self.host = host
         self.policy = policy
+        self.max_packet_bytes = max_packet_bytes
         self._requested_port = port
         self._port: int | None = None
         self._broker: Broker | None = None
@@ -185,7 +276,9 @@ class EmbeddedBroker:
             raise RuntimeError("the embedded broker is already running")
         if self._requested_port:
             self._check_port_free()  # amqtt would log a traceback first; the message says it all
-        broker = Broker(self._config()) if self.policy is None else _GuardedBroker(self._config(), self.policy)
+        broker = (_BoundedBroker(self._config()) if self.policy is None
+                  else _GuardedBroker(self._config(), self.policy))
+        broker.max_packet_bytes = self.max_packet_bytes
         try:
             await broker.start()
         except BrokerError as exc:
@@ -196,6 +289,11 @@ class EmbeddedBroker:
         self._port = int(server.sockets[0].getsockname()[1])
         log.info("embedded MQTT broker listening on %s (%s)", self.url,
                  "anonymous" if self.policy is None else f"{len(self.policy.users)} users, logins required")
+
+    @property
+    def refused_packets(self) -> int:
+        """Connections closed for a packet above ``max_packet_bytes``."""
+        return self._broker.refused_packets if isinstance(self._broker, _BoundedBroker) else 0
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None
