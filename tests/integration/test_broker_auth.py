@@ -35,7 +35,7 @@ from apm.io.mqtt.auth import (
 )
 from apm.io.mqtt.broker import EmbeddedBroker
 from apm.io.mqtt.link import Backoff, MqttLink
-from apm.io.mqtt.topics import Topics
+from apm.io.mqtt.topics import SPECS, Topics
 from tests.mqtt_broker import accepts, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,6 +100,18 @@ def test_each_role_publishes_only_its_topics() -> None:
                    T.headroom):
         assert not any(matches(forged, f) for f in reader.publish), forged
     assert not any(matches(T.charger_set("garage", "max_a"), f) for f in garage.publish)
+
+
+def test_the_device_may_publish_every_topic_the_table_says_it_publishes() -> None:
+    """The device's login (its balancer and eco service share it) against the one topic table: a new
+    topic the device publishes must be in its ACL, or the embedded broker drops it with a warning."""
+    device = acl(Role("device"), SERIAL)
+    ours = [s for s in SPECS.values() if s.publisher.startswith(("device", "balancer", "eco service"))]
+    assert len(ours) >= 10
+    for spec in ours:
+        topic = spec.pattern.format(serial=SERIAL, list=2, charger="garage", setting="max_a", component="sensor",
+                                    node="apm_x", object="power")
+        assert any(matches(topic, f) for f in device.publish), f"{spec.kind}: {topic} is not in the device's ACL"
 
 
 # --- the users file --------------------------------------------------------------------------------
