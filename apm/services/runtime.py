@@ -159,6 +159,12 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
         else:
             run = await _device(stack, plan, plan.source, url)
         run.broker_url, run.embedded = url, plan.broker is not None
+        goes = [c.id for c in plan.config.chargers if c.protocol == "goe"]
+        if run.embedded and goes:
+            # The go-e's fallback is the device's will on the broker; this broker dies with the device.
+            log.warning("go-e %s: on the embedded broker a go-e keeps its last current if the device dies; "
+                        "for a fallback of its own use protocol = \"ocpp\" (go-e firmware speaks OCPP 1.6J) "
+                        "or a broker that outlives the device (docs/chargers.md)", ", ".join(goes))
         image = plan.storage.settings_image or (plan.web.image if plan.web is not None else None)
         run.settings = Settings(run.device, run.balancer, image=image)
         run.work, run.eco = await _with_eco(stack, plan, url, run.work, run.settings)

@@ -135,5 +135,6 @@ def test_apm_run_drives_go_e_that_log_in_to_its_embedded_broker_and_they_keep_th
                 assert all(p.amp == 32 and max(p.charger.terminals) >= 31.5 for p in points)
             assert "Traceback" not in log.read_text()
             assert "refused a login" not in log.read_text()
+            assert "on the embedded broker a go-e keeps its last current" in log.read_text()  # said at start
 
     asyncio.run(asyncio.wait_for(main(), 110))
