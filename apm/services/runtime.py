@@ -33,7 +33,7 @@ from apm.core.meter_state import BaselineStore
 from apm.io.clock import Clock, RealClock, ScaledClock
 from apm.io.storage.outbox import Outbox
 from apm.services.balancer import BalancerService
-from apm.services.device import Device, SubscriptionSource
+from apm.services.device import CapacityStore, Device, SubscriptionSource
 
 if TYPE_CHECKING:
     import ssl
@@ -81,6 +81,7 @@ class Storage:
     outbox: Outbox | None = None  # None: records wait in memory
     baseline: BaselineStore | None = None  # where the hourly energy baseline is kept
     status_file: Path | None = None  # read by `apm info`
+    capacity: CapacityStore | None = None  # where the capacity guard's month is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     s = plan.storage
     device = await stack.enter_async_context(Device(
         plan.config, url=url, clock=source.clock, outbox=s.outbox, subscription=s.subscription,
-        status_file=s.status_file, baseline_store=s.baseline))
+        status_file=s.status_file, baseline_store=s.baseline, capacity_store=s.capacity))
     balancer = await stack.enter_async_context(BalancerService.beside(device, url=url))
     b = plan.config.broker
     login = {"username": b.username, "password": b.password} if b.username else {}

@@ -12,7 +12,8 @@ clock, so it may be retained; headroom, charger state and setpoints are commands
 so they are never retained: a value that outlives its publisher must not steer a charger. Hourly
 energy is QoS 1 and leaves the device through the persistent outbox (apm.io.storage.outbox): none may be lost,
 so it is delivered at least once and consumers drop duplicates by ``id``. A revocation and the eco plan
-are retained so that a device that was offline when they were sent still learns them.
+are retained so that a device that was offline when they were sent still learns them; the capacity
+guard's month is state, retained as a reading is.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from apm.core.meter_state import HourlyEnergy
 from apm.io.mqtt.messages import (
     OFFLINE,
     ONLINE,
+    CapacityPayload,
     ChargerStatePayload,
     DiscoveryConfig,
     EcoPlanPayload,
@@ -66,6 +68,7 @@ CHARGER_STATE: Final = "charger/state"
 CHARGER_SETPOINT: Final = "charger/setpoint"
 ECO_PLAN: Final = "eco/plan"
 ECO_REQUEST: Final = "eco/request"
+CAPACITY: Final = "capacity"
 DISCOVERY: Final = "discovery"
 
 DISCOVERY_PREFIX: Final = "homeassistant"
@@ -109,6 +112,8 @@ TABLE: Final[tuple[TopicSpec, ...]] = (
     TopicSpec(CHARGER_SETPOINT, "apm/{serial}/charger/{charger}/setpoint", SetpointPayload, 1, False, "balancer"),
     TopicSpec(ECO_PLAN, "apm/{serial}/eco/plan", EcoPlanPayload, 1, True, "eco service (empty: no plan)"),
     TopicSpec(ECO_REQUEST, "apm/{serial}/eco/request", EcoRequest, 1, False, "the user (an app, Home Assistant)"),
+    TopicSpec(CAPACITY, "apm/{serial}/capacity", CapacityPayload, 1, True,
+              "device, with the capacity guard on (every 30 s and when an hour closes)"),
     TopicSpec(DISCOVERY, "homeassistant/sensor/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
 )
 SPECS: Final[Mapping[str, TopicSpec]] = {s.kind: s for s in TABLE}
@@ -221,6 +226,10 @@ class Topics:
     def eco_request(self) -> str:
         return self.topic(ECO_REQUEST)
 
+    @property
+    def capacity(self) -> str:
+        return self.topic(CAPACITY)
+
     # Subscription filters.
     @property
     def all_charger_states(self) -> str:
@@ -286,6 +295,9 @@ class Topics:
 
     def eco_request_message(self, request: EcoRequest) -> OutMessage:
         return self.message(ECO_REQUEST, request)
+
+    def capacity_message(self, status: CapacityPayload) -> OutMessage:
+        return self.message(CAPACITY, status)
 
 
 def payload_bytes(spec: TopicSpec, payload: Any) -> bytes:
