@@ -86,7 +86,8 @@ def test_delivery_flags_come_from_the_table() -> None:
     for spec in tp.TABLE:
         assert spec.qos in (0, 1) and spec.kind in tp.SPECS
     assert {s.kind for s in tp.TABLE if s.retain} == {tp.STATUS, tp.READING, tp.SUBSCRIPTION,
-                                                       tp.SUBSCRIPTION_REVOCATION, tp.ECO_PLAN, tp.DISCOVERY}
+                                                       tp.SUBSCRIPTION_REVOCATION, tp.ECO_PLAN, tp.DISCOVERY,
+                                                       tp.CAPACITY}  # state, not a command
 
 
 def test_headroom_payload_round_trip_and_units() -> None:
