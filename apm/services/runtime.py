@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from apm.core.capacity_guard import CapacityGuard
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, DeviceConfig, OcppConfig
 from apm.core.meter_state import BaselineStore
@@ -154,7 +155,7 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
         else:
             run = await _device(stack, plan, plan.source, url)
         run.broker_url, run.embedded = url, plan.broker is not None
-        run.work = await _with_eco(stack, plan, url, run.work)
+        run.work = await _with_eco(stack, plan, url, run.work, run.device.controller.capacity)
         if plan.web is not None:
             run.web_url = await _web(stack, plan.web, run)
         yield run
@@ -198,9 +199,11 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     return Running(device, balancer, beside(balancer.run(), work), chargers=edges)
 
 
-async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work) -> Work:
+async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work,
+                    guard: CapacityGuard | None = None) -> Work:
     """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
-    planned jointly and published on ``eco/plan``, which the balancer follows."""
+    planned jointly and published on ``eco/plan``, which the balancer follows; within the capacity
+    guard's step when it is on (the same goal and month)."""
     from apm.core.eco.planner import Charger
     from apm.io.mqtt.link import MqttLink, link_settings
     from apm.io.mqtt.topics import Topics
@@ -217,7 +220,8 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
     link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
                                                     **link_settings(config.broker)))
     budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
-    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget))
+    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget,
+                                                                       guard=guard))
     log.info("Smart eco: planning the requests on %s", request_topic(Topics(config.serial)))
     return beside(service.run(), work)
 
