@@ -1,16 +1,14 @@
 """The capacity-charge guard in the closed loop: a winter month with and without it.
 
-``CapacityPolicy`` is a ``sim.closed_loop.LoopPolicy``. Every step it does what the device will do
-with apm.core.eco.capacity: it reads list 1 (the import power, household + our chargers, every 2.5 s),
-integrates it into the hour's energy (`HourMeter`), replaces each finished hour by the meter's own
-figure (list 3's counters; here the exact integral of the step's power), asks the hour's cap for
-the owner's step (`hour_cap_kwh`) and the chargers' power for the rest of the hour (`advise`), and
-gives the balancer per-charger caps (`charger_currents`) as ``allowed_a``, in protect mode, so the
-balancer still keeps the fuse. Without a goal it only measures and prices.
+The guard is the device's: `apm.core.capacity_guard.CapacityGuard`, owned by the run's
+`apm.core.controller.Controller` (``sim.closed_loop.run(guard=...)``), fed by what the Controller gets
+on the device: the simulated meter's frames decoded (list 1's import power every 2.5 s, list 3's hourly
+energy) and the chargers' reports. Its caps reach the balancer inside ``Controller.decide``, in protect
+mode, so the balancer still keeps the fuse. The sim only provides the world and judges it.
 
-The policy interface hands a policy the headroom and the chargers, not the meter's lists, so the
-policy builds the scenario's household a second time (same model, seed and days as sim.world.World,
-sampled at the same instants: the same watts) and reads its power as list 1 would carry it.
+``CapacityPolicy`` is a ``sim.closed_loop.LoopPolicy`` that only measures and prices: it builds the
+scenario's household a second time (same model, seed and days as sim.world.World, sampled at the same
+instants: the same watts) to know each hour's exact energy, the household's part of it, and the cost.
 
 Reported: the month's daily peaks, capacity figure, step and its price; each departure's need, the
 energy delivered and whether it was met, and whether it *could* be met within the step (an upper
@@ -35,15 +33,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apm.core.eco.capacity import (
-    CapacityGoal,
-    GuardedCharger,
-    HourMeter,
-    MonthLog,
-    advise,
-    charger_currents,
-    hour_cap_kwh,
-)
+from apm.core.capacity_guard import CapacityGuard, guard_for
+from apm.core.eco.capacity import CapacityGoal, MonthLog
 from apm.core.eco.prices import PriceSeries, sample_week
 from apm.core.eco.tariff import ELVIA, GridTariff, hour_of
 from apm.core.headroom import Headroom
@@ -53,7 +44,6 @@ from sim.closed_loop import Scenario, ScenarioError, run
 from sim.eco_loop import MET_TOL_KWH, Session, load
 from sim.household import make_household
 
-LIST1_S = 2.5  # list 1's interval (Aidon, Kaifa)
 WEEK = timedelta(days=7)
 
 
@@ -72,7 +62,8 @@ class WeekPrices:
 
 
 class CapacityPolicy:
-    """The guard (``goal``) or, with ``goal=None``, only the measurements and the prices."""
+    """The judge of a run with the device's guard for ``goal`` (``self.guard``, for `run`) or, with
+    ``goal=None``, of one without."""
 
     def __init__(self, sc: Scenario, sessions: Sequence[Session], goal: CapacityGoal | None,
                  tariff: GridTariff = ELVIA, prices: WeekPrices | None = None, min_a: float = 6.0) -> None:
@@ -81,7 +72,7 @@ class CapacityPolicy:
         self.goal = goal
         self.tariff = tariff
         self.prices = prices or WeekPrices()
-        self.min_a = min_a
+        self.guard: CapacityGuard | None = guard_for(goal, sc.network, sc.chargers, min_a=min_a)
         opts = dict(sc.household)
         seed = int(opts.pop("seed", 1))
         days = int(math.ceil(sc.duration_s / 86400.0)) + 1  # as World sizes its household
@@ -89,23 +80,13 @@ class CapacityPolicy:
                                     seed=seed, days=days, **opts)
         self._evs = {e.id: e.make() for e in sc.evs}
         self._cfg = {c.id: c for c in sc.chargers}
-        self._chargers: Sequence[SimCharger] = ()
-        self._chargers_w = 0.0
         self._house_w = 0.0
-        self._list1_k = -1
-        self._meter: HourMeter | None = None
-        self._house_kw = 0.0  # household power as the last list 1 showed it
-        self.log = MonthLog.of(sc.start)  # the guard's: integrated, corrected hour by hour
-        self._cap: tuple[datetime, float] | None = None  # (hour, cap) cached for the hour
         self._true: dict[int, float] = defaultdict(float)  # the judge's, exact: hour of the run -> kWh
         self._house: dict[int, float] = defaultdict(float)
         self._rates: dict[int, float] = {}
         self._current: dict[str, Session | None] = {}
-        self._allowed: dict[str, float] | None = None
         self.energy = {s.id: 0.0 for s in self.sessions}
         self.energy_nok = 0.0
-        self.paused_steps = 0
-        self.lowered_steps = 0
 
     def _t(self, now: float) -> datetime:
         return self.sc.start + timedelta(seconds=now)
@@ -114,49 +95,13 @@ class CapacityPolicy:
 
     def decide(self, now: float, headroom: Headroom | None) -> tuple[str, dict[str, float] | None]:
         self._house_w = self.house.sample(now).power_w  # the world's household at this step
-        k = int(now // LIST1_S)
-        if k == self._list1_k:
-            return "protect", self._allowed  # the device decides when a list arrives
-        self._list1_k = k
-        # a list 1: the import power, household + our chargers
-        t = self._t(now)
-        power = self._house_w + self._chargers_w
-        self._house_kw = self._house_w / 1000
-        if self._meter is None:
-            self._meter = HourMeter.start(t, power)
-        else:
-            self._meter, closed = self._meter.advance(t, power)
-            for hour, kwh in closed:
-                self.log = self.log.with_hour(hour, kwh)
-        if self.goal is not None:
-            self._allowed = self._caps(t)
-        return "protect", self._allowed
-
-    def _caps(self, t: datetime) -> dict[str, float]:
-        assert self.goal is not None and self._meter is not None
-        hour = hour_of(t)
-        if self._cap is None or self._cap[0] != hour:
-            self._cap = (hour, hour_cap_kwh(self.goal, self.log, t))
-        advice = advise(self.goal, self._cap[1], self._meter.used_kwh(t), t, self._house_kw)
-        wanting = [c for c in self._chargers if c.ev is not None and c.state().wants_current]
-        guarded = [GuardedCharger(c.id, charging_power_w(self.sc.network, c.phases_in_use, 1.0) / 1000,
-                                  self.min_a, min(c.config.max_a, c.ev.max_a if c.ev else c.config.max_a))
-                   for c in wanting]
-        caps = charger_currents(advice.chargers_kw, guarded)
-        for g in guarded:
-            if caps[g.id] < g.max_a:
-                if caps[g.id] == 0.0:
-                    self.paused_steps += 1
-                else:
-                    self.lowered_steps += 1
-        return caps
+        return "protect", None  # the guard's caps come from the Controller itself
 
     def observe(self, now: float, dt: float, chargers: Sequence[SimCharger]) -> None:
-        self._chargers = chargers
-        self._chargers_w = sum(c.power_w for c in chargers)
+        chargers_w = sum(c.power_w for c in chargers)
         before = max(0.0, now - dt)
         kwh_house = self._house_w * dt / 3.6e6
-        kwh_cars = self._chargers_w * dt / 3.6e6
+        kwh_cars = chargers_w * dt / 3.6e6
         h = int(before // 3600)  # hours since the start (a whole local hour)
         self._true[h] += kwh_house + kwh_cars
         self._house[h] += kwh_house
@@ -166,9 +111,6 @@ class CapacityPolicy:
                 ses = self._session_on(c.id, now)
                 if ses is not None:
                     self.energy[ses.id] += c.power_w * dt / 3.6e6
-        # list 3: the meter's own figure for each finished hour replaces the integral
-        if int(now // 3600) != h:
-            self.log = self.log.with_hour(self._hour(h), self._true[h])
 
     def _hour(self, h: int) -> datetime:
         return hour_of(self.sc.start) + timedelta(hours=h)
@@ -247,8 +189,8 @@ class CapacityPolicy:
             "departures_met": sum(e["met"] for e in evs.values()),
             "departures_could_meet": sum(e["could_meet"] for e in evs.values()),
             "departures_missed_that_could_meet": sorted(k for k, e in evs.items() if e["could_meet"] and not e["met"]),
-            "guard_steps_lowered": self.lowered_steps,
-            "guard_steps_paused": self.paused_steps,
+            "guard_steps_lowered": self.guard.lowered if self.guard else 0,
+            "guard_steps_paused": self.guard.paused if self.guard else 0,
         }
 
 
@@ -256,7 +198,8 @@ def compare(sc: Scenario, sessions: Sequence[Session], step_kw: float = 5.0,
             margin_kwh: float = 0.05) -> dict[str, Any]:
     """The month with the guard at ``step_kw`` and without it (charging as the fuse allows)."""
     goal = CapacityGoal(step_kw, ELVIA.capacity, margin_kwh)
-    guarded = run(sc, policy=CapacityPolicy(sc, sessions, goal))
+    policy = CapacityPolicy(sc, sessions, goal, min_a=sc.balancer_settings.min_a)
+    guarded = run(sc, policy=policy, guard=policy.guard)
     free = run(sc, policy=CapacityPolicy(sc, sessions, None))
     keep = ("capacity_figure_kw", "capacity_nok_per_month", "energy_cost_nok", "cost_total_nok",
             "departures_met", "departures_could_meet", "departures", "trips", "runtime_s")

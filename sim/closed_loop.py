@@ -87,7 +87,7 @@ import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -95,6 +95,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from apm.core.balancer import Mode
+from apm.core.capacity_guard import CapacityGuard
 from apm.core.config import (
     MAX_CHARGERS,
     BalancerSettings,
@@ -455,10 +456,11 @@ class LoopPolicy(Protocol):
 
 
 def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
-        policy: LoopPolicy | None = None) -> dict[str, Any]:
+        policy: LoopPolicy | None = None, guard: CapacityGuard | None = None) -> dict[str, Any]:
     """Simulate ``sc``; ``fixed``: the comparison without a meter, all chargers sharing
     ``fixed_current_a`` per line. ``policy`` gates the mode and caps chargers (subscription,
-    Smart eco). Returns the report dict.
+    Smart eco). ``guard``: the device's capacity-charge guard, owned by the Controller as on the device
+    (it sees the meter's clock: ``sc.start`` + now). Returns the report dict.
 
     The product decides: the scenario's meter (`sim.meter`, the vendor's frames on its schedule)
     is decoded by `han.HanReader`, and `apm.core.controller.Controller` does the rest, as on the device."""
@@ -467,6 +469,7 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
     chargers = world.charger_list
     by_id = world.chargers
     controller = loop_controller(sc, fixed=fixed)
+    controller.set_capacity(guard)
     loop = None if fixed else _MeterLoop(sc, world, controller)
     mode: Mode = "fixed" if fixed else "protect"
     dt = sc.step_s
@@ -478,7 +481,8 @@ def run(sc: Scenario, *, fixed: bool = False, trace: Trace | None = None,
         if loop is not None:
             loop.step(now)
         step_mode, allowed = (mode, None) if policy is None else policy.decide(now, controller.headroom)
-        decision = controller.decide(now, mode=step_mode, allowed_a=allowed)  # type: ignore[arg-type]
+        now_dt = sc.start + timedelta(seconds=now) if guard is not None else None
+        decision = controller.decide(now, now_dt, mode=step_mode, allowed_a=allowed)  # type: ignore[arg-type]
         if policy is not None:
             policy.observe(now, dt, chargers)
         for sp in decision.setpoints:

@@ -24,8 +24,10 @@ from datetime import datetime
 from typing import Any
 
 from apm.core.balancer import Balancer, BalancerSettings, Mode
+from apm.core.capacity_guard import CapacityGuard
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, DeviceConfig, GridConfig, HeadroomSettings
+from apm.core.eco.capacity import merge_caps
 from apm.core.eco.schedule import EcoSchedule
 from apm.core.headroom import Headroom, HeadroomEstimator
 from apm.core.meter_state import HourlyEnergy, MeterState
@@ -137,6 +139,7 @@ class Controller:
         self.subscription: SubscriptionState | None = None
         self.granted: frozenset[str] = frozenset()
         self.eco = EcoSchedule()
+        self.capacity: CapacityGuard | None = None  # the capacity-charge guard (`set_capacity`)
         self.advice: tuple[str, ...] = ()
         self.han_state: HanState = "no data"
         self.last_reading_at: float | None = None
@@ -161,6 +164,8 @@ class Controller:
         record = self.meter.update(measured_at, reading)
         if record is not None:
             self.hourly += 1
+            if self.capacity is not None:
+                self.capacity.on_hourly(record)
         advice = None
         if reading.list != 1:
             now_advice = wiring_advice(self.grid.network, self.chargers, reading)
@@ -203,6 +208,11 @@ class Controller:
     def set_eco(self, schedule: EcoSchedule) -> None:
         self.eco = schedule
 
+    def set_capacity(self, guard: CapacityGuard | None) -> None:
+        """The capacity-charge guard (`apm.core.capacity_guard`): its caps join the eco plan's whenever
+        ``decide`` is given the wall-clock time."""
+        self.capacity = guard
+
     # --- decisions -------------------------------------------------------------------------------
 
     def gate(self) -> Gate:
@@ -231,12 +241,17 @@ class Controller:
                allowed_a: Mapping[str, float] | None = None) -> Setpoints:
         """Every charger's setpoint now. ``mode``/``allowed_a`` given: a simulation that models the
         subscription and the eco plan itself; otherwise they follow from the subscription and eco inputs
-        (eco needs ``now_dt``, the wall-clock date of ``now``)."""
+        (eco needs ``now_dt``, the wall-clock date of ``now``). The capacity guard's caps (with ``now_dt``)
+        are added in either case: they only ever lower a charger."""
         if mode is None:
             g = self.gate()
             mode = "protect" if g.fuse_protection else "fixed"
             if g.eco and now_dt is not None:
                 allowed_a = self.eco_caps(now_dt)
+        guard = None
+        if self.capacity is not None and now_dt is not None:
+            guard = self.capacity.decide(now_dt, self.meter.value("active_import_w"), self.states, self.max_a)
+            allowed_a = merge_caps(dict(allowed_a) if allowed_a is not None else None, guard)
         before = self.last.as_dict() if self.last is not None else self.balancer.setpoints
         values = self.balancer.update(now, self.headroom, self.states, mode=mode, allowed_a=allowed_a)
         d = self.balancer.last
@@ -244,6 +259,8 @@ class Controller:
         if self.last is not None and self.last.mode.startswith("fixed:"):
             self.stale_s += max(0.0, now - self.last.at)  # the time since a decision on the fallback
         reasons = dict(d.reasons) if d is not None else {}
+        if guard:
+            _guard_reasons(guard, allowed_a or {}, values, reasons, self.max_a)
         if mode == "protect" and how != "protect":  # protection asked for, the meter data missing
             values = self._stale_cap(now, values, reasons)
         else:
@@ -302,3 +319,15 @@ class Controller:
         if h is not None:
             self.headroom = h
         return h
+
+
+def _guard_reasons(guard: Mapping[str, float], allowed: Mapping[str, float], values: Mapping[str, float],
+                   reasons: dict[str, str], max_a: Mapping[str, float]) -> None:
+    """Name the capacity guard where its cap is the one that holds a charger (the balancer calls every
+    cap from outside an "eco plan" one)."""
+    for cid, cap in guard.items():
+        if cap > allowed.get(cid, math.inf) or cap >= max_a.get(cid, math.inf):
+            continue  # the eco plan's cap is lower, or the guard leaves the charger its max
+        held = values.get(cid, 0.0)
+        if reasons.get(cid, "").startswith("eco plan") or (held > 0 and held >= math.floor(cap) - 1e-9):
+            reasons[cid] = f"capacity guard: {cap:.1f} A until the hour ends"

@@ -16,6 +16,9 @@
       subscription/revocation (retained, from the issuer): verified with the issuer's key, stored
                           (flash image or memory), then the subscription is re-evaluated at once
       status file beside the flash image (read by `apm info`)
+      capacity guard ([capacity] enabled): owned by the Controller (its caps reach the balancer in
+                          ``decide``); its month's peaks kept in the flash image (``capacity_store``)
+                          and published on ``capacity`` (retained) every 30 s and when an hour closes
 
     async with Device(config, clock=clock, url=broker_url, outbox=box) as device:
         await device.run(serial_chunks(port))      # until the source ends; or device.feed(data)
@@ -44,9 +47,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from apm.core.capacity_guard import CapacityGuard, guard_for, month_doc, month_from_doc
 from apm.core.charger_state import ChargerState
 from apm.core.config import DeviceConfig
 from apm.core.controller import Controller, ReadingOutcome, balancer_settings
+from apm.core.eco.capacity import MonthLog, goal_from_settings
 from apm.core.headroom import Headroom, HeadroomEstimator
 from apm.core.meter_state import BaselineStore, HourlyEnergy, MeterState
 from apm.core.sessions import Session, SessionMeter
@@ -56,6 +61,7 @@ from apm.io.clock import Clock, RealClock
 from apm.io.mqtt.discovery import discovery_messages, session_messages
 from apm.io.mqtt.link import MqttLink
 from apm.io.mqtt.messages import (
+    CapacityPayload,
     HeadroomNote,
     Rejections,
     SessionPayload,
@@ -84,6 +90,7 @@ HeadroomListener = Callable[[float, HeadroomNote], None]
 
 SUBSCRIPTION_EVERY_S = 60.0  # clock seconds between re-evaluations (a token expires by the clock)
 STATUS_EVERY_S = 2.0  # wall seconds between status-file writes
+CAPACITY_EVERY_S = 30.0  # clock seconds between the capacity guard's retained updates
 # A headroom waiting in the link's queue longer than this (wall seconds) is not worth sending.
 HEADROOM_TTL_S = 2.0
 _EMPTY_READS_LOST = 64
@@ -91,6 +98,15 @@ MAX_FRAME_TIME_S = 2.0  # the longest a frame takes on the line (Aidon's list 3 
 MAX_REVOCATION_BYTES = 16 * 1024
 PLAUSIBLE_DRAW = 1.1  # a charger's report may show this much more than its max_a (meter tolerance)
 SESSION_EVERY_S = 10.0  # clock seconds between two publications of an open session's energy
+
+
+class CapacityStore(Protocol):
+    """Where the capacity guard's month is kept across a restart (`apm.io.storage.flash.FlashCapacity`):
+    `apm.core.capacity_guard.month_doc`'s form."""
+
+    def load(self) -> Mapping[str, Any] | None: ...
+
+    def save(self, month: Mapping[str, Any]) -> None: ...
 
 
 class PortLost(OSError):
@@ -254,6 +270,7 @@ class Device:
         char_time_s: float = 0.0,
         link_options: Mapping[str, Any] | None = None,
         baseline_store: BaselineStore | None = None,
+        capacity_store: CapacityStore | None = None,
     ) -> None:
         self.config = config
         # Clock seconds one character takes on the HAN line (0: a source without line timing, a replay).
@@ -271,6 +288,9 @@ class Device:
         self.baseline_store = baseline_store
         if baseline_store is not None:
             self._restore_baseline(baseline_store)
+        self.capacity_store = capacity_store
+        self._month_kept: MonthLog | None = None
+        self.controller.set_capacity(self._capacity_guard(capacity_store))
         self.stale_after_s = self.controller.stale_after_s
         self.subscription_source = subscription or no_subscription(config)
         # Only a source that holds the issuer's key can check a revocation, so only it listens for them.
@@ -297,7 +317,8 @@ class Device:
         charger_ids = [c.id for c in config.chargers]
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
-            birth=discovery_messages(self.topics, chargers=charger_ids) + session_messages(self.topics, charger_ids),
+            birth=discovery_messages(self.topics, chargers=charger_ids, capacity=self.controller.capacity is not None)
+            + session_messages(self.topics, charger_ids),
             subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: asyncio.Future[DeviceFailed] | None = None
@@ -332,6 +353,10 @@ class Device:
     @property
     def han_state(self) -> str:
         return self.controller.han_state
+
+    @property
+    def capacity(self) -> CapacityGuard | None:
+        return self.controller.capacity
 
     @property
     def advice(self) -> tuple[str, ...]:
@@ -417,6 +442,7 @@ class Device:
         self.link.publish(self.topics.reading_message(reading))
         if out.hourly is not None:
             self._hourly(out.hourly)
+            self.keep_capacity()
         if self.baseline_store is not None and self.state.baseline is not self._baseline_kept:
             self._keep_baseline(self.baseline_store)
         if out.new_meter:
@@ -503,6 +529,48 @@ class Device:
         except Exception as exc:  # as with the outbox: the meter goes on being read
             log.error("hourly baseline %s not stored: %s", baseline.meter_time, exc)
 
+    # --- the capacity guard ------------------------------------------------------------------------
+
+    def _capacity_guard(self, store: CapacityStore | None) -> CapacityGuard | None:
+        """The guard of the configuration's ``[capacity]``, with the month kept in ``store``."""
+        goal = goal_from_settings(self.config.capacity)
+        if goal is None:
+            return None
+        month = None
+        if store is not None:
+            try:
+                doc = store.load()
+                month = month_from_doc(doc, goal) if doc is not None else None
+            except Exception as exc:  # a broken store costs the month's peaks so far, not the device
+                log.error("capacity guard: the month's peaks not restored: %s", exc)
+        self._month_kept = month
+        guard = guard_for(goal, self.config.grid.network, self.config.chargers,
+                          min_a=self.config.balancer.min_a, log=month)
+        if guard is not None:
+            kept = f", {len(month.hours)} daily peaks of {month.year}-{month.month:02d} restored" if month else ""
+            log.info("capacity guard: keeping the month in the %g kW step%s", goal.step_kw, kept)
+        return guard
+
+    def keep_capacity(self) -> None:
+        """Store the guard's month when it changed (an hour closed, list 3 corrected one) and publish
+        its state at once."""
+        guard = self.controller.capacity
+        if guard is None or guard.log is None or guard.log is self._month_kept:
+            return
+        self._month_kept = guard.log
+        if self.capacity_store is not None:
+            try:
+                self.capacity_store.save(month_doc(guard.log))
+            except Exception as exc:  # as with the baseline: the meter goes on being read
+                log.error("capacity guard: the month's peaks not stored: %s", exc)
+        self.publish_capacity()
+
+    def publish_capacity(self) -> None:
+        guard = self.controller.capacity
+        status = guard.to_dict(self.clock.datetime()) if guard is not None else None
+        if status is not None:
+            self.link.publish(self.topics.capacity_message(CapacityPayload.of(status, iso_ts(self.clock.now()))))
+
     # --- subscription and status -------------------------------------------------------------------
 
     def evaluate_subscription(self) -> SubscriptionState:
@@ -571,6 +639,7 @@ class Device:
             "subscription": sub.state.value if sub else None,
             "rejected": {"messages": self.rejections.count, "unknown_chargers": self.rejections.unknown},
             "advice": list(self.advice),
+            "capacity": (self.capacity.to_dict(self.clock.datetime()) if self.capacity is not None else None),
             "chargers": self._charger_links(),
             "updated_at": iso_ts(self.clock.now()),
             "pid": os.getpid(),
@@ -640,6 +709,7 @@ class Device:
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
         next_eval = self.clock.now() + SUBSCRIPTION_EVERY_S
+        next_capacity = self.clock.now()
         while True:
             await asyncio.sleep(min(0.5, self.clock.wall(1.0)))
             now = self.clock.now()
@@ -649,6 +719,11 @@ class Device:
             if now >= next_eval:
                 next_eval = now + SUBSCRIPTION_EVERY_S
                 self.evaluate_subscription()
+            if self.capacity is not None:
+                self.keep_capacity()  # an hour the guard's own integral closed
+                if now >= next_capacity:
+                    next_capacity = now + CAPACITY_EVERY_S
+                    self.publish_capacity()
             if loop.time() - self._status_written >= STATUS_EVERY_S:
                 self._status_written = loop.time()
                 self.write_status()

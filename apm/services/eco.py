@@ -23,8 +23,19 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
+from apm.core.capacity_guard import CapacityGuard
 from apm.core.config import DeviceConfig
-from apm.core.eco.planner import CarRequest, Charger, Plan, PlanError, PlanOptions, plan, plan_at_once
+from apm.core.eco.capacity import MonthLog
+from apm.core.eco.planner import (
+    CapacityLimit,
+    CarRequest,
+    Charger,
+    Plan,
+    PlanError,
+    PlanOptions,
+    plan,
+    plan_at_once,
+)
 from apm.core.eco.prices import OSLO, PriceSeries
 from apm.core.eco.tariff import ELVIA, EnergyCharge
 from apm.io.mqtt.link import MqttLink
@@ -98,11 +109,15 @@ class EcoPlanner:
     to publish on ``eco/plan`` (None: clear it)."""
 
     def __init__(self, chargers: Mapping[str, Charger], prices: Callable[[datetime], PriceSeries],
-                 grid: EnergyCharge = ELVIA.energy, budget_a: float | None = None) -> None:
+                 grid: EnergyCharge = ELVIA.energy, budget_a: float | None = None,
+                 guard: CapacityGuard | None = None) -> None:
         self.chargers = dict(chargers)
         self.prices = prices
         self.grid = grid
         self.budget_a = budget_a
+        # The device's capacity guard: the plan keeps each hour in the same step, with the month the
+        # guard has seen so far and the household as it draws now (one goal, `[capacity]`).
+        self.guard = guard
         self.requests: dict[str, Request] = {}
         self.plan: Plan | None = None
         self.at_once: Plan | None = None  # the same requests charged at once: what the plan saves against
@@ -131,6 +146,10 @@ class EcoPlanner:
             self.requests[req.charger] = req
         return self.replan(now)
 
+    def capacity(self, now: datetime) -> CapacityLimit | None:
+        """The guard's step as the planner's hourly cap (None without a guard)."""
+        return None if self.guard is None else _capacity_limit(self.guard, now)
+
     def replan(self, now: datetime) -> EcoPlanPayload | None:
         """The plan over the requests whose departure is still ahead (older ones are dropped; a daily
         default is made again for its next departure)."""
@@ -146,10 +165,17 @@ class EcoPlanner:
             ch = self.chargers[r.charger]
             cars.append(CarRequest.for_hours(ch, r.departure, r.hours) if r.hours is not None
                         else CarRequest(ch, r.departure, r.energy_kwh or 0.0))
-        prices, options = self.prices(now), PlanOptions(grid=self.grid, budget_a=self.budget_a)
+        prices = self.prices(now)
+        options = PlanOptions(grid=self.grid, budget_a=self.budget_a, capacity=self.capacity(now))
         self.plan = plan(cars, prices, now, options)
         self.at_once = plan_at_once(cars, prices, now, options)
         return EcoPlanPayload.of(self.plan, [c for c, r in self.requests.items() if r.charge_now])
+
+
+def _capacity_limit(guard: CapacityGuard, now: datetime) -> CapacityLimit:
+    last = guard.last
+    household = last.advice.household_kw if last is not None else 0.0
+    return CapacityLimit.for_goal(guard.goal, guard.log or MonthLog.of(now, guard.goal.tz), now, household)
 
 
 def plan_message(topics: Topics, payload: EcoPlanPayload | None) -> OutMessage:

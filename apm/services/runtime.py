@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from apm.core.capacity_guard import CapacityGuard
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, DeviceConfig, OcppConfig
 from apm.core.lines import fixed_shares
@@ -34,7 +35,7 @@ from apm.core.meter_state import BaselineStore
 from apm.io.clock import Clock, RealClock, ScaledClock
 from apm.io.storage.outbox import Outbox
 from apm.services.balancer import BalancerService
-from apm.services.device import Device, SubscriptionSource
+from apm.services.device import CapacityStore, Device, SubscriptionSource
 from apm.services.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class Storage:
     baseline: BaselineStore | None = None  # where the hourly energy baseline is kept
     status_file: Path | None = None  # read by `apm info`
     settings_image: Path | None = None  # where owner settings changed while running are stored (None: not)
+    capacity: CapacityStore | None = None  # where the capacity guard's month is kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,8 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
                         "or a broker that outlives the device (docs/chargers.md)", ", ".join(goes))
         image = plan.storage.settings_image or (plan.web.image if plan.web is not None else None)
         run.settings = Settings(run.device, run.balancer, image=image)
-        run.work, run.eco = await _with_eco(stack, plan, url, run.work, run.settings)
+        run.work, run.eco = await _with_eco(stack, plan, url, run.work, run.settings,
+                                             run.device.controller.capacity)
         run.work = await _with_controls(stack, plan, url, run)
         if plan.web is not None:
             run.web_url = await _web(stack, plan.web, run)
@@ -202,7 +205,7 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
     s = plan.storage
     device = await stack.enter_async_context(Device(
         plan.config, url=url, clock=source.clock, outbox=s.outbox, subscription=s.subscription,
-        status_file=s.status_file, baseline_store=s.baseline))
+        status_file=s.status_file, baseline_store=s.baseline, capacity_store=s.capacity))
     balancer = await stack.enter_async_context(BalancerService.beside(device, url=url))
     b = plan.config.broker
     login = {"username": b.username, "password": b.password} if b.username else {}
@@ -213,9 +216,10 @@ async def _device(stack: contextlib.AsyncExitStack, plan: RunPlan, source: ByteS
 
 
 async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, work: Work,
-                    settings: Settings) -> tuple[Work, EcoService | None]:
+                    settings: Settings, guard: CapacityGuard | None = None) -> tuple[Work, EcoService | None]:
     """Smart eco beside ``work`` when there is a price source: requests on ``eco/request`` are
-    planned jointly and published on ``eco/plan``, which the balancer follows."""
+    planned jointly and published on ``eco/plan``, which the balancer follows; within the capacity
+    guard's step when it is on (the same goal and month)."""
     from apm.core.eco.planner import Charger
     from apm.io.mqtt.link import MqttLink, link_settings
     from apm.io.mqtt.topics import Topics
@@ -232,7 +236,8 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
     link = await stack.enter_async_context(MqttLink(url, client_id=f"apm-{config.serial}-eco",
                                                     **link_settings(config.broker)))
     budget = max(config.grid.fuse_a - config.grid.safety_margin_a, 0.0)
-    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget),
+    service = EcoService(link, Topics(config.serial), EcoPlanner(chargers, plan.eco.prices, budget_a=budget,
+                                                                       guard=guard),
                          defaults=daily_defaults(config))
     settings.listeners.append(service.on_settings)  # Smart eco on/off, a departure or energy changed
     stack.callback(settings.listeners.remove, service.on_settings)

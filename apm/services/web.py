@@ -92,6 +92,8 @@ class DevicePage:
             "han": self._han(now),
             "broker": self._broker(),
             "advice": list(d.advice),
+            # the capacity guard's month and hour (apm.core.capacity_guard.CapacityGuard.to_dict); None: off
+            "capacity": d.capacity.to_dict(d.clock.datetime()) if d.capacity is not None else None,
             "settings": {"stored_in": str(self.image) if self.image else None},
             "eco": self._eco(),
         }

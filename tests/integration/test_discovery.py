@@ -105,3 +105,30 @@ def test_configs_appear_retained_on_the_broker(mosquitto: Mosquitto) -> None:
                 assert hass.last(T.status) == b"online"
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_capacity_sensors_read_the_retained_capacity_topic_with_valid_classes() -> None:
+    from apm.io.mqtt.messages import CapacityPayload
+
+    found = {c["unique_id"].removeprefix("apm_APM_000-9_"): c for c in configs(capacity=True).values()}
+    assert len(found) == len(configs()) + 3
+    payload = json.loads(T.capacity_message(CapacityPayload.of({
+        "month": "2026-01", "peaks": [{"day": "2026-01-05", "kwh": 4.8}], "figure_kw": 4.8,
+        "step": {"from_kw": 2.0, "to_kw": 5.0, "nok_per_month": 200.0}, "goal_kw": 5.0, "hour_cap_kwh": 5.0,
+        "hour_used_kwh": 1.25, "hour_left_kwh": 3.75, "chargers_kw": 3.1, "caps_a": {"garage": 6.5}},
+        "2026-01-05T10:00:00.000Z")).payload)
+    # Home Assistant's pairs: power in kW as a measurement; an energy sensor may not be a measurement, so
+    # the kWh left this hour (falling, then back up at the hour) is energy_storage, whose class that is.
+    expect = {"capacity_step": ("power", "kW", "measurement", 5.0),
+              "capacity_peaks_average": ("power", "kW", "measurement", 4.8),
+              "capacity_left_this_hour": ("energy_storage", "kWh", "measurement", 3.75)}
+    for oid, (dc, unit, sc, value) in expect.items():
+        cfg = found[oid]
+        assert (cfg["device_class"], cfg["unit_of_measurement"], cfg["state_class"]) == (dc, unit, sc), oid
+        assert cfg["state_topic"] == T.capacity
+        field = re.fullmatch(r"\{\{ value_json\.(\w+) \}\}", cfg["value_template"]).group(1)
+        assert payload[field] == value, oid
+    assert T.capacity_message(CapacityPayload.of({
+        "month": "2026-01", "peaks": [], "figure_kw": 0.0, "step": {"from_kw": 0.0, "to_kw": 2.0,
+        "nok_per_month": 120.0}, "goal_kw": 5.0, "hour_cap_kwh": 5.0, "hour_used_kwh": 0.0,
+        "hour_left_kwh": 5.0}, "2026-01-01T00:00:00.000Z")).retain

@@ -37,6 +37,25 @@ def _planner(budget_a: float | None = None) -> EcoPlanner:
     return EcoPlanner(CHARGERS, lambda _now: week, budget_a=budget_a)
 
 
+def test_planner_keeps_the_capacity_guards_step() -> None:
+    """One goal: the planner caps each hour where the device's guard does (its month so far included)."""
+    from apm.core.capacity_guard import CapacityGuard
+    from apm.core.config import ChargerConfig
+    from apm.core.eco.capacity import CapacityGoal, MonthLog, hour_cap_kwh
+
+    goal = CapacityGoal(5.0, margin_kwh=0.05)
+    log = MonthLog(2026, 1).with_hour(datetime.fromisoformat("2026-01-05T17:00:00+01:00"), 6.0)
+    guard = CapacityGuard(goal, "TN", [ChargerConfig(id="a", phases=3), ChargerConfig(id="b", phases=3)], log=log)
+    week = sample_week()
+    p = EcoPlanner(CHARGERS, lambda _now: week, guard=guard)
+    d = p.handle({"charger": "a", "departure": DEPART, "energy_kwh": 20}, NOW)
+    assert d is not None
+    cap = hour_cap_kwh(goal, log, NOW) - goal.margin_kwh
+    assert cap < 5.0 - 0.05  # January's 6 kWh peak leaves less than the step's bound
+    assert d.plan().capacity_cap_kw == pytest.approx(cap)
+    assert _planner().handle({"charger": "a", "departure": DEPART, "energy_kwh": 20}, NOW).plan().capacity_cap_kw is None
+
+
 def test_planner_plans_jointly_and_rejects_bad_requests() -> None:
     p = _planner(budget_a=20)
     p.handle({"charger": "a", "departure": DEPART, "energy_kwh": 20}, NOW)

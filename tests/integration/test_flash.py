@@ -381,3 +381,26 @@ def test_contents_value_is_frozen():
     with pytest.raises(AttributeError):
         c.token = "x"  # type: ignore[misc]
     assert replace(c, token="x").token == "x"
+
+
+def test_the_capacity_guards_month_is_kept_beside_the_rest(tmp_path):
+    """The guard's month (its daily peak hours) survives a restart; a full month fits its budget; an
+    image without it reads as one without, and a write of something else keeps it."""
+    from datetime import UTC, datetime, timedelta
+
+    from apm.core.capacity_guard import month_doc, month_from_doc
+    from apm.core.eco.capacity import CapacityGoal, MonthLog
+
+    flash = Flash(tmp_path / "flash.img")
+    flash.write_baseline(Baseline("2026-01-31T23:00:00+01:00", 1.0e6, 0.0))
+    assert flash.read().capacity is None
+    log = MonthLog(2026, 1)
+    for day in range(31):
+        log = log.with_hour(datetime(2026, 1, 1, 17, tzinfo=UTC) + timedelta(days=day), 4.987654 - day / 100)
+    store = fl.FlashCapacity(flash)
+    store.save(month_doc(log))
+    flash.write_token("x.y.z")
+    back = month_from_doc(store.load(), CapacityGoal(5.0))
+    assert back.daily_peaks() == {d: round(k, 4) for d, k in log.daily_peaks().items()}
+    assert len(json.dumps(flash.read().capacity, separators=(",", ":"))) <= fl.BUDGETS["capacity"]
+    assert flash.read().baseline is not None and flash.read().token == "x.y.z"

@@ -67,6 +67,23 @@ def broker_status(url: str | None) -> str:
     return f"{url}: reachable (TCP connect to {host}:{port})"
 
 
+def capacity_lines(c: dict[str, Any]) -> list[str]:
+    """The capacity guard's status (`apm.core.capacity_guard.CapacityGuard.to_dict`) as `apm info` shows it."""
+    def kwh(v: Any) -> str:
+        return "no cap" if v is None else f"{v:.2f} kWh"
+
+    try:
+        step = c["step"]
+        to = f"{step['from_kw']:g}-{step['to_kw']:g} kW" if step["to_kw"] is not None else f"above {step['from_kw']:g} kW"
+        peaks = ", ".join(f"{p['day']} {p['kwh']:.2f}" for p in c["peaks"]) or "none yet"
+        return [f"{c['month']}: peaks {peaks} kWh, average {c['figure_kw']:.2f} kW: step {to} "
+                f"({step['nok_per_month']:g} NOK/month); goal {c['goal_kw']:g} kW",
+                f"this hour: {kwh(c['hour_used_kwh'])} used, {kwh(c['hour_left_kwh'])} still allowed",
+                f"chargers: {', '.join(f'{k} {v:g} A' for k, v in c.get('caps_a', {}).items()) or 'not capped'}"]
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"unreadable in the status file ({type(exc).__name__}: {exc})"]
+
+
 @command("info")
 def run(args: argparse.Namespace) -> int:
     from apm.core.subscription import evaluate
@@ -114,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     advice = status.get("advice")  # the running device's, from what its meter reports
     if isinstance(advice, list) and advice:
         info["advice"] = [str(a) for a in advice]
+    capacity = status.get("capacity")  # the running device's capacity guard ([capacity] enabled)
+    if isinstance(capacity, dict):
+        info["capacity"] = capacity if args.json else capacity_lines(capacity)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -350,7 +350,7 @@ def _sim_meter(text: str, speed: float) -> ByteSource:
 def _storage(args: argparse.Namespace, config: DeviceConfig, image: Path | None,
              closers: list[Callable[[], None]]) -> Storage:
     """What the device keeps (outbox, hourly baseline, status file) and what it may do (its token)."""
-    from apm.io.storage.flash import Flash, FlashBaseline, status_path
+    from apm.io.storage.flash import Flash, FlashBaseline, FlashCapacity, status_path
     from apm.io.storage.outbox import FlashOutbox
     from apm.services.device import flash_subscription, no_subscription
     from apm.services.runtime import Storage
@@ -363,7 +363,7 @@ def _storage(args: argparse.Namespace, config: DeviceConfig, image: Path | None,
         return Storage(no_subscription(config), outbox)
     flash = Flash(image)
     return Storage(flash_subscription(image, config), outbox if outbox is not None else FlashOutbox(flash),
-                   FlashBaseline(flash), status_path(image))
+                   FlashBaseline(flash), status_path(image), FlashCapacity(flash))
 
 
 def _file_outbox(path: str, closers: list[Callable[[], None]]) -> Any:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 EVERY_S = 1.0  # an event at least this often
 MIN_GAP_S = 0.2  # and at most five a second, however fast headroom comes (a replay at speed)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-STATIC = ("index.html", "app.js", "app.css", "eco.js")
+STATIC = ("index.html", "app.js", "app.css", "eco.js", "capacity.js")
 TYPES = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
 
 Snapshot = Callable[[], Mapping[str, Any]]

@@ -9,6 +9,12 @@ every connect, so a broker that lost its retained messages gets them back).
 Sensors: power (import, export), current and voltage per line, energy totals (import, export;
 ``total_increasing``, for the energy dashboard), headroom per line, each charger's setpoint.
 
+With the capacity guard on (``capacity=True``, `capacity_sensors`): the month's capacity step and the
+counted peaks' average (kW, power) and the kWh still allowed this hour. Home Assistant allows no
+``measurement`` state class on an ``energy`` sensor (a meter reading that only grows), so the kWh left
+this hour, which falls through the hour and jumps back at its end, is an ``energy_storage`` sensor (a
+budget that is drawn down), whose state class is ``measurement``.
+
 Power comes from list 2 by default: every vendor sends list 2 (Kamstrup sends no list 1). Pass
 ``power_list=1`` for a meter known to send list 1 (Aidon, Kaifa: every 2 s).
 """
@@ -119,6 +125,18 @@ def sensors(topics: Topics, *, chargers: Sequence[str] = (), lines: Sequence[int
     return out
 
 
+def capacity_sensors(topics: Topics) -> list[Sensor]:
+    """The capacity guard's sensors, read from its retained ``capacity`` topic (refreshed every 30 s)."""
+    t = topics.capacity
+    return [
+        Sensor("capacity_step", "Capacity step", t, "step_kw", "kW", "power", "measurement", None, 0),
+        Sensor("capacity_peaks_average", "Capacity peaks average", t, "figure_kw", "kW", "power", "measurement",
+               None, 2),
+        Sensor("capacity_left_this_hour", "Energy left this hour", t, "hour_left_kwh", "kWh", "energy_storage",
+               "measurement", FRESH_FOR_S * 5, 2),
+    ]
+
+
 def config_payload(sensor: Sensor, topics: Topics, device: DeviceInfo) -> DiscoveryConfig:
     return DiscoveryConfig(
         name=sensor.name,
@@ -141,14 +159,17 @@ def config_payload(sensor: Sensor, topics: Topics, device: DeviceInfo) -> Discov
 
 def discovery_messages(topics: Topics, device: DeviceInfo | None = None, *, chargers: Sequence[str] = (),
                        lines: Sequence[int] = (1, 2, 3), power_list: int = 2,
-                       prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
-    """The retained config message of every sensor of `sensors`."""
+                       prefix: str = DISCOVERY_PREFIX, capacity: bool = False) -> list[OutMessage]:
+    """The retained config message of every sensor of `sensors` (and `capacity_sensors` with ``capacity``)."""
     device = device or DeviceInfo(topics.serial)
     spec = SPECS[DISCOVERY]
+    found = sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
+    if capacity:
+        found += capacity_sensors(topics)
     return [
         OutMessage(config_topic(topics.serial, s.object_id, prefix),
                    payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
-        for s in sensors(topics, chargers=chargers, lines=lines, power_list=power_list)
+        for s in found
     ]
 
 

@@ -333,6 +333,45 @@ class DiscoveryOrigin(Payload, frozen=True, kw_only=True, omit_defaults=True):
     sw_version: str
 
 
+class CapacityPeak(msgspec.Struct, frozen=True, kw_only=True):
+    day: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    kwh: NonNegative
+
+
+# Every key always sent (null when unknown): Home Assistant's templates read them by name.
+class CapacityPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """This month's capacity step as the guard sees it (`apm.core.capacity_guard`), retained and
+    refreshed within the hour: the daily peaks that count (highest first), their mean (``figure_kw``),
+    the step that puts the month in (``step_kw``: its upper bound, null for the open top step), the
+    owner's goal, and this hour's cap, use and what is left of it (kWh, household included); the
+    chargers' power the guard allows for the rest of the hour and its cap on each charger (A)."""
+
+    month: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}$")]
+    peaks: list[CapacityPeak]
+    figure_kw: NonNegative
+    step_from_kw: NonNegative
+    step_kw: NonNegative | None
+    step_nok_per_month: NonNegative
+    goal_kw: NonNegative
+    hour_cap_kwh: NonNegative | None
+    hour_used_kwh: NonNegative
+    hour_left_kwh: NonNegative | None
+    chargers_kw: NonNegative | None = None
+    caps_a: dict[str, Amperes] = msgspec.field(default_factory=dict)
+    at: Ts
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any], at: str) -> CapacityPayload:
+        """From `apm.core.capacity_guard.CapacityGuard.to_dict`."""
+        step = status["step"]
+        return cls(month=status["month"], peaks=[CapacityPeak(day=p["day"], kwh=p["kwh"]) for p in status["peaks"]],
+                   figure_kw=status["figure_kw"], step_from_kw=step["from_kw"], step_kw=step["to_kw"],
+                   step_nok_per_month=step["nok_per_month"], goal_kw=status["goal_kw"],
+                   hour_cap_kwh=status["hour_cap_kwh"], hour_used_kwh=status["hour_used_kwh"],
+                   hour_left_kwh=status["hour_left_kwh"], chargers_kw=status.get("chargers_kw"),
+                   caps_a=dict(status.get("caps_a") or {}), at=at)
+
+
 class DiscoveryConfig(Payload, frozen=True, kw_only=True, omit_defaults=True):
     """One Home Assistant entity (`apm.io.mqtt.discovery`), retained on
     ``homeassistant/<component>/<node>/<object>/config``: a sensor, or a control (number, switch, select,

@@ -13,7 +13,8 @@ anything); headroom, charger state and setpoints are commands or inputs to comma
 so they are never retained: a value that outlives its publisher must not steer a charger. Hourly
 energy is QoS 1 and leaves the device through the persistent outbox (apm.io.storage.outbox): none may be lost,
 so it is delivered at least once and consumers drop duplicates by ``id``. A revocation and the eco plan
-are retained so that a device that was offline when they were sent still learns them.
+are retained so that a device that was offline when they were sent still learns them; the capacity
+guard's month is state, retained as a reading is.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from apm.core.meter_state import HourlyEnergy
 from apm.io.mqtt.messages import (
     OFFLINE,
     ONLINE,
+    CapacityPayload,
     ChargerSettingsPayload,
     ChargerStatePayload,
     Command,
@@ -80,6 +82,7 @@ CHARGER_SET: Final = "charger/set"
 CHARGER_SESSION: Final = "charger/session"
 PRICE: Final = "price"
 ENERGY_HOUR: Final = "energy/hour"
+CAPACITY: Final = "capacity"
 DISCOVERY: Final = "discovery"
 
 DISCOVERY_PREFIX: Final = "homeassistant"
@@ -134,6 +137,8 @@ TABLE: Final[tuple[TopicSpec, ...]] = (
               "device (a charger's charging session: its energy, start and duration)"),
     TopicSpec(PRICE, "apm/{serial}/price", PricePayload, 0, True, "device (Smart eco's price feed)"),
     TopicSpec(ENERGY_HOUR, "apm/{serial}/energy/hour", HourEnergyPayload, 0, False, "device"),
+    TopicSpec(CAPACITY, "apm/{serial}/capacity", CapacityPayload, 1, True,
+              "device, with the capacity guard on (every 30 s and when an hour closes)"),
     TopicSpec(DISCOVERY, "homeassistant/{component}/{node}/{object}/config", DiscoveryConfig, 1, True, "device"),
 )
 SPECS: Final[Mapping[str, TopicSpec]] = {s.kind: s for s in TABLE}
@@ -275,6 +280,10 @@ class Topics:
     def energy_hour(self) -> str:
         return self.topic(ENERGY_HOUR)
 
+    @property
+    def capacity(self) -> str:
+        return self.topic(CAPACITY)
+
     # Subscription filters.
     @property
     def all_settings_sets(self) -> str:
@@ -349,6 +358,9 @@ class Topics:
 
     def eco_request_message(self, request: EcoRequest) -> OutMessage:
         return self.message(ECO_REQUEST, request)
+
+    def capacity_message(self, status: CapacityPayload) -> OutMessage:
+        return self.message(CAPACITY, status)
 
 
 def payload_bytes(spec: TopicSpec, payload: Any) -> bytes:

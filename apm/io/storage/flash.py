@@ -3,7 +3,9 @@
 Contents: the configuration, the subscription token, the issuer's public key, the revocations
 received, the outbox of hourly-energy records not yet acknowledged by the cloud, and the hourly
 baseline (the counters of the last hourly list, `apm.core.meter_state.Baseline`), so that the first hour
-after a restart is recorded too. An image written before the baseline was kept reads as one without.
+after a restart is recorded too, and the capacity guard's month (its daily peak hours,
+`apm.core.capacity_guard.month_doc`), so that a restart does not forget the month's peaks. An image
+written before the baseline or the month was kept reads as one without.
 
 Room: each part has a fixed budget in a slot (`BUDGETS`, bytes of its JSON); a configuration, token,
 key, revocation or baseline that would exceed its budget is refused (`PartTooLarge`) and nothing is
@@ -58,6 +60,7 @@ BUDGETS: dict[str, int] = {
     "issuer_key": 1024,
     "revocations": 24 * 1024,  # some 55 revocations
     "baseline": 512,
+    "capacity": 2048,  # 31 daily peaks of ~32 bytes each, with the month
     "envelope": 1024,  # the keys, format, record counters and punctuation
 }
 # The rest is the outbox's: about 1,500 hourly records (some 64 days) of ~145 bytes each.
@@ -114,6 +117,7 @@ class FlashContents:
     next_record_id: int = 1
     baseline: Baseline | None = None  # the hourly energy baseline, kept across a restart
     outbox_dropped: int = 0  # records dropped unsent (the oldest, when the outbox was full) since the erase
+    capacity: dict[str, Any] | None = None  # the capacity guard's month (`apm.core.capacity_guard.month_doc`)
     unreadable_config: UnreadableConfig | None = None  # set only when ``config`` is None
 
     @property
@@ -245,6 +249,10 @@ class Flash:
 
     def write_baseline(self, baseline: Baseline | None) -> FlashContents:
         return self.update(lambda c: replace(c, baseline=baseline))
+
+    def write_capacity(self, month: Mapping[str, Any] | None) -> FlashContents:
+        doc = None if month is None else json.loads(json.dumps(dict(month), allow_nan=False))
+        return self.update(lambda c: replace(c, capacity=doc))
 
     def add_revocation(self, revocation: str) -> FlashContents:
         return self.update(
@@ -382,6 +390,8 @@ def _encode(c: FlashContents) -> bytes:
         "outbox_dropped": c.outbox_dropped,
         "baseline": c.baseline.to_dict() if c.baseline is not None else None,
     }
+    if c.capacity is not None:  # absent rather than null: an image without it reads as before
+        doc["capacity"] = c.capacity
     return _json(doc).encode()
 
 
@@ -430,6 +440,7 @@ def _decode(payload: bytes) -> FlashContents:
         next_record_id=int(doc["next_record_id"]),
         baseline=Baseline.from_dict(doc["baseline"]) if doc.get("baseline") is not None else None,
         outbox_dropped=int(doc.get("outbox_dropped", 0)),
+        capacity=doc["capacity"] if isinstance(doc.get("capacity"), dict) else None,
         unreadable_config=unreadable,
     )
 
@@ -437,14 +448,16 @@ def _decode(payload: bytes) -> FlashContents:
 # --- room ----------------------------------------------------------------------------------------
 
 _PART_NAMES = {"config": "the configuration", "token": "the token", "issuer_key": "the issuer key",
-               "revocations": "the revocations", "baseline": "the hourly baseline"}
+               "revocations": "the revocations", "baseline": "the hourly baseline",
+               "capacity": "the capacity guard's month"}
 
 
 def _parts(c: FlashContents) -> dict[str, Any]:
     """Each budgeted part as it is written (see `BUDGETS`)."""
     return {"config": _config_doc(c), "token": c.token, "issuer_key": c.issuer_key,
             "revocations": list(c.revocations),
-            "baseline": c.baseline.to_dict() if c.baseline is not None else None}
+            "baseline": c.baseline.to_dict() if c.baseline is not None else None,
+            "capacity": c.capacity}
 
 
 def fit(new: FlashContents, current: FlashContents | None = None) -> FlashContents:
@@ -545,3 +558,18 @@ class FlashBaseline:
 
     def save(self, baseline: Baseline) -> None:
         self.flash.write_baseline(baseline)
+
+
+class FlashCapacity:
+    """The capacity guard's month kept in the flash image (`apm.services.device.CapacityStore`): written
+    when the month's log changes (an hour closed, or the meter's list 3 corrected one), right after the
+    hour's record; `Flash.update` writes nothing when it did not change."""
+
+    def __init__(self, flash: Flash) -> None:
+        self.flash = flash
+
+    def load(self) -> dict[str, Any] | None:
+        return self.flash.read().capacity
+
+    def save(self, month: Mapping[str, Any]) -> None:
+        self.flash.write_capacity(month)
