@@ -157,7 +157,7 @@ def test_scenario_errors_name_the_key(tmp_path: Path) -> None:
         ({"balancer": {"sharing": "greedy"}}, "balancer.sharing"),
         ({"grid": {"network": "TN", "fuse_a": 25, "sequence": "L2-L1-L3"}}, "grid.sequence"),
         ({"grid": {"network": "TN", "fuse_a": 25, "unbalance": [0.5, 0, 0]}}, "grid.unbalance"),
-        ({"grid": {"network": "TN", "fuse_a": 25, "model": "phasor"}}, "grid.model"),  # a trace
+        ({"household": {"trace": "step.csv", "pf": 0.2}}, "household.pf"),
         ({"meter": {"vendor": "aidon", "kind": "3p-tn", "skew_s": -1}}, "meter.skew_s"),
         ({"colour": "red"}, "colour"),
     ):
