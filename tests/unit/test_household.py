@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from sim.household import DAY, SyntheticHome, TraceHome, WinterDay, it_pair_currents, make_household, slot_lines
+from sim.household import (
+    DAY,
+    SyntheticHome,
+    TraceHome,
+    WinterDay,
+    it_pair_currents,
+    make_household,
+    slot_lines,
+)
 
 
 def day_profile(home: SyntheticHome, step: int = 10) -> tuple[list[float], float]:
