@@ -300,7 +300,8 @@ _PAIR_PF_COLS = ("l12_pf", "l23_pf", "l31_pf")
 
 def it_pair_currents(l1: float, l2: float, l3: float) -> tuple[Triple, bool]:
     """The load currents (a, b, c) between L1-L2, L2-L3, L3-L1 that give the IT line-current
-    magnitudes ``l1, l2, l3`` when every load has the same power factor; and whether it had to clamp.
+    magnitudes ``l1, l2, l3`` (>= 0) when every load has the same power factor; and whether it had to
+    clamp.
 
     On three wires line k carries the difference of the currents of its two pairs, whose voltages
     are 120 degrees apart, so with one power factor (it turns every current alike)
@@ -317,11 +318,11 @@ def it_pair_currents(l1: float, l2: float, l3: float) -> tuple[Triple, bool]:
     line) are clamped up, never down: the pair away from the big line gets nothing, and the other two
     keep their ratio and grow until the big line is met, so no line of the world is below its trace.
     """
-    x = (max(0.0, l1), max(0.0, l2), max(0.0, l3))
+    x = (l1, l2, l3)
     sq = (x[0] * x[0], x[1] * x[1], x[2] * x[2])
     for k in range(3):  # at most one line can be too large
         i, j = (k + 1) % 3, (k + 2) % 3
-        if sq[k] > 0.0 and sq[k] >= sq[i] + sq[j] + x[i] * x[j] * (1.0 - 1e-12):
+        if sq[k] > (sq[i] + sq[j] + x[i] * x[j]) * (1.0 + 1e-9):  # on the bound the roots below hold
             return _it_clamped(k, x), True
     total = sq[0] + sq[1] + sq[2]
     if total == 0.0:
@@ -386,6 +387,9 @@ class TraceHome:
         for row in (pfs or ((pf,) * 3,)):
             if not all(0.5 <= x <= 1.0 for x in row):
                 raise ValueError(f"a power factor {row} is not within 0.5..1")
+        for t, row in zip(times, pairs or rows, strict=True):
+            if not all(0.0 <= x < math.inf for x in row):
+                raise ValueError(f"at {t:g} s: a current {row} is negative or not finite")
         self.network: Network = network
         self._t = list(times)
         self.clamped = 0
@@ -402,7 +406,7 @@ class TraceHome:
             self.clamped += clamped
         else:
             loads = rows[k]
-        amps = [max(0.0, x) * scale for x in loads]
+        amps = [x * scale for x in loads]
         lines = (amps[0], amps[1], amps[2]) if self.network == "TN" else _it_lines((amps[0], amps[1], amps[2]))
         w = [VOLT * a * p for a, p in zip(amps, pf, strict=True)]
         var = [VOLT * a * math.sqrt(max(0.0, 1.0 - p * p)) for a, p in zip(amps, pf, strict=True)]

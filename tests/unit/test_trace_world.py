@@ -158,3 +158,6 @@ def test_bad_trace_power_factors_are_refused(tmp_path: Path) -> None:
     bad.write_text("time_s,l12_a,l23_a,l31_a\n0,1,1,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="header"):
         TraceHome.from_csv("TN", bad)
+    bad.write_text("time_s,l1_a,l2_a,l3_a\n0,1,-1,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="negative"):
+        TraceHome.from_csv("IT", bad)
