@@ -16,14 +16,16 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
     fixed_current_a = 32                    # the comparison run's current; the balancer's fallback is
                                             # the device's: at most fuse - margin (`Scenario.fallback_a`)
     [grid]  network = "IT" | "TN" *, fuse_a *, safety_margin_a = 2, curve = "C" | "B" | "gG",
-            model = "magnitude" | "phasor" (default: phasor on IT with the synthetic household, else
-            magnitude; see sim/grid.py), phases = 3, sequence = "L1-L2-L3" | "L1-L3-L2",
+            model = "magnitude" | "phasor" (default: phasor on IT, magnitude on TN; see sim/grid.py), phases = 3, sequence = "L1-L2-L3" | "L1-L3-L2",
             unbalance = [0.0, -0.004, 0.005] (phasor model: relative deviation of each star voltage)
     [meter] vendor = "aidon" | "kaifa" | "kamstrup", kind = "3p-it" | "3p-tn" | "1p" (as han.profiles),
             outages = [[start_s, end_s], ...], repeat_hourly = false, skew_s = 0 (powers measured that
             long before the currents)
-    [household] model = "winter" | trace = "file.csv" (relative to the scenario), seed = 1,
-            outdoor_c = -8, heaters = 6, scale = 1.0, reactive = true (false: every load PF 1),
+    [household] model = "winter" | trace = "file.csv" (relative to the scenario; its columns and how it
+            becomes loads: sim.household.TraceHome), seed = 1, pf (a trace's power factor where it
+            has no pf column: 0.5..1, default 0.95; trace only),
+            outdoor_c = -8, heaters = 6, scale = 1.0 (every load's power, a trace's currents),
+            reactive = true (false: every load PF 1),
             thermostat_step_s = 1 (10: heater switches land on the meter's list-2 instants),
             base_pf = 0.9 (the standby and ventilation base load's), offset_s = 0 (the household's
             time of day at t = 0: 57600 starts the run at the household's 16:00)
@@ -33,7 +35,7 @@ Scenario (TOML). Keys marked * are required; the rest have defaults:
             ramp_a_per_s = 3, efficiency = 0.9, taper_soc = 0.9
     [balancer] any apm.core.config.BalancerSettings field but fixed_current_a (the top-level one)
     [headroom] any apm.core.config.HeadroomSettings field (two_wattmeter defaults to off with the magnitude
-            model on IT, which is not a physical world)
+            model on IT, which is not a physical world; a trace household gets the phasor model too)
 
 The file is declared as msgspec Structs (`ScenarioFile` and the tables below it) with the bounds of
 each key: the installation's keys are apm.core.config's own declarations (the grid's fuse and margin,
@@ -45,11 +47,12 @@ and ``band``; ``energy_kwh`` per EV, ``energy_total_kwh``, ``final_soc``; ``setp
 (seconds on the fixed fallback); ``hourly_records`` and ``repeated_hourly_dropped``; ``readings`` per list;
 ``i2`` (IT without I2: how the headroom's estimate of the L2 line current compared with the true one
 at each list: mean and largest excess, largest shortfall overall and per method, and how many lists
-each bound was the tighter one); and three oracles. Each charges its own copies of the EVs every
-second at exactly the remaining headroom, from the true household currents of that second (the
-grid model's, our chargers' current added to them in phase), within charger and EV limits and the
-6 A minimum, with no delays, no list intervals and no rate limits. They differ in what they know
-and how they share:
+each bound was the tighter one); ``household_trace`` (a trace household: its ``rows`` and the
+``clamped_rows`` whose IT line magnitudes no loads make, raised to ones that do: sim.household); and
+three oracles. Each charges its own copies of the EVs every second at exactly the remaining
+headroom, from the true household currents of that second (the grid model's, our chargers' current
+added to them in phase), within charger and EV limits and the 6 A minimum, with no delays, no list
+intervals and no rate limits. They differ in what they know and how they share:
 
 - ``oracle_measured_energy_kwh`` (``oracle_measured_ratio``, and the headline ``ratio``): what the
   fuse allows, shared fairly. The remaining headroom is fuse - margin - household current per line,
@@ -119,6 +122,7 @@ from han import HanReader
 from sim.charger import SimCharger
 from sim.ev import EV
 from sim.grid import DEFAULT_UNBALANCE
+from sim.household import TraceHome
 from sim.meter import scenario_meter
 from sim.world import World
 
@@ -216,7 +220,7 @@ class ScenarioGrid(Struct, frozen=True, forbid_unknown_fields=True):
     fuse_a: FuseAmps
     safety_margin_a: MarginAmps = 2.0
     curve: Literal["C", "B", "gG"] = "C"  # sim.fuse.CURVES
-    model: Literal["magnitude", "phasor"] | None = None  # None: phasor on IT with the synthetic household
+    model: Literal["magnitude", "phasor"] | None = None  # None: phasor on IT, magnitude on TN
     phases: Literal[1, 3] | None = None  # None: 1 with a 1p meter, else 3
     sequence: Literal["L1-L2-L3", "L1-L3-L2"] = "L1-L2-L3"
     unbalance: tuple[Unbalance, Unbalance, Unbalance] = DEFAULT_UNBALANCE
@@ -256,6 +260,7 @@ class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_de
     model: Literal["winter", "norwegian-winter"] | None = None
     trace: Annotated[str, Meta(min_length=1)] | None = None  # a CSV, relative to the scenario
     seed: Annotated[int, Meta(ge=0, le=2**31 - 1)] = 1
+    pf: Annotated[float, Meta(ge=0.5, le=1.0)] | None = None  # a trace's (None: sim.household.DEFAULT_TRACE_PF)
     outdoor_c: Annotated[float, Meta(ge=-50.0, le=40.0)] = -8.0
     heaters: Annotated[int, Meta(ge=0, le=50)] = 6
     scale: Annotated[float, Meta(ge=0.0, le=20.0)] = 1.0
@@ -263,6 +268,11 @@ class ScenarioHousehold(Struct, frozen=True, forbid_unknown_fields=True, omit_de
     thermostat_step_s: Annotated[float, Meta(ge=0.1, le=3600.0)] = 1.0
     base_pf: Annotated[float, Meta(ge=0.5, le=1.0)] = 0.9
     offset_s: Annotated[float, Meta(ge=0.0, lt=86400.0)] = 0.0  # the household's time of day at t = 0
+
+    def __post_init__(self) -> None:
+        if self.pf is not None and self.trace is None:
+            raise ConfigError("pf", "is a trace's power factor (the synthetic home's appliances have "
+                                    "their own, and base_pf)")
 
 
 class ScenarioEV(Struct, frozen=True, forbid_unknown_fields=True):
@@ -319,13 +329,11 @@ class ScenarioFile(Struct, frozen=True, forbid_unknown_fields=True):
     def model(self) -> str:
         if self.grid.model is not None:
             return self.grid.model
-        return "phasor" if self.grid.network == "IT" and self.household.trace is None else "magnitude"
+        return "phasor" if self.grid.network == "IT" else "magnitude"
 
     def _check_meter(self) -> None:
         if self.kind != "1p" and self.kind != f"3p-{self.grid.network.lower()}":
             raise ConfigError("meter.kind", f"a {self.kind} meter on an {self.grid.network} network")
-        if self.model == "phasor" and self.household.trace is not None:
-            raise ConfigError("grid.model", "the phasor model needs the synthetic household, not a trace")
         for i, (_, end) in enumerate(self.meter.outages):
             if end > self.duration_s:
                 raise ConfigError(f"meter.outages[{i}]", f"ends ({end:g} s) after the scenario "
@@ -559,6 +567,8 @@ def _report(sc: Scenario, fixed: bool, world: World, controller: Controller, loo
         report["readings"] = {f"list{k}": v for k, v in status.counts.items()}
         if loop is not None and loop.i2.n:
             report["i2"] = loop.i2.report()
+    if isinstance(world.household, TraceHome):  # rows whose magnitudes no loads make (IT), clamped up
+        report["household_trace"] = {"rows": world.household.rows, "clamped_rows": world.household.clamped}
     if policy is not None:
         report.update(policy.report())
     report["runtime_s"] = round(runtime_s, 2)

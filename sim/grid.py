@@ -8,14 +8,15 @@ Two models:
   between two lines; its current phasor on one line is 60 degrees away from that of a load on the
   other pair through the same line, so the true line current sqrt(a^2 + b^2 + ab) is smaller than
   a + b. The magnitude model therefore over-states IT line currents (by up to 13 %): the fuse judge
-  sees at least the true current. It is cheap, and it takes a line-current trace. Its power and
+  sees at least the true current. It is cheap. Its power and
   reactive power are the loads' sums; on IT its currents are not what a two-element meter would
   measure with that power (it is not a physical world), so the device's two-wattmeter estimate of
   I2 must not be used with it (`sim.closed_loop` turns it off there).
 - ``"phasor"``: every load as a complex current at its power factor on a three-phase supply, the
   line currents as phasor sums, and P + jQ as the meter measures it: on IT with two elements,
   U12 conj(I1) + U32 conj(I3), on TN sum(Vk conj(Ik)). Exact for constant-power loads on a stiff
-  supply. Needs per-connection loads (the synthetic household), not a line-current trace.
+  supply. Needs per-connection loads: the synthetic household's, or a trace's as
+  `sim.household.TraceHome` makes them from its currents and power factors.
 
 The supply (phasor model) is stiff: star voltages of 230/sqrt(3) V (IT) or 230 V (TN), symmetric or
 with a small fixed unbalance (``unbalance``, relative, per star voltage; Norwegian grids stay within
@@ -130,7 +131,7 @@ class Grid:
 
     def _house_phasors(self, house: HouseSample) -> list[complex]:
         if house.slots_w is None:
-            raise ValueError("the phasor model needs per-connection household loads (not a trace)")
+            raise ValueError("the phasor model needs per-connection household loads (slots_w)")
         s = house.slots_w
         q = house.slots_var or (0.0, 0.0, 0.0, 0.0)
         acc = [0j, 0j, 0j]

@@ -1,7 +1,8 @@
 """Household load: a synthetic Norwegian home with electric heating, or a recorded trace.
 
 Both give a `HouseSample` at simulated time t (seconds since local midnight of the first day): the
-current on each grid line, the active power, and (synthetic model) the power on each connection.
+current on each grid line, the active and reactive power, and the power on each connection (a trace's
+currents become such loads: see `TraceHome`).
 
 Connections ("slots"): on TN 3x400 V a single-phase appliance sits between one line and neutral (slot
 0, 1, 2 = L1, L2, L3); on IT 3x230 V between two lines (slot 0, 1, 2 = L1-L2, L2-L3, L3-L1), so its
@@ -290,40 +291,166 @@ class SyntheticHome:
             tank.deficit_wh = 0.0
 
 
-class TraceHome:
-    """Household currents from a CSV ``time_s,l1_a,l2_a,l3_a``; each row holds until the next.
+DEFAULT_TRACE_PF = 0.95  # a trace's power factor (inductive) where it does not give its own
+_LINE_COLS = ("l1_a", "l2_a", "l3_a")
+_PAIR_COLS = ("l12_a", "l23_a", "l31_a")  # IT: the current of the loads between each pair of lines
+_LINE_PF_COLS = ("l1_pf", "l2_pf", "l3_pf")
+_PAIR_PF_COLS = ("l12_pf", "l23_pf", "l31_pf")
 
-    Before the first row the first row's currents apply; after the last, the last's. Power is taken
-    as resistive: 230 V x (sum of line currents) on TN, half of it on IT (each 230 V load shows on
-    two lines).
+
+def it_pair_currents(l1: float, l2: float, l3: float) -> tuple[Triple, bool]:
+    """The load currents (a, b, c) between L1-L2, L2-L3, L3-L1 that give the IT line-current
+    magnitudes ``l1, l2, l3`` (>= 0) when every load has the same power factor; and whether it had to
+    clamp.
+
+    On three wires line k carries the difference of the currents of its two pairs, whose voltages
+    are 120 degrees apart, so with one power factor (it turns every current alike)
+    ``l1^2 = a^2 + c^2 + ac``, ``l2^2 = a^2 + b^2 + ab``, ``l3^2 = b^2 + c^2 + bc``, for either phase
+    sequence (it mirrors the picture, not the lengths). That is the Fermat point of the triangle with
+    sides l1, l2, l3: a, b, c are its distances to the corners. The system has other roots, with a
+    negative current (a pair that generates); loads consume, so the non-negative one is taken: it
+    exists, and is unique, when no angle of the triangle reaches 120 degrees, i.e. no line has
+    ``lk^2 >= li^2 + lj^2 + li lj`` for the other two. Then (the Fermat distances in closed form)
+    ``S = a + b + c``, ``S^2 = (l1^2 + l2^2 + l3^2) / 2 + 2 sqrt(3) area``, and the differences of the
+    equations give ``(b - c) S = l2^2 - l1^2`` and so on.
+
+    Magnitudes no set of loads can make (a line above what its neighbours allow, a single loaded
+    line) are clamped up, never down: the pair away from the big line gets nothing, and the other two
+    keep their ratio and grow until the big line is met, so no line of the world is below its trace.
+    """
+    x = (l1, l2, l3)
+    sq = (x[0] * x[0], x[1] * x[1], x[2] * x[2])
+    for k in range(3):  # at most one line can be too large
+        i, j = (k + 1) % 3, (k + 2) % 3
+        if sq[k] > (sq[i] + sq[j] + x[i] * x[j]) * (1.0 + 1e-9):  # on the bound the roots below hold
+            return _it_clamped(k, x), True
+    total = sq[0] + sq[1] + sq[2]
+    if total == 0.0:
+        return (0.0, 0.0, 0.0), False
+    area16 = max(0.0, 2.0 * (sq[0] * sq[1] + sq[1] * sq[2] + sq[2] * sq[0]) - (sq[0] ** 2 + sq[1] ** 2 + sq[2] ** 2))
+    s = math.sqrt(total / 2.0 + 2.0 * math.sqrt(3.0) * math.sqrt(area16) / 4.0)
+    a_b = (sq[0] - sq[2]) / s  # a - b
+    c_a = (sq[2] - sq[1]) / s  # c - a
+    a = (s + a_b - c_a) / 3.0
+    return (max(0.0, a), max(0.0, a - a_b), max(0.0, a + c_a)), False
+
+
+def _it_clamped(k: int, x: Triple) -> Triple:
+    """Line k is more than its two pairs can make: the opposite pair is 0, the other two scaled up."""
+    i, j = (k + 1) % 3, (k + 2) % 3
+    # pair (k, i) alone is on line i, pair (k, j) alone on line j: they carry li and lj, times g
+    base = math.sqrt(x[i] * x[i] + x[j] * x[j] + x[i] * x[j])
+    if base > 0.0:
+        on_i, on_j = x[i] * x[k] / base, x[j] * x[k] / base
+    else:
+        on_i = on_j = x[k] / math.sqrt(3.0)
+    out = [0.0, 0.0, 0.0]  # index m: the pair of lines (m, m + 1); pair (i, j) stays at 0
+    out[k] = on_i  # pair (k, i)
+    out[j] = on_j  # pair (j, k)
+    return (out[0], out[1], out[2])
+
+
+def _it_lines(pairs: Triple) -> Triple:
+    """IT line-current magnitudes of pair currents with one power factor (see it_pair_currents)."""
+    a, b, c = pairs
+    return (math.sqrt(a * a + c * c + a * c), math.sqrt(a * a + b * b + a * b), math.sqrt(b * b + c * c + b * c))
+
+
+class TraceHome:
+    """Household loads from a recorded CSV, ``time_s`` and currents; each row holds until the next.
+
+    Columns: ``l1_a,l2_a,l3_a`` (line-current magnitudes); on IT instead (or as well: they win)
+    ``l12_a,l23_a,l31_a``, the current of the loads between each pair of lines. Power factors
+    (inductive, 0.5..1): a ``pf`` column for every load of that row, or per connection
+    ``l1_pf,l2_pf,l3_pf`` (TN) / ``l12_pf,l23_pf,l31_pf`` (IT), else ``pf`` (`DEFAULT_TRACE_PF`).
+
+    Every row becomes loads a physical grid can carry (``slots_w`` and ``slots_var`` as the synthetic
+    home gives them), so the phasor grid model, the meter's P and Q, and every estimator of the
+    device fit the currents: on TN a load line to neutral per line; on IT the pair loads of
+    `it_pair_currents` (line magnitudes that no loads make are clamped up: ``clamped`` counts those
+    rows). ``lines`` is the loads' true line-current magnitudes: the trace's, but for clamped rows.
+    ``scale`` multiplies every current. Before the first row the first row's loads apply; after the
+    last, the last's.
     """
 
-    def __init__(self, network: Network, times: Sequence[float], rows: Sequence[Triple]) -> None:
+    def __init__(self, network: Network, times: Sequence[float], rows: Sequence[Triple], *,
+                 pf: float = DEFAULT_TRACE_PF, pfs: Sequence[Triple] | None = None,
+                 pairs: Sequence[Triple] | None = None, scale: float = 1.0) -> None:
         if not times:
             raise ValueError("trace has no rows")
         if any(b < a for a, b in zip(times, times[1:], strict=False)):
             raise ValueError("trace times must not decrease")
+        if pairs is not None and network != "IT":
+            raise ValueError("per-pair currents (l12_a, l23_a, l31_a) are for IT only")
+        if scale < 0.0:
+            raise ValueError("scale must not be negative")
+        for row in (pfs or ((pf,) * 3,)):
+            if not all(0.5 <= x <= 1.0 for x in row):
+                raise ValueError(f"a power factor {row} is not within 0.5..1")
+        for t, row in zip(times, pairs or rows, strict=True):
+            if not all(0.0 <= x < math.inf for x in row):
+                raise ValueError(f"at {t:g} s: a current {row} is negative or not finite")
         self.network: Network = network
         self._t = list(times)
-        self._rows = list(rows)
+        self.clamped = 0
+        self._samples = [self._sample_of(k, rows, pairs, pfs[k] if pfs else (pf, pf, pf), scale)
+                         for k in range(len(times))]
         self._i = 0
 
+    def _sample_of(self, k: int, rows: Sequence[Triple], pairs: Sequence[Triple] | None, pf: Triple,
+                   scale: float) -> HouseSample:
+        if pairs is not None:
+            loads = pairs[k]
+        elif self.network == "IT":
+            loads, clamped = it_pair_currents(*rows[k])
+            self.clamped += clamped
+        else:
+            loads = rows[k]
+        amps = [x * scale for x in loads]
+        lines = (amps[0], amps[1], amps[2]) if self.network == "TN" else _it_lines((amps[0], amps[1], amps[2]))
+        w = [VOLT * a * p for a, p in zip(amps, pf, strict=True)]
+        var = [VOLT * a * math.sqrt(max(0.0, 1.0 - p * p)) for a, p in zip(amps, pf, strict=True)]
+        return HouseSample(lines, w[0] + w[1] + w[2], (w[0], w[1], w[2], 0.0), var[0] + var[1] + var[2],
+                           (var[0], var[1], var[2], 0.0))
+
+    @property
+    def rows(self) -> int:
+        return len(self._t)
+
     @classmethod
-    def from_csv(cls, network: Network, path: str | Path) -> TraceHome:
-        times: list[float] = []
-        rows: list[Triple] = []
+    def from_csv(cls, network: Network, path: str | Path, *, pf: float = DEFAULT_TRACE_PF,
+                 scale: float = 1.0) -> TraceHome:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            need = {"time_s", "l1_a", "l2_a", "l3_a"}
-            if reader.fieldnames is None or not need <= set(reader.fieldnames):
-                raise ValueError(f"{path}: header must be time_s,l1_a,l2_a,l3_a")
+            cols = set(reader.fieldnames or ())
+            per_pair = network == "IT" and set(_PAIR_COLS) <= cols
+            if "time_s" not in cols or not (per_pair or set(_LINE_COLS) <= cols):
+                raise ValueError(f"{path}: header must be time_s,l1_a,l2_a,l3_a (on IT or l12_a,l23_a,l31_a)")
+            if network == "IT" and set(_LINE_PF_COLS) & cols:
+                raise ValueError(f"{path}: on IT a power factor belongs to a pair of lines: "
+                                 "pf or l12_pf,l23_pf,l31_pf")
+            pf_cols = _PAIR_PF_COLS if network == "IT" else _LINE_PF_COLS
+            own_pf = set(pf_cols) <= cols
+            amp_cols = _PAIR_COLS if per_pair else _LINE_COLS
+            times: list[float] = []
+            rows: list[Triple] = []
+            pfs: list[Triple] = []
             for n, row in enumerate(reader, start=2):
                 try:
                     times.append(float(row["time_s"]))
-                    rows.append((float(row["l1_a"]), float(row["l2_a"]), float(row["l3_a"])))
+                    rows.append(_triple(row, amp_cols))
+                    if own_pf:
+                        pfs.append(_triple(row, pf_cols))
+                    elif "pf" in cols:
+                        pfs.append((float(row["pf"]),) * 3)
                 except (TypeError, ValueError):
                     raise ValueError(f"{path}:{n}: not a number in {row}") from None
-        return cls(network, times, rows)
+        try:
+            if per_pair:
+                return cls(network, times, rows, pf=pf, pfs=pfs or None, pairs=rows, scale=scale)
+            return cls(network, times, rows, pf=pf, pfs=pfs or None, scale=scale)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def sample(self, t: float) -> HouseSample:
         ts = self._t
@@ -335,17 +462,19 @@ class TraceHome:
         elif ts[i] > t:
             i = max(0, bisect.bisect_right(ts, t) - 1)
         self._i = i
-        lines = self._rows[i]
-        total = lines[0] + lines[1] + lines[2]
-        power = VOLT * total * (1.0 if self.network == "TN" else 0.5)
-        return HouseSample(lines, power, None)
+        return self._samples[i]
+
+
+def _triple(row: dict[str, str], cols: tuple[str, str, str]) -> Triple:
+    return (float(row[cols[0]]), float(row[cols[1]]), float(row[cols[2]]))
 
 
 def make_household(network: Network, model: str | None = None, trace: str | Path | None = None,
                    seed: int = 1, **options: float) -> SyntheticHome | TraceHome:
     """The scenario's ``[household]``: ``trace = "file.csv"`` or ``model = "winter"`` (the synthetic home)."""
     if trace is not None:
-        return TraceHome.from_csv(network, trace)
+        return TraceHome.from_csv(network, trace, pf=float(options.pop("pf", DEFAULT_TRACE_PF)),
+                                  scale=float(options.pop("scale", 1.0)))
     if model in (None, "winter", "norwegian-winter"):
         weather = WinterDay(mean_c=float(options.pop("outdoor_c", -8.0)))
         return SyntheticHome(network, seed, weather=weather, heaters=int(options.pop("heaters", 6)),

@@ -157,7 +157,7 @@ def test_scenario_errors_name_the_key(tmp_path: Path) -> None:
         ({"balancer": {"sharing": "greedy"}}, "balancer.sharing"),
         ({"grid": {"network": "TN", "fuse_a": 25, "sequence": "L2-L1-L3"}}, "grid.sequence"),
         ({"grid": {"network": "TN", "fuse_a": 25, "unbalance": [0.5, 0, 0]}}, "grid.unbalance"),
-        ({"grid": {"network": "TN", "fuse_a": 25, "model": "phasor"}}, "grid.model"),  # a trace
+        ({"household": {"trace": "step.csv", "pf": 0.2}}, "household.pf"),
         ({"meter": {"vendor": "aidon", "kind": "3p-tn", "skew_s": -1}}, "meter.skew_s"),
         ({"colour": "red"}, "colour"),
     ):
@@ -318,6 +318,39 @@ def test_winter_it_day_with_the_power_bound_on_i2() -> None:
                                      headroom={"i2_power_factor": 1.0, "two_wattmeter": False}))
     assert report["trips"] == 0
     assert report["oracle_measured_ratio"] >= 0.97
+
+
+def test_an_it_trace_is_a_physical_world_for_the_two_wattmeter_bound(tmp_path: Path) -> None:
+    """Issue 15 item 3: an IT trace of line-current magnitudes (loads L1-L2 20 A, L2-L3 10 A, L3-L1 2 A
+    from 300 s to 600 s, at PF 0.95) runs in the phasor world with the two-wattmeter bound on; the
+    bound is never below the true L2 current, and it delivers more than the Kirchhoff bound alone.
+    ``scale`` halves the trace's currents."""
+    def lines(a: float, b: float, c: float) -> str:  # IT line magnitudes of pair loads at one PF
+        x = ((a * a + c * c + a * c) ** 0.5, (a * a + b * b + a * b) ** 0.5, (b * b + c * c + b * c) ** 0.5)
+        return ",".join(f"{v:.3f}" for v in x)
+
+    (tmp_path / "house.csv").write_text(f"time_s,l1_a,l2_a,l3_a\n0,{lines(6, 4, 1)}\n300,{lines(20, 10, 2)}\n"
+                                        f"600,{lines(6, 4, 1)}\n", encoding="utf-8")
+    d: dict[str, Any] = {
+        "duration_s": 900, "grid": {"network": "IT", "fuse_a": 40, "safety_margin_a": 2},
+        "meter": {"vendor": "aidon", "kind": "3p-it"}, "household": {"trace": "house.csv"},
+        "charger": [{"id": "a", "max_a": 32, "phases": 1, "rotation": ["L1", "L2", "L3"]}],
+        "ev": [{"charger": "a", "phases": 1, "max_a": 32, "battery_kwh": 80, "soc": 0.2}],
+    }
+    sc = scenario_from_dict(d, base=tmp_path)
+    assert sc.grid_model == "phasor" and "two_wattmeter" not in sc.headroom
+    trace = Trace()
+    report = run(sc, trace=trace)
+    assert report["trips"] == 0 and report["household_trace"] == {"rows": 3, "clamped_rows": 0}
+    assert report["i2"]["method"]["two-wattmeter"] > 0
+    assert report["i2"]["max_shortfall_by_method_a"]["two-wattmeter"] == 0.0
+    # the household's line currents are the trace's (the supply's 1 % unbalance moves them a little)
+    assert trace.house[400] == pytest.approx((21.07, 26.46, 11.14), rel=0.01)
+    kirchhoff = run(dataclasses.replace(sc, headroom={"two_wattmeter": False}))
+    assert report["energy_total_kwh"] > kirchhoff["energy_total_kwh"]
+    half = Trace()
+    run(scenario_from_dict({**d, "household": {"trace": "house.csv", "scale": 0.5}}, base=tmp_path), trace=half)
+    assert half.house[400] == pytest.approx(tuple(x / 2 for x in trace.house[400]))
 
 
 def test_single_phase_supply(tmp_path: Path) -> None:

@@ -93,10 +93,10 @@ def test_tn_phasor_lines_and_power() -> None:
 
 
 def test_phasor_model_needs_per_connection_loads_and_checks_its_settings() -> None:
-    trace = HouseSample((5.0, 5.0, 5.0), 1725.0, None)
-    with pytest.raises(ValueError, match="trace"):
-        Grid("IT", model="phasor").measure(trace, [])
-    assert Grid("IT").measure(trace, []).lines == (5.0, 5.0, 5.0)
+    lines_only = HouseSample((5.0, 5.0, 5.0), 1725.0, None)  # (sim.household.TraceHome gives slots)
+    with pytest.raises(ValueError, match="slots_w"):
+        Grid("IT", model="phasor").measure(lines_only, [])
+    assert Grid("IT").measure(lines_only, []).lines == (5.0, 5.0, 5.0)
     with pytest.raises(ValueError):
         Grid("IT", sequence=2)
     with pytest.raises(ValueError):

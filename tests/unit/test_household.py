@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from sim.household import DAY, SyntheticHome, TraceHome, WinterDay, make_household, slot_lines
+from sim.household import (
+    DAY,
+    SyntheticHome,
+    TraceHome,
+    WinterDay,
+    it_pair_currents,
+    make_household,
+    slot_lines,
+)
 
 
 def day_profile(home: SyntheticHome, step: int = 10) -> tuple[list[float], float]:
@@ -66,9 +74,11 @@ def test_trace_rows_hold_until_the_next(tmp_path: Path) -> None:
     got = {t: home.sample(float(t)).lines for t in (0, 10, 19, 20, 39, 40, 1000)}
     assert got == {0: (1, 2, 3), 10: (1, 2, 3), 19: (1, 2, 3), 20: (4, 5, 6), 39: (4, 5, 6), 40: (7, 8, 9),
                    1000: (7, 8, 9)}
-    assert home.sample(1000.0).power_w == pytest.approx(230.0 * 24)
+    assert home.sample(1000.0).power_w == pytest.approx(230.0 * 24 * 0.95)  # DEFAULT_TRACE_PF
     it = make_household("IT", trace=path)
-    assert it.sample(25.0).power_w == pytest.approx(230.0 * 15 / 2)
+    # IT: the pair loads that make 4, 5, 6 A on the lines (sim.household.it_pair_currents)
+    assert it.sample(25.0).lines == pytest.approx((4.0, 5.0, 6.0))
+    assert it.sample(25.0).power_w == pytest.approx(230.0 * 0.95 * sum(it_pair_currents(4.0, 5.0, 6.0)[0]))
 
 
 def test_bad_traces_are_rejected(tmp_path: Path) -> None:

@@ -79,6 +79,8 @@ def test_the_world_keys_match_the_simulator():
         ({"meter": {"kind": "3p-it"}}, "meter.kind", "a 3p-it meter on an TN network"),
         ({"household": {"heaters": 2.5}}, "household.heaters", "is not a whole number"),
         ({"household": {"colour": "red"}}, "household.colour", "unknown setting"),
+        ({"household": {"pf": 0.9}}, "household.pf", "is a trace's power factor"),
+        ({"household": {"trace": "x.csv", "pf": 0.3}}, "household.pf", "out of range (0.5..1)"),
         ({"charger": [{"id": "a"}, {"id": "a"}]}, "charger[1].id", "duplicate"),
         ({"charger": [{"id": "a", "max_a": 100}]}, "charger[0].max_a", "out of range (6..80 A)"),
         ({"ev": [{"charger": "a", "soc": 1.5}]}, "ev[0].soc", "1.5 is out of range (0..1)"),
@@ -101,10 +103,13 @@ def test_scenario_errors_name_the_key(change, path, says):
 def test_defaults_that_depend_on_other_keys():
     it = scenario_from_dict({**base(), "grid": {"network": "IT", "fuse_a": 40}})
     assert (it.grid_model, it.supply_phases, it.headroom) == ("phasor", 3, {})
-    traced = {**base(), "grid": {"network": "IT", "fuse_a": 40}, "household": {"trace": "x.csv"}}
-    magnitude = scenario_from_dict(traced, base=Path("/data"))
+    # a trace on IT is a physical world too (sim.household.TraceHome): phasor, the two-wattmeter bound on
+    traced = {**base(), "grid": {"network": "IT", "fuse_a": 40}, "household": {"trace": "x.csv", "scale": 0.5}}
+    phasor = scenario_from_dict(traced, base=Path("/data"))
+    assert phasor.grid_model == "phasor" and phasor.headroom == {}
+    assert phasor.household == {"trace": str(Path("/data/x.csv").resolve()), "scale": 0.5}
+    magnitude = scenario_from_dict({**traced, "grid": {"network": "IT", "fuse_a": 40, "model": "magnitude"}})
     assert magnitude.grid_model == "magnitude" and magnitude.headroom == {"two_wattmeter": False}
-    assert magnitude.household == {"trace": str(Path("/data/x.csv").resolve())}
     one = scenario_from_dict({**base(), "meter": {"kind": "1p"}})
     assert one.supply_phases == 1
     ev = scenario_from_dict({**base(), "ev": [{"charger": "a", "soc": 0.5}]}).evs[0]
@@ -120,6 +125,7 @@ ROOM = {
     "balancer.min_increase_a": {"balancer.max_step_up_a": 80},
     "balancer.max_step_up_a": {"balancer.min_increase_a": 0},
     "balancer.min_a": {"charger[].max_a": 80},
+    "household.pf": {"household.trace": "house.csv"},  # a trace's
 }
 
 
