@@ -41,6 +41,7 @@ Cost: `compute` is O(1) plus a scan of the charger history since the measurement
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ import msgspec
 
 from apm.core.charger_state import ChargerState
 from apm.core.config import STALE_AFTER_S, ChargerConfig, GridConfig, HeadroomSettings
+from apm.core.it_learner import Learner, ListValues, Pair, Verdict, own_phasors
 from apm.core.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
 from apm.core.meter_state import MeterState
 from apm.core.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
@@ -95,6 +97,7 @@ class _Own:
     at: float
     lines: Triple
     power_w: float
+    phasors: dict[int, Pair] = dataclasses.field(default_factory=dict)  # IT: I1, I3 per phase sequence
 
 
 class HeadroomEstimator:
@@ -122,7 +125,7 @@ class HeadroomEstimator:
         **options: Any,
     ) -> None:
         """``settings`` (the config's ``[headroom]``); ``options`` override single settings by name
-        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter) and are checked
+        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter, power_skew_s) and are checked
         against the same schema."""
         if ct_ratio <= 0:
             raise ValueError("ct_ratio must be greater than 0")
@@ -146,6 +149,12 @@ class HeadroomEstimator:
         self.accuracy = accuracy
         self._own: deque[_Own] = deque()
         self._supply_phases = 3
+        seq = {"L1-L2-L3": 1, "L1-L3-L2": -1}.get(s.phase_sequence)
+        self.learner = (Learner(seq, accuracy=accuracy, power_skew_s=s.power_skew_s)
+                        if s.learn_mirror and self.network == "IT" else None)
+        self.verdict: Verdict | None = None
+        self._list_at: float | None = None
+        self._power_at: float | None = None
 
     # --- chargers --------------------------------------------------------------------------------
 
@@ -154,11 +163,13 @@ class HeadroomEstimator:
         lines = [0.0, 0.0, 0.0]
         power = 0.0
         single = self._supply_phases == 1
+        terminals: list[tuple[tuple[int, int, int], Triple]] = []
         for cid, s in states.items():
             rot = self._rot.get(cid)
             if rot is None:
                 continue  # not one of ours: the meter counts it as household load
             c = s.currents_a
+            terminals.append((rot, c))
             if single:
                 lines[0] += c[0]
             else:
@@ -169,10 +180,12 @@ class HeadroomEstimator:
             if draw > 0.0:
                 phases = s.phases_in_use or (3 if c[2] > 0.0 else 1)
                 power += charging_power_w(self.network, phases, draw)
+        phasors = ({1: own_phasors(1, terminals), -1: own_phasors(-1, terminals)}
+                   if self.learner is not None and not single else {})
         own = self._own
         if own and own[-1].at == now:
             own.pop()
-        own.append(_Own(now, (lines[0], lines[1], lines[2]), power))
+        own.append(_Own(now, (lines[0], lines[1], lines[2]), power, phasors))
         horizon = now - self.history_s
         while len(own) > 2 and own[1].at <= horizon:
             own.popleft()
@@ -188,6 +201,15 @@ class HeadroomEstimator:
                 found = o
                 break
         return found
+
+    def own_range(self, t0: float, t1: float) -> tuple[float, float]:
+        """The least and the most power our chargers were reported to draw at some time in [t0, t1]."""
+        lo = hi = self.own_at(t0).power_w
+        for o in self._own:
+            if t0 < o.at <= t1:
+                lo = min(lo, o.power_w)
+                hi = max(hi, o.power_w)
+        return lo, hi
 
     # --- headroom --------------------------------------------------------------------------------
 
@@ -215,6 +237,7 @@ class HeadroomEstimator:
         i2_a: float | None = None
         i2_method: str | None = None
         if supply == 3 and measured[1] is None:
+            self._learn(meter, r, t2, own_m)
             house[1], i2_a, i2_method = self._house_l2(r, measured, house, own_m, notes)
         for i in range(n_lines):
             if house[i] is None:
@@ -271,6 +294,12 @@ class HeadroomEstimator:
         else:
             bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
         if self.two_wattmeter:
+            v = self.verdict
+            if v is not None and v.lower:
+                low = i2_from_reading(r, self.ct_ratio, self.accuracy, lower=True)
+                if low.method == "two-wattmeter":
+                    bounds.append((max(0.0, low.value_a - own[1]), "two-wattmeter-learned",
+                                   f"I2 not reported: {low.value_a:.1f} A, {v.reason}"))
             est = i2_from_reading(r, self.ct_ratio, self.accuracy)
             if est.method == "two-wattmeter":
                 bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
@@ -285,6 +314,30 @@ class HeadroomEstimator:
         best = min(bounds, key=lambda b: b[0])
         notes.append(best[2])
         return best[0], best[0] + own[1], best[1]
+
+    def _learn(self, meter: MeterState, r: Reading, t2: float, own_m: _Own) -> None:
+        """Feed the mirror learner a new list 2 or 3 (once) and each list 1's power."""
+        if self.learner is None:
+            return
+        k = self.ct_ratio
+        if t2 != self._list_at:
+            self._list_at = t2
+            values = _list_values(r, k)
+            self.verdict = None if values is None else self.learner.on_list(
+                t2, values, own_m.phasors, self._steady(t2))
+        p = meter.values.get("active_import_w")
+        if p is not None and p.at != t2 and p.at != self._power_at:
+            self._power_at = p.at
+            self.learner.on_power(p.at, p.value * k)
+
+    def _steady(self, t2: float) -> bool:
+        """Our chargers drew the same at ``t2`` as over the skew window (and a list 1) before it."""
+        ref = self.own_at(t2).lines
+        t0 = t2 - self.settings.power_skew_s - 3.0
+        for o in (self.own_at(t0), *(o for o in self._own if t0 < o.at <= t2)):
+            if max(abs(a - b) for a, b in zip(o.lines, ref, strict=True)) > 0.3:
+                return False
+        return True
 
     def _i2_from_power(self, r: Reading, own_power_w: float, h1: float, h3: float) -> float | None:
         """The power bound on the household's I2 (IT), or None when it does not apply."""
@@ -305,11 +358,30 @@ class HeadroomEstimator:
         p = meter.values.get("active_import_w")
         if p is None or p.at <= t2:
             return 0.0
-        own_now = self.own_at(p.at).power_w
-        d_house = (p.value - own_now) - (p_list - own_p_then)
+        # Each power may have been measured up to power_skew_s before it was stamped: judge it with
+        # our chargers' power anywhere in that window, the reading that shows the least household
+        # rise (a decrease of ours that the meter's power has not seen yet is no household rise).
+        skew = self.settings.power_skew_s
+        own_now = self.own_range(p.at - skew, p.at)[1]
+        own_then = min(own_p_then, self.own_range(t2 - skew, t2)[0])
+        d_house = (p.value - own_now) - (p_list - own_then)
         d_house *= self.ct_ratio
         if d_house <= self.rise_threshold_w:
             return 0.0
         volts = [v for v in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v) if v]
         u = min(volts) if volts else NOMINAL_V
         return d_house / max(u, 1.0) if math.isfinite(d_house) else 0.0
+
+
+def _list_values(r: Reading, k: float) -> ListValues | None:
+    """A list 2 or 3 of a two-element meter as the learner takes it, or None when it lacks a value
+    or imports and exports at once."""
+    i1, i3, imp, qi = r.current_l1_a, r.current_l3_a, r.active_import_w, r.reactive_import_var
+    if i1 is None or i3 is None or imp is None or qi is None:
+        return None
+    exp, qe = r.active_export_w or 0.0, r.reactive_export_var or 0.0
+    if exp > 0.0 and imp > 0.0:
+        return None
+    u = [x if x else 230.0 for x in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v)]
+    return ListValues(i1 * k, i3 * k, (imp - exp) * k, (qi - qe) * k, u[0], u[1], u[2],
+                      "voltage_l2_v" in r.estimated or not r.voltage_l2_v)
