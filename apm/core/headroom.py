@@ -150,7 +150,7 @@ class HeadroomEstimator:
         self._own: deque[_Own] = deque()
         self._supply_phases = 3
         seq = {"L1-L2-L3": 1, "L1-L3-L2": -1}.get(s.phase_sequence)
-        self.learner = (Learner(seq, accuracy=accuracy, power_skew_s=s.power_skew_s)
+        self.learner = (Learner(seq, power_skew_s=s.power_skew_s)
                         if s.learn_mirror and self.network == "IT" else None)
         self.verdict: Verdict | None = None
         self._list_at: float | None = None

@@ -37,7 +37,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apm.core.three_wire import DEFAULT_ACCURACY, NOMINAL_LL_V, Accuracy, voltage_angle
+from apm.core.three_wire import NOMINAL_LL_V, Accuracy, voltage_angle
 
 __all__ = ["Hypothesis", "Learner", "ListValues", "Snapshot", "own_phasors", "solve"]
 
@@ -45,6 +45,11 @@ Hypothesis = tuple[int, int]  # (phase sequence s, mirror m)
 Pair = tuple[complex, complex]  # I1, I3 phasors (A) in the frame where U12 is real
 ALL: tuple[Hypothesis, ...] = ((1, 1), (1, -1), (-1, 1), (-1, -1))
 _DEG = math.pi / 180.0
+# What differs between two lists of one meter a few tens of seconds apart at similar load: the
+# resolution (Aidon 0.1 A, 1 W, 1 var) and a little of the class 1 relative error (mostly a gain and
+# phase error of each element, the same in both lists, so it cancels in a link).
+LINK_ACCURACY = Accuracy(current_abs_a=0.06, current_rel=0.001, power_abs_w=5.0, power_rel=0.001,
+                         reactive_abs_var=5.0, reactive_rel=0.002)
 
 
 def _star_units(s: int) -> tuple[complex, complex, complex]:
@@ -121,7 +126,7 @@ class Snapshot:
     lower: dict[Hypothesis, bool]  # the hypothesis gives the smaller |I2| (with a margin)
 
 
-def solve(at: float, v: ListValues, accuracy: Accuracy = DEFAULT_ACCURACY) -> Snapshot | None:
+def solve(at: float, v: ListValues, accuracy: Accuracy = LINK_ACCURACY) -> Snapshot | None:
     """The four hypotheses of one list, or None when the list does not close the triangle."""
     acc = accuracy
     di1 = acc.current_abs_a + acc.current_rel * v.i1
@@ -147,9 +152,10 @@ def solve(at: float, v: ListValues, accuracy: Accuracy = DEFAULT_ACCURACY) -> Sn
                             worst = max(worst, 2.0 * (v.i1 + v.i3))
                             continue
                         worst = max(worst, abs(c[0] - point[0]), abs(c[1] - point[1]))
-        # each element's phase error turns its current; the gain error scales it
+        # each element's phase error turns its current and the gain error scales it: the same way in
+        # the lists a link compares (one meter, similar currents), so only a quarter is left over
         turn = 2.0 * acc.phase_deg * _DEG + acc.gain_rel
-        radius[h] = worst + turn * max(v.i1, v.i3)
+        radius[h] = worst + 0.25 * turn * max(v.i1, v.i3)
         pairs[h] = point
     lower: dict[Hypothesis, bool] = {}
     for s, m in ALL:
@@ -193,7 +199,7 @@ class Learner:
     None. ``power_skew_s``: how far apart a meter may sample a list's powers and currents.
     """
 
-    def __init__(self, sequence: int | None = None, *, accuracy: Accuracy = DEFAULT_ACCURACY,
+    def __init__(self, sequence: int | None = None, *, accuracy: Accuracy = LINK_ACCURACY,
                  max_gap_s: float = 45.0, power_skew_s: float = 2.0, through_house: bool = True,
                  own_rel: float = 0.05, house_noise_a: float = 0.3) -> None:
         self.sequences = (1, -1) if sequence is None else (sequence,)
@@ -206,7 +212,7 @@ class Learner:
         self.anchor: Snapshot | None = None
         self.anchor_own: dict[int, Pair] = {}
         self.kept: tuple[Hypothesis, ...] = ()
-        self._pending: tuple[Snapshot, dict[int, Pair], tuple[Hypothesis, ...]] | None = None
+        self._pending: tuple[Snapshot, dict[int, Pair], tuple[Hypothesis, ...], bool] | None = None
         self._last_power: tuple[float, float] | None = None
         self._seen_list1 = False
         self.learned = 0  # quiet lists that dropped a hypothesis (diagnostics)
@@ -227,9 +233,17 @@ class Learner:
                 self._set_anchor(*pend)
         self._last_power = (at, p_w)
 
-    def _set_anchor(self, snap: Snapshot, own: dict[int, Pair], kept: tuple[Hypothesis, ...]) -> None:
-        if self.anchor is not None and kept and len(kept) < len(self.kept or self._all()):
+    def _set_anchor(self, snap: Snapshot, own: dict[int, Pair], kept: tuple[Hypothesis, ...],
+                    house_moved: bool) -> None:
+        a = self.anchor
+        shrank = bool(kept) and len(kept) < len(self.kept or self._all())
+        if shrank and a is not None:
             self.learned += 1
+        # Keep an anchor that only our own steps moved away from while it is young: the evidence of
+        # several small steps adds up against the same list.
+        if (a is not None and kept and not shrank and not house_moved
+                and snap.at - a.at <= self.max_gap_s / 2.0):
+            return
         self.anchor, self.anchor_own, self.kept = snap, own, kept or self._all()
 
     def on_list(self, at: float, values: ListValues, own: dict[int, Pair], steady: bool) -> Verdict:
@@ -241,13 +255,13 @@ class Learner:
             return Verdict(False, (), "triangle does not close: no inference")
         if self.anchor is not None and at - self.anchor.at > self.max_gap_s:
             self.anchor, self.kept = None, ()
-        kept = self._link(snap, own) if self.anchor is not None else ()
+        kept, house_moved = self._link(snap, own) if self.anchor is not None else ((), True)
         lp = self._last_power
         quiet = steady and (lp is None or (at - lp[0] <= 3.0 + self.power_skew_s
                                            and abs(lp[1] - values.p_w) <= self._power_tol(values.p_w)))
-        self._pending = (snap, own, kept) if quiet else None
+        self._pending = (snap, own, kept, house_moved) if quiet else None
         if quiet and not self._seen_list1:  # a meter without list 1 (Kamstrup): nothing to wait for
-            self._set_anchor(snap, own, kept)
+            self._set_anchor(snap, own, kept, house_moved)
             self._pending = None
         if not kept:
             return Verdict(False, (), "mirror not known")
@@ -255,11 +269,13 @@ class Learner:
             return Verdict(True, kept, "smaller I2 solution: the mirror learned from our own steps")
         return Verdict(False, kept, "larger I2 solution possible")
 
-    def _link(self, snap: Snapshot, own: dict[int, Pair]) -> tuple[Hypothesis, ...]:
-        """The hypotheses of ``snap`` that some kept hypothesis of the anchor leads to."""
+    def _link(self, snap: Snapshot, own: dict[int, Pair]) -> tuple[tuple[Hypothesis, ...], bool]:
+        """The hypotheses of ``snap`` that some kept hypothesis of the anchor leads to, and whether
+        the household changed since the anchor."""
         a = self.anchor
         assert a is not None
         out: list[Hypothesis] = []
+        house_moved = False
         ds_meas = complex(snap.values.p_w - a.values.p_w, snap.values.q_var - a.values.q_var)
         for s, m in self.kept:
             o0, o1 = self.anchor_own.get(s, (0j, 0j)), own.get(s, (0j, 0j))
@@ -270,8 +286,10 @@ class Learner:
             moves: list[Pair] = []
             if abs(ds_house) <= self._power_tol(abs(snap.values.p_w) + abs(a.values.p_w)):
                 moves.append((0j, 0j))
-            elif self.through_house:
-                moves.extend(_slot_moves(s, ds_house))
+            else:
+                house_moved = True
+                if self.through_house:
+                    moves.extend(_slot_moves(s, ds_house))
             i1, i3 = a.pairs[(s, m)]
             for mv in moves:
                 tol_own = self.house_noise_a + self.own_rel * (abs(d_own[0]) + abs(d_own[1])
@@ -283,4 +301,4 @@ class Learner:
                     n1, n3 = snap.pairs[h2]
                     if abs(p1 - n1) <= tol and abs(p3 - n3) <= tol and h2 not in out:
                         out.append(h2)
-        return tuple(out)
+        return tuple(out), house_moved
