@@ -266,6 +266,11 @@ class HeadroomSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
     # (apm.core.it_learner, docs/it-l2-inference.md).
     learn_mirror: Annotated[bool, _doc("IT without I2: learn from our chargers' steps which two-wattmeter "
                                        "solution is true and use the smaller one when it is")] = True
+    # A wrong inference can then put at most 1.13 In on L2 (fuse - margin + this), the current an
+    # MCB must carry for an hour without tripping (IEC 60898-1; a gG fuse 1.25 In).
+    learned_gain_max_in: Annotated[float, _doc("the most the learned I2 may lie below the conservative "
+                                               "bound, as a fraction of the fuse rating plus the safety "
+                                               "margin", ge=0.0, le=0.13)] = 0.13
     phase_sequence: Annotated[Literal["unknown", "L1-L2-L3", "L1-L3-L2"],
                               _doc("the supply's phase sequence if the installer measured it")] = "unknown"
 

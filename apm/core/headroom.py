@@ -294,12 +294,6 @@ class HeadroomEstimator:
         else:
             bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
         if self.two_wattmeter:
-            v = self.verdict
-            if v is not None and v.lower:
-                low = i2_from_reading(r, self.ct_ratio, self.accuracy, lower=True)
-                if low.method == "two-wattmeter":
-                    bounds.append((max(0.0, low.value_a - own[1]), "two-wattmeter-learned",
-                                   f"I2 not reported: {low.value_a:.1f} A, {v.reason}"))
             est = i2_from_reading(r, self.ct_ratio, self.accuracy)
             if est.method == "two-wattmeter":
                 bounds.append((max(0.0, est.value_a - own[1]), "two-wattmeter",
@@ -312,8 +306,26 @@ class HeadroomEstimator:
             note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
             bounds.append((by_power, "power", note))
         best = min(bounds, key=lambda b: b[0])
+        learned = self._learned_l2(r, own[1], best[0])
+        if learned is not None:
+            best = learned
         notes.append(best[2])
         return best[0], best[0] + own[1], best[1]
+
+    def _learned_l2(self, r: Reading, own2: float, bound: float) -> tuple[float, str, str] | None:
+        """The household's L2 from the smaller two-wattmeter solution when the learner has resolved
+        the mirror, never more than ``learned_gain_max_in`` In + margin below ``bound``; else None."""
+        v = self.verdict
+        if not self.two_wattmeter or v is None or not v.lower:
+            return None
+        low = i2_from_reading(r, self.ct_ratio, self.accuracy, lower=True)
+        if low.method != "two-wattmeter":
+            return None
+        floor = bound - (self.settings.learned_gain_max_in * self.grid.fuse_a + self.grid.safety_margin_a)
+        house = max(0.0, low.value_a - own2, floor)
+        if house >= bound:
+            return None
+        return house, "two-wattmeter-learned", f"I2 not reported: {low.value_a:.1f} A, {v.reason}"
 
     def _learn(self, meter: MeterState, r: Reading, t2: float, own_m: _Own) -> None:
         """Feed the mirror learner a new list 2 or 3 (once) and each list 1's power."""

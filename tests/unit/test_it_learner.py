@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, GridConfig
 from apm.core.headroom import HeadroomEstimator
-from apm.core.it_learner import Learner, ListValues, own_phasors
+from apm.core.it_learner import Learner, ListValues, Verdict, own_phasors
 from apm.core.meter_state import MeterState
 from apm.core.three_wire import estimate_i2
 from han.reading import Reading
@@ -165,3 +166,24 @@ def test_headroom_takes_list_1s_rise_over_the_power_skew_window() -> None:
     strict.observe_chargers(1.5, {"a": charging(8.0, 1.5)})
     h = strict.compute(2.5, meter)
     assert h is not None and h.rise_a > 20.0
+
+
+def test_what_the_learner_is_worth_is_capped_at_0_13_in_plus_the_margin() -> None:
+    """Even a wrong verdict cannot put more than 1.13 In on L2: the learned household L2 stays within
+    0.13 In + margin of the conservative bound."""
+    grid = GridConfig(network="IT", fuse_a=40.0, safety_margin_a=2.0)
+    est = HeadroomEstimator(grid, [ChargerConfig("a", 32.0, 3, ("L1", "L2", "L3"))])
+    meter = MeterState()
+    est.observe_chargers(0.0, {})
+    # |A| = |B| = 230 x 30 at 60 degrees: the solutions are 60 A (Kirchhoff's too) and 30 A
+    s = 2 * 230 * 30 * 0.8660254
+    meter.update(0.0, Reading(meter="aidon", list=2, phases=3, active_import_w=s, active_export_w=0.0,
+                              reactive_import_var=0.0, reactive_export_var=0.0, current_l1_a=30.0,
+                              current_l3_a=30.0, voltage_l1_v=230.0, voltage_l2_v=230.0, voltage_l3_v=230.0))
+    h = est.compute(0.0, meter)
+    assert h is not None and h.house_a[1] is not None and h.house_a[1] > 59.0
+    assert h.i2_method != "two-wattmeter-learned"
+    est.verdict = Verdict(True, ((1, 1),), "told so")  # as if learned (rightly or not)
+    h = est.compute(1.0, meter)
+    assert h is not None and h.i2_method == "two-wattmeter-learned"
+    assert h.house_a[1] == pytest.approx(h.house_a[0] + h.house_a[2] - (0.13 * 40.0 + 2.0))
