@@ -22,6 +22,9 @@ MA304H3E does). Two estimates are made and the smaller used; both are upper boun
   to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
   our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
   Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
+- Learned (``learn_mirror``, `apm.core.it_learner`): when our own steps have shown that the smaller
+  two-wattmeter solution is the true one, that one, never more than ``learned_gain_max_in`` In +
+  the margin below the others (docs/it-l2-inference.md: at most 1.13 In if the inference is wrong).
 
 Optional second bound from the list's power (``i2_power_factor``, off by default): on three wires every
 household load sits between two lines, so I1 + I2 + I3 <= 2 x (sum of load currents), and with every
@@ -31,7 +34,9 @@ house1 >= I1 - own1, which the triangle inequality gives). It rests on the power
 on no local generation (it is skipped while the meter reports export); the tighter of the two bounds is
 used. In the simulator's resistive world it is exact at pf = 1.
 
-Between two 10 s lists, list 1 (every 2.5 s) carries the total import power. A rise of the
+Between two 10 s lists, list 1 (every 2.5 s) carries the total import power (measured up to
+``power_skew_s`` before it is stamped: our own power is taken anywhere in that window, so our own
+decrease is never read as a household rise). A rise of the
 household's part (total less our chargers' own power) by dP could all sit on any one line: a
 230 V single-phase load adds dP/230 A to one line on TN, and to two lines on IT. So dP/U is added to
 every line until the next per-phase list: conservative, and it only ever lowers the headroom.

@@ -45,6 +45,7 @@ Hypothesis = tuple[int, int]  # (phase sequence s, mirror m)
 Pair = tuple[complex, complex]  # I1, I3 phasors (A) in the frame where U12 is real
 ALL: tuple[Hypothesis, ...] = ((1, 1), (1, -1), (-1, 1), (-1, -1))
 _DEG = math.pi / 180.0
+SEQUENCE_VOTES = 5
 # What differs between two lists of one meter a few tens of seconds apart at similar load: the
 # resolution (Aidon 0.1 A, 1 W, 1 var) and a little of the class 1 relative error (mostly a gain and
 # phase error of each element, the same in both lists, so it cancels in a link).
@@ -200,9 +201,15 @@ class Learner:
     """
 
     def __init__(self, sequence: int | None = None, *, accuracy: Accuracy = LINK_ACCURACY,
-                 max_gap_s: float = 45.0, power_skew_s: float = 2.0, through_house: bool = True,
+                 max_gap_s: float = 90.0, power_skew_s: float = 2.0, through_house: bool = True,
                  own_rel: float = 0.05, house_noise_a: float = 0.3) -> None:
         self.sequences = (1, -1) if sequence is None else (sequence,)
+        self.given_sequence = sequence
+        # The phase sequence is a constant of the installation: own-step links that leave hypotheses
+        # of one sequence only vote for it; SEQUENCE_VOTES of them and none against fix it, and
+        # as many links that then fit nothing (a wrong sequence fits no step) unfix it.
+        self.votes = {1: 0, -1: 0}
+        self.misfits = 0
         self.accuracy = accuracy
         self.max_gap_s = max_gap_s
         self.power_skew_s = power_skew_s
@@ -256,6 +263,9 @@ class Learner:
         if self.anchor is not None and at - self.anchor.at > self.max_gap_s:
             self.anchor, self.kept = None, ()
         kept, house_moved = self._link(snap, own) if self.anchor is not None else ((), True)
+        if self.anchor is not None and not house_moved and self.given_sequence is None:
+            # what this link alone says of the sequence, whatever the anchor's hypotheses
+            self._vote(self._link(snap, own, ALL)[0] if len(self.sequences) == 2 else kept)
         lp = self._last_power
         quiet = steady and (lp is None or (at - lp[0] <= 3.0 + self.power_skew_s
                                            and abs(lp[1] - values.p_w) <= self._power_tol(values.p_w)))
@@ -269,7 +279,25 @@ class Learner:
             return Verdict(True, kept, "smaller I2 solution: the mirror learned from our own steps")
         return Verdict(False, kept, "larger I2 solution possible")
 
-    def _link(self, snap: Snapshot, own: dict[int, Pair]) -> tuple[tuple[Hypothesis, ...], bool]:
+    def _vote(self, kept: tuple[Hypothesis, ...]) -> None:
+        """Learn the phase sequence from an own-step link (see ``__init__``)."""
+        if self.given_sequence is not None:
+            return
+        if not kept:
+            self.misfits += 1
+            if len(self.sequences) == 1 and self.misfits >= SEQUENCE_VOTES:
+                self.sequences, self.votes, self.misfits = (1, -1), {1: 0, -1: 0}, 0
+            return
+        seqs = {h[0] for h in kept}
+        if len(seqs) == 1 and len(self.sequences) == 2:
+            s = seqs.pop()
+            self.votes[s] += 1
+            self.misfits = 0
+            if self.votes[s] >= SEQUENCE_VOTES and self.votes[-s] == 0:
+                self.sequences = (s,)
+
+    def _link(self, snap: Snapshot, own: dict[int, Pair],
+              kept: tuple[Hypothesis, ...] | None = None) -> tuple[tuple[Hypothesis, ...], bool]:
         """The hypotheses of ``snap`` that some kept hypothesis of the anchor leads to, and whether
         the household changed since the anchor."""
         a = self.anchor
@@ -277,7 +305,7 @@ class Learner:
         out: list[Hypothesis] = []
         house_moved = False
         ds_meas = complex(snap.values.p_w - a.values.p_w, snap.values.q_var - a.values.q_var)
-        for s, m in self.kept:
+        for s, m in self.kept if kept is None else kept:
             o0, o1 = self.anchor_own.get(s, (0j, 0j)), own.get(s, (0j, 0j))
             d_own = (o1[0] - o0[0], o1[1] - o0[1])
             u12, u32 = NOMINAL_LL_V, NOMINAL_LL_V * cmath.exp(1j * s * 60.0 * _DEG)

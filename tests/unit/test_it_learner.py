@@ -187,3 +187,18 @@ def test_what_the_learner_is_worth_is_capped_at_0_13_in_plus_the_margin() -> Non
     h = est.compute(1.0, meter)
     assert h is not None and h.i2_method == "two-wattmeter-learned"
     assert h.house_a[1] == pytest.approx(h.house_a[0] + h.house_a[2] - (0.13 * 40.0 + 2.0))
+
+
+def test_the_phase_sequence_is_learned_where_the_household_draws_reactive_power() -> None:
+    """The mirror of the other sequence fits our steps as well when Q is ~0 (its |I2| is the same
+    then); with a household at PF 0.7 and large steps the links tell the sequences apart."""
+    for sequence in (1, -1):
+        rng = random.Random(2)
+        w = World(sequence, [2500.0, 2000.0, 2200.0, 1500.0], [1.0, 1.0, 1.0, 1.0])
+        learner = Learner(None)
+        for k in range(30):
+            w.set(rng.choice([0.0, 32.0]), rng.choice([0.0, 6.0, 16.0]))
+            _, _, v, own = w.measure()
+            feed(learner, 10.0 * k, v, own)
+        assert learner.sequences == (sequence,)
+        assert learner.votes[-sequence] == 0
