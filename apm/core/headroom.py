@@ -67,6 +67,7 @@ NOMINAL_V = 230.0
 __all__ = ["STALE_AFTER_S", "Headroom", "HeadroomEstimator", "HeadroomSettings", "NOMINAL_V"]
 
 OptTriple = tuple[float | None, float | None, float | None]
+_SKEW_SURE = 3  # lagging powers seen this many times more than not: judge rises over the skew window
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,8 @@ class HeadroomEstimator:
         self.learner = (Learner(seq, power_skew_s=s.power_skew_s)
                         if s.learn_mirror and self.network == "IT" else None)
         self.verdict: Verdict | None = None
+        self._last_p: tuple[float, float] | None = None
+        self._skew_score = 0
         self._list_at: float | None = None
         self._power_at: float | None = None
 
@@ -367,6 +370,29 @@ class HeadroomEstimator:
         p_house = max(0.0, p * self.ct_ratio - own_power_w)
         return max(abs(h1 - h3), 2.0 * p_house / (u * pf) - h1 - h3)
 
+    def _watch_skew(self, at: float, p_w: float) -> None:
+        """Whether this meter's powers lag: after a step of ours (> 1 kW) between two list 1s, does
+        the household power stay put with our power then (no lag) or with ours a second or two
+        before (lag)? A score; the skew window is used only once the lag has been seen a few times
+        more often than not (exact timing finds real rises best)."""
+        prev, self._last_p = self._last_p, (at, p_w)
+        skew = self.settings.power_skew_s
+        if prev is None or skew <= 0.0 or at - prev[0] > 5.0:
+            return
+        lo, hi = self.own_range(prev[0], at)
+        if hi - lo < 1000.0:
+            return
+
+        def moved(lag: float) -> float:
+            return abs((p_w - self.own_at(at - lag).power_w) - (prev[1] - self.own_at(prev[0] - lag).power_w))
+
+        exact = moved(0.0)
+        lagged = min(moved(x) for x in (skew / 2.0, skew))
+        if lagged < 0.3 * exact:
+            self._skew_score = min(_SKEW_SURE + 2, self._skew_score + 1)
+        elif exact < 0.3 * lagged:
+            self._skew_score = max(0, self._skew_score - 1)
+
     def _rise(self, meter: MeterState, p_list: float | None, t2: float, own_p_then: float,
               r: Reading) -> float:
         """Amperes to add to every line for a household power rise seen in list 1 since ``t2``."""
@@ -375,12 +401,17 @@ class HeadroomEstimator:
         p = meter.values.get("active_import_w")
         if p is None or p.at <= t2:
             return 0.0
-        # Each power may have been measured up to power_skew_s before it was stamped: judge it with
-        # our chargers' power anywhere in that window, the reading that shows the least household
-        # rise (a decrease of ours that the meter's power has not seen yet is no household rise).
-        skew = self.settings.power_skew_s
-        own_now = self.own_range(p.at - skew, p.at)[1]
-        own_then = min(own_p_then, self.own_range(t2 - skew, t2)[0])
+        self._watch_skew(p.at, p.value * self.ct_ratio)
+        own_now = self.own_at(p.at).power_w
+        own_then = own_p_then
+        if self._skew_score >= _SKEW_SURE:
+            # This meter measures its powers before it stamps them (up to power_skew_s): judge each
+            # power with our chargers' power anywhere in that window, the reading with the least
+            # household rise (a step of ours the meter's power has not seen yet is no household rise:
+            # the phantom rises that paused chargers, issue 15).
+            skew = self.settings.power_skew_s
+            own_now = self.own_range(p.at - skew, p.at)[1]
+            own_then = min(own_p_then, self.own_range(t2 - skew, t2)[0])
         d_house = (p.value - own_now) - (p_list - own_then)
         d_house *= self.ct_ratio
         if d_house <= self.rise_threshold_w:
