@@ -276,6 +276,22 @@ class HeadroomSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
                                _doc("IT without I2: the household's lowest power factor, for a bound "
                                     "from the list's power (unset: off)", examples=[0.95])] = None
     two_wattmeter: Annotated[bool, _doc("IT without I2: bound I2 from P, Q, I1, I3 and the voltages")] = True
+    # Meters do not sample a list's values at one instant: powers up to this long before currents
+    # (issue 15), and list 1 between list 2s. List 1's rise is judged against our chargers' power
+    # anywhere in that window, so a step of our own is never taken for a household rise.
+    power_skew_s: Annotated[float, _doc("how long before its currents a meter may measure its powers (s); "
+                                        "list 1's rise check tolerates it", ge=0.0, le=10.0)] = 2.0
+    # IT without I2: which of the triangle's two solutions is true, learned from our own steps
+    # (apm.core.it_learner, docs/it-l2-inference.md).
+    learn_mirror: Annotated[bool, _doc("IT without I2: learn from our chargers' steps which two-wattmeter "
+                                       "solution is true and use the smaller one when it is")] = True
+    # A wrong inference can then put at most 1.13 In on L2 (fuse - margin + this), the current an
+    # MCB must carry for an hour without tripping (IEC 60898-1; a gG fuse 1.25 In).
+    learned_gain_max_in: Annotated[float, _doc("the most the learned I2 may lie below the conservative "
+                                               "bound, as a fraction of the fuse rating plus the safety "
+                                               "margin", ge=0.0, le=0.13)] = 0.13
+    phase_sequence: Annotated[Literal["unknown", "L1-L2-L3", "L1-L3-L2"],
+                              _doc("the supply's phase sequence if the installer measured it")] = "unknown"
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any]) -> HeadroomSettings:

@@ -22,6 +22,9 @@ MA304H3E does). Two estimates are made and the smaller used; both are upper boun
   to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
   our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
   Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
+- Learned (``learn_mirror``, `apm.core.it_learner`): when our own steps have shown that the smaller
+  two-wattmeter solution is the true one, that one, never more than ``learned_gain_max_in`` In +
+  the margin below the others (docs/it-l2-inference.md: at most 1.13 In if the inference is wrong).
 
 Optional second bound from the list's power (``i2_power_factor``, off by default): on three wires every
 household load sits between two lines, so I1 + I2 + I3 <= 2 x (sum of load currents), and with every
@@ -31,7 +34,9 @@ house1 >= I1 - own1, which the triangle inequality gives). It rests on the power
 on no local generation (it is skipped while the meter reports export); the tighter of the two bounds is
 used. In the simulator's resistive world it is exact at pf = 1.
 
-Between two 10 s lists, list 1 (every 2.5 s) carries the total import power. A rise of the
+Between two 10 s lists, list 1 (every 2.5 s) carries the total import power (measured up to
+``power_skew_s`` before it is stamped: our own power is taken anywhere in that window, so our own
+decrease is never read as a household rise). A rise of the
 household's part (total less our chargers' own power) by dP could all sit on any one line: a
 230 V single-phase load adds dP/230 A to one line on TN, and to two lines on IT. So dP/U is added to
 every line until the next per-phase list: conservative, and it only ever lowers the headroom.
@@ -41,6 +46,7 @@ Cost: `compute` is O(1) plus a scan of the charger history since the measurement
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -51,6 +57,7 @@ import msgspec
 
 from apm.core.charger_state import ChargerState
 from apm.core.config import STALE_AFTER_S, ChargerConfig, GridConfig, HeadroomSettings
+from apm.core.it_learner import Learner, ListValues, Pair, Verdict, own_phasors
 from apm.core.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
 from apm.core.meter_state import MeterState
 from apm.core.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
@@ -60,6 +67,7 @@ NOMINAL_V = 230.0
 __all__ = ["STALE_AFTER_S", "Headroom", "HeadroomEstimator", "HeadroomSettings", "NOMINAL_V"]
 
 OptTriple = tuple[float | None, float | None, float | None]
+_SKEW_SURE = 3  # lagging powers seen this many times more than not: judge rises over the skew window
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,7 @@ class _Own:
     at: float
     lines: Triple
     power_w: float
+    phasors: dict[int, Pair] = dataclasses.field(default_factory=dict)  # IT: I1, I3 per phase sequence
 
 
 class HeadroomEstimator:
@@ -122,7 +131,7 @@ class HeadroomEstimator:
         **options: Any,
     ) -> None:
         """``settings`` (the config's ``[headroom]``); ``options`` override single settings by name
-        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter) and are checked
+        (refine_i2, early_rise, rise_threshold_w, i2_power_factor, two_wattmeter, power_skew_s) and are checked
         against the same schema."""
         if ct_ratio <= 0:
             raise ValueError("ct_ratio must be greater than 0")
@@ -146,6 +155,14 @@ class HeadroomEstimator:
         self.accuracy = accuracy
         self._own: deque[_Own] = deque()
         self._supply_phases = 3
+        seq = {"L1-L2-L3": 1, "L1-L3-L2": -1}.get(s.phase_sequence)
+        self.learner = (Learner(seq, power_skew_s=s.power_skew_s)
+                        if s.learn_mirror and self.network == "IT" else None)
+        self.verdict: Verdict | None = None
+        self._last_p: tuple[float, float] | None = None
+        self._skew_score = 0
+        self._list_at: float | None = None
+        self._power_at: float | None = None
 
     # --- chargers --------------------------------------------------------------------------------
 
@@ -154,11 +171,13 @@ class HeadroomEstimator:
         lines = [0.0, 0.0, 0.0]
         power = 0.0
         single = self._supply_phases == 1
+        terminals: list[tuple[tuple[int, int, int], Triple]] = []
         for cid, s in states.items():
             rot = self._rot.get(cid)
             if rot is None:
                 continue  # not one of ours: the meter counts it as household load
             c = s.currents_a
+            terminals.append((rot, c))
             if single:
                 lines[0] += c[0]
             else:
@@ -169,10 +188,12 @@ class HeadroomEstimator:
             if draw > 0.0:
                 phases = s.phases_in_use or (3 if c[2] > 0.0 else 1)
                 power += charging_power_w(self.network, phases, draw)
+        phasors = ({1: own_phasors(1, terminals), -1: own_phasors(-1, terminals)}
+                   if self.learner is not None and not single else {})
         own = self._own
         if own and own[-1].at == now:
             own.pop()
-        own.append(_Own(now, (lines[0], lines[1], lines[2]), power))
+        own.append(_Own(now, (lines[0], lines[1], lines[2]), power, phasors))
         horizon = now - self.history_s
         while len(own) > 2 and own[1].at <= horizon:
             own.popleft()
@@ -188,6 +209,15 @@ class HeadroomEstimator:
                 found = o
                 break
         return found
+
+    def own_range(self, t0: float, t1: float) -> tuple[float, float]:
+        """The least and the most power our chargers were reported to draw at some time in [t0, t1]."""
+        lo = hi = self.own_at(t0).power_w
+        for o in self._own:
+            if t0 < o.at <= t1:
+                lo = min(lo, o.power_w)
+                hi = max(hi, o.power_w)
+        return lo, hi
 
     # --- headroom --------------------------------------------------------------------------------
 
@@ -215,6 +245,7 @@ class HeadroomEstimator:
         i2_a: float | None = None
         i2_method: str | None = None
         if supply == 3 and measured[1] is None:
+            self._learn(meter, r, t2, own_m)
             house[1], i2_a, i2_method = self._house_l2(r, measured, house, own_m, notes)
         for i in range(n_lines):
             if house[i] is None:
@@ -283,8 +314,50 @@ class HeadroomEstimator:
             note = f"I2 not reported: house L2 <= 2 P / (U pf) - house L1 - house L3 (pf {pf:g})"
             bounds.append((by_power, "power", note))
         best = min(bounds, key=lambda b: b[0])
+        learned = self._learned_l2(r, own[1], best[0])
+        if learned is not None:
+            best = learned
         notes.append(best[2])
         return best[0], best[0] + own[1], best[1]
+
+    def _learned_l2(self, r: Reading, own2: float, bound: float) -> tuple[float, str, str] | None:
+        """The household's L2 from the smaller two-wattmeter solution when the learner has resolved
+        the mirror, never more than ``learned_gain_max_in`` In + margin below ``bound``; else None."""
+        v = self.verdict
+        if not self.two_wattmeter or v is None or not v.lower:
+            return None
+        low = i2_from_reading(r, self.ct_ratio, self.accuracy, lower=True)
+        if low.method != "two-wattmeter":
+            return None
+        floor = bound - (self.settings.learned_gain_max_in * self.grid.fuse_a + self.grid.safety_margin_a)
+        house = max(0.0, low.value_a - own2, floor)
+        if house >= bound:
+            return None
+        return house, "two-wattmeter-learned", f"I2 not reported: {low.value_a:.1f} A, {v.reason}"
+
+    def _learn(self, meter: MeterState, r: Reading, t2: float, own_m: _Own) -> None:
+        """Feed the mirror learner a new list 2 or 3 (once) and each list 1's power."""
+        if self.learner is None:
+            return
+        k = self.ct_ratio
+        if t2 != self._list_at:
+            self._list_at = t2
+            values = _list_values(r, k)
+            self.verdict = None if values is None else self.learner.on_list(
+                t2, values, own_m.phasors, self._steady(t2))
+        p = meter.values.get("active_import_w")
+        if p is not None and p.at != t2 and p.at != self._power_at:
+            self._power_at = p.at
+            self.learner.on_power(p.at, p.value * k)
+
+    def _steady(self, t2: float) -> bool:
+        """Our chargers drew the same at ``t2`` as over the skew window (and a list 1) before it."""
+        ref = self.own_at(t2).lines
+        t0 = t2 - self.settings.power_skew_s - 3.0
+        for o in (self.own_at(t0), *(o for o in self._own if t0 < o.at <= t2)):
+            if max(abs(a - b) for a, b in zip(o.lines, ref, strict=True)) > 0.3:
+                return False
+        return True
 
     def _i2_from_power(self, r: Reading, own_power_w: float, h1: float, h3: float) -> float | None:
         """The power bound on the household's I2 (IT), or None when it does not apply."""
@@ -297,6 +370,29 @@ class HeadroomEstimator:
         p_house = max(0.0, p * self.ct_ratio - own_power_w)
         return max(abs(h1 - h3), 2.0 * p_house / (u * pf) - h1 - h3)
 
+    def _watch_skew(self, at: float, p_w: float) -> None:
+        """Whether this meter's powers lag: after a step of ours (> 1 kW) between two list 1s, does
+        the household power stay put with our power then (no lag) or with ours a second or two
+        before (lag)? A score; the skew window is used only once the lag has been seen a few times
+        more often than not (exact timing finds real rises best)."""
+        prev, self._last_p = self._last_p, (at, p_w)
+        skew = self.settings.power_skew_s
+        if prev is None or skew <= 0.0 or at - prev[0] > 5.0:
+            return
+        lo, hi = self.own_range(prev[0], at)
+        if hi - lo < 1000.0:
+            return
+
+        def moved(lag: float) -> float:
+            return abs((p_w - self.own_at(at - lag).power_w) - (prev[1] - self.own_at(prev[0] - lag).power_w))
+
+        exact = moved(0.0)
+        lagged = min(moved(x) for x in (skew / 2.0, skew))
+        if lagged < 0.3 * exact:
+            self._skew_score = min(_SKEW_SURE + 2, self._skew_score + 1)
+        elif exact < 0.3 * lagged:
+            self._skew_score = max(0, self._skew_score - 1)
+
     def _rise(self, meter: MeterState, p_list: float | None, t2: float, own_p_then: float,
               r: Reading) -> float:
         """Amperes to add to every line for a household power rise seen in list 1 since ``t2``."""
@@ -305,11 +401,35 @@ class HeadroomEstimator:
         p = meter.values.get("active_import_w")
         if p is None or p.at <= t2:
             return 0.0
+        self._watch_skew(p.at, p.value * self.ct_ratio)
         own_now = self.own_at(p.at).power_w
-        d_house = (p.value - own_now) - (p_list - own_p_then)
+        own_then = own_p_then
+        if self._skew_score >= _SKEW_SURE:
+            # This meter measures its powers before it stamps them (up to power_skew_s): judge each
+            # power with our chargers' power anywhere in that window, the reading with the least
+            # household rise (a step of ours the meter's power has not seen yet is no household rise:
+            # the phantom rises that paused chargers, issue 15).
+            skew = self.settings.power_skew_s
+            own_now = self.own_range(p.at - skew, p.at)[1]
+            own_then = min(own_p_then, self.own_range(t2 - skew, t2)[0])
+        d_house = (p.value - own_now) - (p_list - own_then)
         d_house *= self.ct_ratio
         if d_house <= self.rise_threshold_w:
             return 0.0
         volts = [v for v in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v) if v]
         u = min(volts) if volts else NOMINAL_V
         return d_house / max(u, 1.0) if math.isfinite(d_house) else 0.0
+
+
+def _list_values(r: Reading, k: float) -> ListValues | None:
+    """A list 2 or 3 of a two-element meter as the learner takes it, or None when it lacks a value
+    or imports and exports at once."""
+    i1, i3, imp, qi = r.current_l1_a, r.current_l3_a, r.active_import_w, r.reactive_import_var
+    if i1 is None or i3 is None or imp is None or qi is None:
+        return None
+    exp, qe = r.active_export_w or 0.0, r.reactive_export_var or 0.0
+    if exp > 0.0 and imp > 0.0:
+        return None
+    u = [x if x else 230.0 for x in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v)]
+    return ListValues(i1 * k, i3 * k, (imp - exp) * k, (qi - qe) * k, u[0], u[1], u[2],
+                      "voltage_l2_v" in r.estimated or not r.voltage_l2_v)

@@ -178,8 +178,12 @@ def _cos_theta_range(s2lo: float, s2hi: float, alo: float, ahi: float, blo: floa
 
 def estimate_i2(i1: float | None, i3: float | None, p_w: float | None, q_var: float | None,
                 u12: float | None = None, u13: float | None = None, u23: float | None = None, *,
-                u13_estimated: bool = False, accuracy: Accuracy = DEFAULT_ACCURACY) -> I2Estimate:
+                u13_estimated: bool = False, accuracy: Accuracy = DEFAULT_ACCURACY,
+                lower: bool = False) -> I2Estimate:
     """An upper estimate of |I2| from a two-element meter's list (see the module doc).
+
+    ``lower``: of the smaller solution only, for when the mirror is known to be the one with
+    cos(theta + gamma) (`apm.core.it_learner`); it is an upper bound only then.
 
     ``p_w`` and ``q_var`` are import minus export. Missing voltages are taken as nominal 230 V with
     the angle tolerance (like an estimated U13).
@@ -245,15 +249,23 @@ def estimate_i2(i1: float | None, i3: float | None, p_w: float | None, q_var: fl
         theta_hi = math.acos(max(-1.0, min(1.0, clo)))
         turn = 2.0 * acc.phase_deg * _DEG  # each element's phase error turns A or B
         theta_lo, theta_hi = max(0.0, theta_lo - turn), min(math.pi, theta_hi + turn)
-    # the largest cos(theta - gamma) over both intervals: 1 where they overlap, else at the gap
-    c = math.cos(max(0.0, theta_lo - gamma_hi, gamma_lo - theta_hi))
+    if lower:
+        # the largest cos(theta + gamma): theta + gamma lies in [0, 2 pi], where cos has no maximum
+        # inside an interval but at 2 pi
+        x_lo, x_hi = theta_lo + gamma_lo, theta_hi + gamma_hi
+        c = 1.0 if x_hi >= 2.0 * math.pi else max(math.cos(x_lo), math.cos(x_hi))
+    else:
+        # the largest cos(theta - gamma) over both intervals: 1 where they overlap, else at the gap
+        c = math.cos(max(0.0, theta_lo - gamma_hi, gamma_lo - theta_hi))
     # |I2|^2 = I1^2 + I3^2 + 2 I1 I3 c is convex in (I1, I3): its maximum is at a corner
     worst = max(x * x + y * y + 2.0 * x * y * c for x in (i1lo, i1hi) for y in (i3lo, i3hi))
     value = min(kirchhoff, math.sqrt(max(0.0, worst)) * unscale)
-    return I2Estimate(value, "two-wattmeter", "I2 from the two-wattmeter triangle (larger solution)", point)
+    which = "smaller solution, mirror learned" if lower else "larger solution"
+    return I2Estimate(value, "two-wattmeter", f"I2 from the two-wattmeter triangle ({which})", point)
 
 
-def i2_from_reading(r: Reading, ct_ratio: float = 1.0, accuracy: Accuracy = DEFAULT_ACCURACY) -> I2Estimate:
+def i2_from_reading(r: Reading, ct_ratio: float = 1.0, accuracy: Accuracy = DEFAULT_ACCURACY, *,
+                    lower: bool = False) -> I2Estimate:
     """`estimate_i2` on a decoded list 2 or 3 of a three-wire meter (currents and powers times the
     CT ratio; voltages as the 3-wire vendors report them: U12, U13, U23)."""
     k = ct_ratio
@@ -270,4 +282,4 @@ def i2_from_reading(r: Reading, ct_ratio: float = 1.0, accuracy: Accuracy = DEFA
     p = (imp - (exp or 0.0)) * k
     q = (qi - (qe or 0.0)) * k
     return estimate_i2(i1, i3, p, q, r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v,
-                       u13_estimated="voltage_l2_v" in r.estimated, accuracy=accuracy)
+                       u13_estimated="voltage_l2_v" in r.estimated, accuracy=accuracy, lower=lower)

@@ -193,11 +193,11 @@ def test_command_line_writes_report_and_plot(tmp_path: Path, capsys: pytest.Capt
 # on setpoint changes (both chargers, the whole day).
 WINTER_FLOORS = {
     "winter-tn-25a": (0.98, 0.98, 0.89, 1100),
-    # Aidon: no I2. The device's bound on it (Kirchhoff, and the two-wattmeter triangle where that is
-    # tighter) beats the diagnostic's Kirchhoff bound at times, but neither is tight with a balanced 3-phase
-    # charger of ours running (apm/core/three_wire.py): about a quarter of what a measured I2 would give
-    # is lost
-    "winter-it-40a": (0.99, 0.75, 0.72, 3000),
+    # Aidon: no I2. The device's bound on it (Kirchhoff, the two-wattmeter triangle, and its smaller
+    # solution where our own steps have shown it true, apm/core/it_learner.py) beats the issue's
+    # Kirchhoff bound; about an eighth of what a measured I2 would give is still lost (lists after
+    # several household loads switched at once, until our next step tells the mirror again)
+    "winter-it-40a": (0.99, 0.85, 0.8, 3000),
     # the same day with a meter that reports I2 (Kaifa): what the measurement is worth
     "winter-it-40a-kaifa": (1.0, 1.0, 0.95, 3000),
 }
@@ -295,7 +295,8 @@ def test_winter_day_with_max_energy_sharing(name: str) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("change", [{"sequence": -1}, {"skew_s": 1.0}, {"unbalance": (0.01, -0.01, 0.0)}])
+@pytest.mark.parametrize("change", [{"sequence": -1}, {"skew_s": 1.0}, {"skew_s": 2.0},
+                                    {"unbalance": (0.01, -0.01, 0.0)}])
 def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, Any]) -> None:
     """The other phase sequence, a meter whose powers lag its currents by a second, a 1 % voltage
     unbalance: no trips, the energy holds, and the L2 estimate is never short by as much as the
@@ -304,8 +305,13 @@ def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, A
     sc = dataclasses.replace(load_scenario(SCENARIOS / "winter-it-40a.toml"), **change)
     report = run(sc)
     assert report["trips"] == 0
-    assert report["oracle_measured_ratio"] >= 0.72
-    assert report["i2"]["max_shortfall_a"] < sc.safety_margin_a
+    assert report["oracle_measured_ratio"] >= 0.84
+    short = dict(report["i2"]["max_shortfall_by_method_a"])
+    # the smaller solution learned from our steps: a household load switching between a list's powers
+    # and its currents (the skew) fooled it on a few lists of the day (up to 5.3 A with 2 s), never by
+    # more than its cap, 0.13 In + the margin (docs/it-l2-inference.md)
+    assert short.pop("two-wattmeter-learned", 0.0) < 0.13 * sc.fuse_a + sc.safety_margin_a
+    assert max(short.values()) < sc.safety_margin_a
 
 
 def test_winter_it_day_with_the_power_bound_on_i2() -> None:

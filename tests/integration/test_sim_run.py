@@ -98,9 +98,10 @@ def test_fast_runs_the_in_process_loop_with_the_same_report_keys(tmp_path: Path)
     fixed = report["fixed_32a"]
     assert fixed["mode"] == "fixed" and fixed["ratio"] is not None
     assert report["energy_total_kwh"] > 10 and report["oracle_conservative_i2_ratio"] > 0.95
-    # the diagnostic oracle bounds the unreported I2 as the device's rule does; the device does better
-    # at times, but never better than the headline oracle, which knows I2
-    assert 0 < report["oracle_measured_ratio"] < 0.9 and report["ratio"] == report["oracle_measured_ratio"]
+    # the diagnostic oracle bounds the unreported I2 as the rule does; the device does better (it
+    # learns which two-wattmeter solution is true from its own steps, apm.core.it_learner), but never
+    # better than the headline oracle, which knows I2
+    assert 0.85 < report["oracle_measured_ratio"] < 1.0 and report["ratio"] == report["oracle_measured_ratio"]
     # the summary line: the headline ratio first, the worst second (as a clock time) and the seconds
     # above In beside the trips
     peak = report["peak"]
