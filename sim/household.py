@@ -318,7 +318,8 @@ def it_pair_currents(l1: float, l2: float, l3: float) -> tuple[Triple, bool]:
     line) are clamped up, never down: the pair away from the big line gets nothing, and the other two
     keep their ratio and grow until the big line is met, so no line of the world is below its trace.
     """
-    x = (l1, l2, l3)
+    # A nano-ampere is no current: squares of smaller values lose their precision in subnormal floats.
+    x = (l1 if l1 > 1e-9 else 0.0, l2 if l2 > 1e-9 else 0.0, l3 if l3 > 1e-9 else 0.0)
     sq = (x[0] * x[0], x[1] * x[1], x[2] * x[2])
     for k in range(3):  # at most one line can be too large
         i, j = (k + 1) % 3, (k + 2) % 3
