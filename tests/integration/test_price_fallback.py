@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,11 +21,11 @@ import pytest
 from apm.core.eco.prices import OSLO
 from apm.io.http.fallback import FallbackSource, price_source
 from apm.io.http.prices import NordPoolClient, PriceApiError, PriceClient, PriceFeed
-from tests.integration.test_eco_cli import NOW, apm
+from tests.integration.test_eco_cli import NOW, ROOT, apm
 from tests.integration.test_eco_price_api import TODAY, TOMORROW, PriceServer, no_sleep
 from tests.integration.test_nordpool_api import NordPoolServer, serving
 from tests.mqtt_broker import free_port
-from tests.nordpool_doc import fixture_prices
+from tests.nordpool_doc import day_slots, document, fixture_prices
 
 AT_15 = datetime(2026, 1, 12, 15, 0, tzinfo=OSLO)  # after the 13:00 publication: tomorrow is asked for too
 
@@ -149,3 +154,41 @@ def test_apm_eco_plan_refuses_a_mistyped_service() -> None:
     out = apm("plan", "--api", "nordpol", "--now", NOW, "--departure", "07:30", "--energy-kwh", "20")
     assert out.returncode != 0
     assert "--api: price service 'nordpol'" in out.stderr
+
+
+def test_apm_run_takes_todays_prices_from_nord_pool_when_the_first_refuses(first: PriceServer,
+                                                                          portal: NordPoolServer,
+                                                                          tmp_path: Path) -> None:
+    """The device with both formats on the command line: the first refuses (HTTP 400, not retried), the
+    day comes from the portal and lands in the device's price cache; the device starts and stops cleanly."""
+    today = datetime.now(OSLO).date()  # the device asks for the real today
+    portal.docs[f"{today:%Y-%m-%d}", "NO1"] = document(today, [0.5] * len(day_slots(today)))
+    first.fail[first.path(today)].extend([400] * 5)
+    cached = tmp_path / "cache" / "apm" / "prices" / "NO1" / f"{today:%Y-%m-%d}.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "APM_FLASH": str(tmp_path / "flash.img"), "APM_SERIAL_CACHE": str(tmp_path / "serial.json")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apm", "run", "--demo", "--plain", "--http", "off", "--broker-port", "0",
+         "--duration", "60", "--price-api", f"hvakosterstrommen:{first.url}", "--price-api",
+         f"nordpool:{portal.url}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 45
+        while not cached.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the file the device writes, not a sync by time
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert cached.exists(), err
+    assert f"prices for {today} from source 2: source 1: " in err and "HTTP 400" in err
+    assert proc.returncode == 0, err
+    assert portal.log[0] == f"{today:%Y-%m-%d}"
+
+
+def test_apm_run_refuses_a_mistyped_service_before_starting(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "APM_FLASH": str(tmp_path / "flash.img")}
+    r = subprocess.run([sys.executable, "-m", "apm", "run", "--demo", "--price-api", "nordpool:www.x.no",
+                        "--duration", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "--price-api: price service 'nordpool:www.x.no': after nordpool: give an http(s) URL" in r.stderr
+    assert "Traceback" not in r.stderr

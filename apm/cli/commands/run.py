@@ -379,7 +379,7 @@ def _file_outbox(path: str, closers: list[Callable[[], None]]) -> Any:
 
 
 def _eco(args: argparse.Namespace, fallback: Callable[[datetime], PriceSeries] | None) -> EcoPlan | None:
-    """Smart eco's prices: --prices FILE, --price-api URL (refreshed in the background), else ``fallback``."""
+    """Smart eco's prices: --prices FILE, --price-api SERVICE (refreshed in the background), else ``fallback``."""
     from apm.services.runtime import EcoPlan
 
     if args.prices:
