@@ -227,7 +227,7 @@ async def _with_eco(stack: contextlib.AsyncExitStack, plan: RunPlan, url: str, w
 
     config = plan.config
     if plan.eco is None or not config.chargers:
-        log.info("Smart eco: off (no price source: --prices FILE or --price-api URL)")
+        log.info("Smart eco: off (no price source: --prices FILE or --price-api [SERVICE])")
         return work, None
     if plan.eco.refresh is not None:  # prices fetched in the background: the planner never waits for them
         work = beside(plan.eco.refresh, work)

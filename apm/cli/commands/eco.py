@@ -26,7 +26,7 @@ from apm.core.eco.retail import NORGESPRIS, SPOT, STROMSTOTTE, PriceModel, paid
 from apm.core.eco.savings import commuter_week, report
 from apm.core.eco.schedule import next_clock_time
 from apm.core.eco.tariff import ELVIA, NO_GRID_CHARGE, TariffError
-from apm.io.http.fallback import price_source
+from apm.io.http.fallback import DEFAULT, price_source
 from apm.io.http.prices import PriceApiError, PriceFeed
 from apm.io.storage import paths
 
@@ -113,9 +113,10 @@ def register(sub) -> None:
     )
     src = pl.add_mutually_exclusive_group()
     src.add_argument("--prices", type=Path, help="prices file (.csv or .json)")
-    src.add_argument("--api", metavar="URL", action="append",
-                     help="base URL of a day-ahead price API (…/api/v1/prices/…); twice: a second one "
-                          "asked when the first fails")
+    src.add_argument("--api", metavar="SERVICE", action="append", nargs="?", const=DEFAULT,
+                     help="a day-ahead price service: hvakosterstrommen, nordpool, a URL (the host picks the "
+                          "format) or NAME:URL; twice: the second asked when the first fails; alone without "
+                          "a value: hvakosterstrommen.no, then Nord Pool")
     pl.add_argument("--area", choices=AREAS, default="NO1", help="price area (NO1)")
     pl.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"price cache folder ({DEFAULT_CACHE})")
     pl.add_argument("--now", metavar="TIME", help=f"time to plan from ({TIME_HELP}; default: the clock)")
@@ -231,7 +232,11 @@ def _prices(args: argparse.Namespace, now: datetime) -> PriceSeries:
 
         if len(args.api) > 2:
             raise InputError("--api: at most two price services (the second when the first fails)")
-        update = asyncio.run(PriceFeed(price_source(args.area, args.api, args.cache)).update(now))
+        try:
+            source = price_source(args.area, args.api, args.cache)
+        except ValueError as exc:
+            raise InputError(f"--api: {exc}") from None
+        update = asyncio.run(PriceFeed(source).update(now))
         if update.series is None:
             raise PriceApiError(f"no prices published for {now.astimezone(OSLO).date()} in {args.area}")
         return update.series

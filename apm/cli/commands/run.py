@@ -105,9 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", metavar="FILE", help="--port: where serial settings that worked are remembered")
     p.add_argument("--prices", metavar="FILE",
                    help="Smart eco: day-ahead prices (CSV or JSON) for planning charging requests")
-    p.add_argument("--price-api", metavar="URL", action="append",
-                   help="Smart eco: a day-ahead price service (hvakosterstrommen.no style), cached; "
-                        "give it twice for a second service used when the first fails")
+    p.add_argument("--price-api", metavar="SERVICE", action="append", nargs="?", const="default",
+                   help="Smart eco: a day-ahead price service, cached: hvakosterstrommen, nordpool, a URL "
+                        "(the host picks the format) or NAME:URL; twice: the second used when the first "
+                        "fails; without a value: hvakosterstrommen.no, then Nord Pool")
     p.add_argument("--area", default="NO1", help="Smart eco: price area NO1..NO5 (default NO1)")
     p.add_argument("--http", metavar="HOST:PORT", default=None,
                    help=f"the local web page (default {DEFAULT_HTTP}; off: none). Off 127.0.0.1 only with "
@@ -378,7 +379,7 @@ def _file_outbox(path: str, closers: list[Callable[[], None]]) -> Any:
 
 
 def _eco(args: argparse.Namespace, fallback: Callable[[datetime], PriceSeries] | None) -> EcoPlan | None:
-    """Smart eco's prices: --prices FILE, --price-api URL (refreshed in the background), else ``fallback``."""
+    """Smart eco's prices: --prices FILE, --price-api SERVICE (refreshed in the background), else ``fallback``."""
     from apm.services.runtime import EcoPlan
 
     if args.prices:
@@ -404,7 +405,10 @@ def _price_feed(area: str, urls: list[str]) -> EcoPlan:
 
     if len(urls) > 2:
         raise UsageError("--price-api: at most two price services (the second when the first fails)")
-    feed = PriceFeed(price_source(area, urls, paths.price_cache()))
+    try:
+        feed = PriceFeed(price_source(area, urls, paths.price_cache()))
+    except ValueError as exc:  # a mistyped service; a service that fails later never stops the device
+        raise UsageError(f"--price-api: {exc}") from None
 
     def known(now: datetime) -> PriceSeries:
         series = feed.latest.series if feed.latest is not None else None

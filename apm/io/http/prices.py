@@ -15,6 +15,7 @@ keeps the known prices fresh in the background; planners read `PriceFeed.latest`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from apm.core.eco import nordpool
 from apm.core.eco.prices import OSLO, PriceError, PriceSeries, check_area, concat, parse_json
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,11 @@ class DaySource(Protocol):
 
 
 class PriceClient:
-    """Fetches one day of prices for an area. A published day never changes, so it is cached on disk
-    forever and read back without network; a day that is not published yet is not cached."""
+    """Fetches one day of prices for an area from hvakosterstrommen.no (or a service of its format). A
+    published day never changes, so it is cached on disk forever (as ``PriceSeries.to_json_dict``, the
+    same whichever service sent it) and read back without network; a day not published yet is not cached."""
+
+    name = "hvakosterstrommen"
 
     def __init__(
         self,
@@ -100,33 +105,41 @@ class PriceClient:
     def url(self, day: date) -> str:
         return f"{self.base_url}/api/v1/prices/{day:%Y}/{day:%m-%d}_{self.area}.json"
 
+    def parse(self, body: bytes, day: date, where: str) -> tuple[PriceSeries, bool] | None:
+        """The day in a 200 answer's body and whether it is final (may be cached); None: not published."""
+        return parse_json(body, self.area, where), True
+
     def _cache_path(self, day: date) -> Path | None:
         return self.cache_dir / self.area / f"{day:%Y-%m-%d}.json" if self.cache_dir else None
 
     async def day(self, day: date) -> PriceSeries | None:
-        """The day's prices, or None if the service has not published them (404)."""
+        """The day's prices, or None if the service has not published them (404, 204)."""
         path = self._cache_path(day)
         if path is not None and path.exists():
             try:
                 return parse_json(path.read_bytes(), self.area, f"{path}: ")
             except PriceError:
                 path.unlink()  # a damaged cache entry is fetched again
-        body = await self._fetch(self.url(day))
+        url = self.url(day)
+        body = await self._fetch(url)
         if body is None:
             return None
         try:
-            series = parse_json(body, self.area, f"{self.url(day)}: ")
+            got = self.parse(body, day, f"{url}: ")
         except PriceError as exc:
             raise PriceApiError(str(exc)) from None
-        if path is not None:
+        if got is None:
+            return None
+        series, final = got
+        if path is not None and final:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(body)
+            tmp.write_text(json.dumps(series.to_json_dict()), encoding="utf-8")
             os.replace(tmp, path)  # atomic: a crash never leaves half a day in the cache
         return series
 
     async def _fetch(self, url: str) -> bytes | None:
-        """GET with retries on network errors, timeouts, 5xx and 429 (exponential backoff); None on 404."""
+        """GET with retries on network errors, timeouts, 5xx and 429 (exponential backoff); None on 404/204."""
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -143,12 +156,31 @@ class PriceClient:
                 continue
             if r.status == 200:
                 return r.body
-            if r.status == 404:
+            if r.status in (404, 204):  # not published (yet): asked again at the feed's next check
                 return None
             last = f"HTTP {r.status}"
             if not (r.status >= 500 or r.status == 429):
                 break
         raise PriceApiError(f"{url}: {last}")
+
+
+class NordPoolClient(PriceClient):
+    """The same, from Nord Pool's data portal (apm.core.eco.nordpool): an independent second source, so
+    that one service down or late does not leave the planner without prices. Prices the portal marks
+    preliminary are used but not cached."""
+
+    name = "nordpool"
+
+    def __init__(self, area: str, base_url: str = nordpool.DEFAULT_BASE_URL, cache_dir: str | Path | None = None,
+                 **kw: Any) -> None:
+        super().__init__(area, base_url, cache_dir, **kw)
+
+    def url(self, day: date) -> str:
+        return nordpool.day_url(self.base_url, self.area, day)
+
+    def parse(self, body: bytes, day: date, where: str) -> tuple[PriceSeries, bool] | None:
+        got = nordpool.parse_day(body, self.area, day, where)
+        return None if got is None else (got.series, got.final)
 
 
 @dataclass(frozen=True, slots=True)

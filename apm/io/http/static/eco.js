@@ -124,7 +124,7 @@ function showEco(s) {
   const e = s.eco, card = $("eco-card");
   if (!card) return;
   if (!e) {
-    $("eco-state").textContent = "· off: no price source (--prices FILE or --price-api URL)";
+    $("eco-state").textContent = "· off: no price source (--prices FILE or --price-api [SERVICE])";
     return;
   }
   const on = e.cars.filter((c) => c.on).length;
