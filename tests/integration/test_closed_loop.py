@@ -378,6 +378,7 @@ def test_single_phase_supply(tmp_path: Path) -> None:
     assert all(x[1] == 0.0 and x[2] == 0.0 for x in trace.lines)
 
 
+@pytest.mark.soak  # two winter days: 40 s of a 10-minute suite; the advice itself has unit tests
 def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> None:
     """apm.core.wiring's advice, on the Aidon IT day: the 1-phase car's charger rotated L1 L3 L2 loads only
     measured lines, and both cars gain (the 3-phase one too: L2 is no longer shared)."""
@@ -387,6 +388,7 @@ def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> No
     rotated = dataclasses.replace(sc, chargers=(msgspec.structs.replace(a, rotation=MEASURED_PAIR_ROTATION), b))
     before, after = run(sc), run(rotated)
     assert before["trips"] == after["trips"] == 0
-    assert after["energy_total_kwh"] >= 1.35 * before["energy_total_kwh"]
+    # 1.41x with the conservative I2 bound alone; 1.23x since the device learns the mirror (it_learner)
+    assert after["energy_total_kwh"] >= 1.15 * before["energy_total_kwh"]
     for ev in ("car-a-night", "car-b-night", "car-a-evening", "car-b-evening"):
         assert after["energy_kwh"][ev] > before["energy_kwh"][ev]
