@@ -122,8 +122,16 @@ def _param(c: Case) -> Any:
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", [c.name for c in ALL])
+def test_no_trip_on_any_generated_household(name: str, verdicts: dict[str, dict[str, Any]]) -> None:
+    """Safety holds on every case, met targets or not (never marked)."""
+    row = verdicts[name]
+    assert row["trips"] == 0, row
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", [_param(c) for c in ALL])
 def test_the_device_meets_issue_15_on_the_generated_set(name: str, verdicts: dict[str, dict[str, Any]]) -> None:
     row = verdicts[name]
-    assert row["trips"] == 0, row
     assert row["fails"] == [], row
