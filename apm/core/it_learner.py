@@ -33,6 +33,7 @@ Cost per list 2: a few hundred floating-point operations (4 hypotheses x 5 links
 from __future__ import annotations
 
 import cmath
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -186,6 +187,85 @@ def _slot_moves(s: int, ds: complex) -> list[Pair]:
     return moves
 
 
+HOUSE_PF_MIN = 0.7  # the least power factor of a household load (either sign of Q) a two-load change may have
+
+
+def _in_cone(x: complex, err: float, pf_min: float) -> bool:
+    """Whether a load change of complex power ``x`` (+-, within ``err`` VA) has |PF| >= ``pf_min``."""
+    r = abs(x)
+    if r <= err:
+        return True
+    off = abs(math.atan2(x.imag, abs(x.real))) - math.acos(pf_min)  # beyond the cone, either sign of P
+    return off <= 0.0 or (off < math.pi / 2.0 and r * math.sin(off) <= err)
+
+
+def two_loads(s: int, d: Pair, tol: float, pf_min: float = HOUSE_PF_MIN) -> bool:
+    """Whether a move ``d`` of I1, I3 (A, each within ``tol``) is two household loads switching on two
+    different connections, each with a power factor of at least ``pf_min`` (leading or lagging).
+
+    A load of complex power x on connection c moves (I1, I3) by conj(x) w_c; two of them give two
+    complex equations in two unknowns, so a pair of connections explains any move: only the power
+    factors it needs can rule it out (a false mirror needs loads 60-120 degrees off their voltage)."""
+    w = _slot_moves(s, 1.0 + 0j)
+    for ia in range(4):
+        for ib in range(ia + 1, 4):
+            (a1, a3), (b1, b3) = w[ia], w[ib]
+            det = a1 * b3 - b1 * a3
+            if abs(det) < 1e-12:
+                continue
+            ya = (d[0] * b3 - b1 * d[1]) / det
+            yb = (a1 * d[1] - d[0] * a3) / det
+            # how far each load's power may be off when each current is off by tol (the inverse's rows)
+            ea = tol * (abs(b3) + abs(b1)) / abs(det)
+            eb = tol * (abs(a3) + abs(a1)) / abs(det)
+            if _in_cone(ya.conjugate(), ea, pf_min) and _in_cone(yb.conjugate(), eb, pf_min):
+                return True
+    return False
+
+
+def _solve4(m: list[list[float]], b: list[float]) -> tuple[list[float], list[float]] | None:
+    """x with m x = b (4x4, partial pivoting) and each row's sum of |inverse| (how far x_i moves when
+    every b_j moves by 1), or None when m is singular."""
+    n = len(b)
+    a = [row[:] + [b[i]] + [1.0 if j == i else 0.0 for j in range(n)] for i, row in enumerate(m)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(a[r][c]))
+        if abs(a[piv][c]) < 1e-9:
+            return None
+        a[c], a[piv] = a[piv], a[c]
+        for r in range(n):
+            if r != c:
+                f = a[r][c] / a[c][c]
+                a[r] = [x - f * y for x, y in zip(a[r], a[c], strict=True)]
+    x = [a[i][n] / a[i][i] for i in range(n)]
+    spread = [sum(abs(v) for v in a[i][n + 1:]) / abs(a[i][i]) for i in range(n)]
+    return x, spread
+
+
+def consuming_loads(s: int, house: Pair, tol: float, pf_min: float = HOUSE_PF_MIN) -> bool:
+    """Whether the household's I1, I3 (A, each within ``tol``) can be drawn by loads that consume
+    (P >= 0) with a power factor of at least ``pf_min``, leading or lagging, on L1-L2, L2-L3 and
+    L3-L1 under sequence ``s`` (a balanced 3-phase load is one on each).
+
+    Each connection's load is a non-negative mix of its two extreme power factors: six columns, four
+    real equations, and (Caratheodory) a non-negative solution exists if one exists on four columns."""
+    turn = math.acos(pf_min)
+    cols: list[list[float]] = []
+    for w1, w3 in _slot_moves(s, 1.0 + 0j)[:3]:
+        for sign in (1, -1):
+            k = cmath.exp(-1j * sign * turn)  # conj of the load's unit power at that extreme
+            c1, c3 = k * w1, k * w3
+            cols.append([c1.real, c1.imag, c3.real, c3.imag])
+    b = [house[0].real, house[0].imag, house[1].real, house[1].imag]
+    if max(abs(x) for x in b) <= tol:
+        return True
+    for pick in itertools.combinations(range(6), 4):
+        sol = _solve4([[cols[j][i] for j in pick] for i in range(4)], b)
+        if sol is not None and all(x >= -tol * e for x, e in zip(*sol, strict=True)):
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     lower: bool
@@ -202,7 +282,8 @@ class Learner:
 
     def __init__(self, sequence: int | None = None, *, accuracy: Accuracy = LINK_ACCURACY,
                  max_gap_s: float = 90.0, power_skew_s: float = 2.0, through_house: bool = True,
-                 own_rel: float = 0.05, house_noise_a: float = 0.3) -> None:
+                 own_rel: float = 0.05, house_noise_a: float = 0.3,
+                 house_pf_min: float | None = HOUSE_PF_MIN) -> None:
         self.sequences = (1, -1) if sequence is None else (sequence,)
         self.given_sequence = sequence
         # The phase sequence is a constant of the installation: own-step links that leave hypotheses
@@ -216,6 +297,7 @@ class Learner:
         self.through_house = through_house
         self.own_rel = own_rel
         self.house_noise_a = house_noise_a
+        self.house_pf_min = house_pf_min  # None: a change no single load explains keeps no hypothesis
         self.anchor: Snapshot | None = None
         self.anchor_own: dict[int, Pair] = {}
         self.kept: tuple[Hypothesis, ...] = ()
@@ -263,6 +345,7 @@ class Learner:
         if self.anchor is not None and at - self.anchor.at > self.max_gap_s:
             self.anchor, self.kept = None, ()
         kept, house_moved = self._link(snap, own) if self.anchor is not None else ((), True)
+        kept = self._consuming(snap, own, kept)
         if self.anchor is not None and not house_moved and self.given_sequence is None:
             # what this link alone says of the sequence, whatever the anchor's hypotheses
             self._vote(self._link(snap, own, ALL)[0] if len(self.sequences) == 2 else kept)
@@ -278,6 +361,25 @@ class Learner:
         if all(snap.lower[h] for h in kept):
             return Verdict(True, kept, "smaller I2 solution: the mirror learned from our own steps")
         return Verdict(False, kept, "larger I2 solution possible")
+
+    def _consuming(self, snap: Snapshot, own: dict[int, Pair],
+                   kept: tuple[Hypothesis, ...]) -> tuple[Hypothesis, ...]:
+        """Of ``kept`` (or of all hypotheses when nothing is known), those under which the household
+        alone is loads that consume with a plausible power factor (``consuming_loads``). When none
+        is (export, a load below the power factor bound), this says nothing."""
+        if self.house_pf_min is None:
+            return kept
+        acc = self.accuracy
+        turn = 2.0 * acc.phase_deg * _DEG + acc.gain_rel
+        out = []
+        for h in kept or self._all():
+            o = own.get(h[0], (0j, 0j))
+            i1, i3 = snap.pairs[h]
+            tol = (snap.radius[h] + turn * max(snap.values.i1, snap.values.i3) + self.house_noise_a
+                   + self.own_rel * (abs(o[0]) + abs(o[1])))
+            if consuming_loads(h[0], (i1 - o[0], i3 - o[1]), tol, self.house_pf_min):
+                out.append(h)
+        return tuple(out) if out else kept
 
     def _vote(self, kept: tuple[Hypothesis, ...]) -> None:
         """Learn the phase sequence from an own-step link (see ``__init__``)."""
@@ -305,6 +407,7 @@ class Learner:
         out: list[Hypothesis] = []
         house_moved = False
         ds_meas = complex(snap.values.p_w - a.values.p_w, snap.values.q_var - a.values.q_var)
+        pair_moves: list[tuple[int, int, Pair]] = []
         for s, m in self.kept if kept is None else kept:
             o0, o1 = self.anchor_own.get(s, (0j, 0j)), own.get(s, (0j, 0j))
             d_own = (o1[0] - o0[0], o1[1] - o0[1])
@@ -319,6 +422,8 @@ class Learner:
                 if self.through_house:
                     moves.extend(_slot_moves(s, ds_house))
             i1, i3 = a.pairs[(s, m)]
+            if house_moved and self.through_house:
+                pair_moves.append((s, m, d_own))
             for mv in moves:
                 tol_own = self.house_noise_a + self.own_rel * (abs(d_own[0]) + abs(d_own[1])
                                                               + abs(mv[0]) + abs(mv[1]))
@@ -329,4 +434,25 @@ class Learner:
                     n1, n3 = snap.pairs[h2]
                     if abs(p1 - n1) <= tol and abs(p3 - n3) <= tol and h2 not in out:
                         out.append(h2)
+        if not out and self.house_pf_min is not None:
+            out = self._two_load_link(snap, pair_moves, self.house_pf_min)
         return tuple(out), house_moved
+
+    def _two_load_link(self, snap: Snapshot, pair_moves: list[tuple[int, int, Pair]],
+                       pf_min: float) -> list[Hypothesis]:
+        """When no single household load explains a change: the hypotheses two loads with plausible
+        power factors lead to (``two_loads``)."""
+        a = self.anchor
+        assert a is not None
+        out: list[Hypothesis] = []
+        for s, m, d_own in pair_moves:
+            i1, i3 = a.pairs[(s, m)]
+            for m2 in (1, -1):
+                h2 = (s, m2)
+                n1, n3 = snap.pairs[h2]
+                d = (n1 - i1 - d_own[0], n3 - i3 - d_own[1])
+                tol = (a.radius[(s, m)] + snap.radius[h2] + self.house_noise_a
+                       + self.own_rel * (abs(d_own[0]) + abs(d_own[1]) + abs(d[0]) + abs(d[1])))
+                if h2 not in out and two_loads(s, d, tol, pf_min):
+                    out.append(h2)
+        return out

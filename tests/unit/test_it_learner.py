@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig, GridConfig
 from apm.core.headroom import HeadroomEstimator
-from apm.core.it_learner import Learner, ListValues, Verdict, own_phasors
+from apm.core.it_learner import Learner, ListValues, Verdict, consuming_loads, own_phasors, two_loads
 from apm.core.meter_state import MeterState
 from apm.core.three_wire import estimate_i2
 from han.reading import Reading
@@ -95,7 +95,7 @@ def _world_where_the_truth_is_the_smaller(sequence: int) -> World:
 def test_our_steps_tell_the_mirror_apart_under_both_sequences() -> None:
     for sequence in (1, -1):
         w = _world_where_the_truth_is_the_smaller(sequence)
-        learner = Learner(None)
+        learner = Learner(None, house_pf_min=None)  # our steps alone, not the households' power factors
         lower = []
         for k, (a, b) in enumerate([(10.0, 0.0), (16.0, 0.0), (16.0, 8.0), (20.0, 8.0), (20.0, 12.0)]):
             w.set(a, b)
@@ -216,3 +216,69 @@ def test_the_phase_sequence_is_learned_where_the_household_draws_reactive_power(
             feed(learner, 10.0 * k, v, own)
         assert learner.sequences == (sequence,)
         assert learner.votes[-sequence] == 0
+
+
+def _house_pairs(sequence: int, slots: list[float], q: list[float]) -> tuple[complex, complex]:
+    """I1, I3 of household loads on L1-L2, L2-L3, L3-L1 and 3-phase, in the learner's frame."""
+    from apm.core.it_learner import _slot_moves
+    i1, i3 = 0j, 0j
+    for (m1, m3), p, x in zip(_slot_moves(sequence, 1.0 + 0j), slots, q, strict=True):
+        y = complex(p, x).conjugate()
+        i1, i3 = i1 + y * m1, i3 + y * m3
+    return i1, i3
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequence=st.sampled_from([1, -1]), slots=st.lists(st.floats(0, 4000), min_size=4, max_size=4),
+       tq=st.lists(st.floats(-1.02, 1.02), min_size=4, max_size=4))
+def test_loads_that_consume_with_power_factor_0_7_or_more_are_always_plausible(
+        sequence: int, slots: list[float], tq: list[float]) -> None:
+    """The true hypothesis is never ruled out by the power factor test: any household of consuming
+    loads with |PF| >= 0.7 on the four IT connections passes it."""
+    q = [p * t for p, t in zip(slots, tq, strict=True)]
+    assert consuming_loads(sequence, _house_pairs(sequence, slots, q), 0.05)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sequence=st.sampled_from([1, -1]), on=st.lists(st.floats(-4000, 4000), min_size=4, max_size=4),
+       tq=st.lists(st.floats(-1.02, 1.02), min_size=4, max_size=4), a=st.integers(0, 3), b=st.integers(0, 3))
+def test_two_loads_switching_are_always_explained(sequence: int, on: list[float], tq: list[float],
+                                                  a: int, b: int) -> None:
+    """Two household loads switching on or off on any two connections, |PF| >= 0.7: the true move fits."""
+    slots, q = [0.0] * 4, [0.0] * 4
+    for k in {a, b}:
+        slots[k], q[k] = on[k], on[k] * tq[k]
+    assert two_loads(sequence, _house_pairs(sequence, slots, q), 0.05)
+
+
+def test_a_mirror_that_needs_loads_far_off_their_voltage_is_ruled_out() -> None:
+    """Resistive heaters on L2-L3 and L3-L1: the false mirror of the same sequence needs loads 60
+    degrees or more off their voltage (or generating), so the power factor test rules it out and the
+    smaller |I2| is used from the first list; without the test, nothing is known."""
+    for sequence in (1, -1):
+        w = World(sequence, [0.0, 2500.0, 1800.0, 0.0], [0.0, 0.0, 0.0, 0.0])
+        w.set(0.0, 0.0)
+        _, true_i2, v, own = w.measure()
+        with_pf = Learner(sequence).on_list(0.0, v, own, steady=True)
+        without = Learner(sequence, house_pf_min=None).on_list(0.0, v, own, steady=True)
+        assert len(with_pf.hypotheses) == 1
+        assert not without.hypotheses and not without.lower
+        if with_pf.lower:
+            assert _lower_is_safe(v, true_i2)
+
+
+def test_two_heaters_switching_between_lists_keep_the_true_hypothesis() -> None:
+    """Two resistive loads switching at once: before, nothing fitted and every hypothesis was open
+    again; now the true one is kept (the link to the anchor is two plausible loads)."""
+    w = _world_where_the_truth_is_the_smaller(1)
+    learner = Learner(1)
+    for k, a in enumerate([10.0, 16.0, 20.0]):
+        w.set(a, 0.0)
+        _, _, v, own = w.measure()
+        known = feed(learner, 10.0 * k, v, own)
+    assert known and learner.kept == ((1, 1),)
+    w.slots[1] += 1500.0
+    w.slots[2] += 1000.0
+    _, _, v, own = w.measure()
+    learner.on_power(27.5, v.p_w)
+    assert (1, 1) in learner.on_list(30.0, v, own, steady=True).hypotheses
