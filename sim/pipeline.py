@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -47,6 +49,7 @@ from apm.io.mqtt.link import link_settings
 from apm.io.mqtt.topics import Topics
 from apm.io.serial.port import VENDOR_SETTINGS, open_port
 from apm.io.storage.outbox import MemoryOutbox, Outbox
+from apm.io.tasks import stop
 from apm.services.balancer import BalancerService
 from apm.services.device import Device, SubscriptionSource, granted_subscription, serial_chunks
 from apm.services.runtime import ChargerEdges, attach_chargers
@@ -82,6 +85,23 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         chargers=sc.chargers, broker=BrokerConfig(), fixed_current_a=sc.fallback_a,
                         balancer=BalancerSettings.from_dict(balancer), headroom=sc.headroom_settings,
                         ocpp=OcppConfig(listen="127.0.0.1"))  # the simulated charge points are local
+
+
+PROTOCOLS = ("mqtt", "ocpp", "goe")
+
+
+def with_protocol(sc: Scenario, protocol: str) -> Scenario:
+    """``sc`` with every ``[[charger]]`` on ``protocol`` (`apm sim run --protocol`): the same day through
+    another protocol. A go-e without a ``goe_serial`` takes its charger's id (what the topics allow)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    chargers = []
+    for c in sc.chargers:
+        serial = c.goe_serial
+        if protocol == "goe" and serial is None:
+            serial = re.sub(r"[^A-Za-z0-9_-]", "_", c.id)
+        chargers.append(msgspec.structs.replace(c, protocol=protocol, goe_serial=serial))
+    return dataclasses.replace(sc, chargers=tuple(chargers))
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -218,6 +238,10 @@ class Pipeline:
         self.start = start or sc.start
         self.origin = self.start.timestamp()
         self.clock = ScaledClock(speed, start=self.start)
+        # Time stands at the start while the parts connect: what they set up then (the OCPP chargers'
+        # profiles start "now") must not lie in the future of t = 0, which `run` anchors to the start.
+        # At 100x a second of connecting would be 100 s, beyond the profiles' skew allowance.
+        self.clock.freeze()
         self.broker_url = broker_url
         self.config = device_config(sc, serial)
         if broker is not None:  # the device's login and TLS (`apm run --demo`)
@@ -239,6 +263,7 @@ class Pipeline:
         self.feed: MeterFeed | None = None
         self.line: VirtualSerialPort | None = None
         self._stack = contextlib.AsyncExitStack()
+        self._point_tasks: list[asyncio.Task[None]] = []
         self._wall = 0.0
 
     async def __aenter__(self) -> Pipeline:
@@ -299,6 +324,25 @@ class Pipeline:
             err = next((link.stats.last_error for link in links if not link.is_connected), None)
             raise PipelineError(f"cannot reach the MQTT broker at {url} within {CONNECT_TIMEOUT_S:g} s"
                                 + (f": {err}" if err else ""))
+        await self._connect_points()
+
+    async def _connect_points(self) -> None:
+        """Start the OCPP and go-e chargers and wait until each is connected (an OCPP one also holds its
+        safe base profile), as a real installation's chargers are before the day begins: at 100x, a
+        second of booting would otherwise be 100 s of chargers at their own maximum."""
+        self._point_tasks = [asyncio.create_task(p.run(), name=f"charger {p.charger.id}") for p in self.points]
+        self._stack.push_async_callback(stop, *self._point_tasks)
+        central = self.edges.ocpp if self.edges is not None else None
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await asyncio.gather(*(p.connected.wait() for p in self.points))
+                if central is not None:
+                    await central.wait_for(lambda c: all(link.base_profile for link in c.links().values()),
+                                           timeout=CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            late = [p.charger.id for p in self.points if not p.connected.is_set()]
+            raise PipelineError(f"the simulated chargers did not connect within {CONNECT_TIMEOUT_S:g} s"
+                                + (f": {', '.join(late)}" if late else " (no base profile)")) from None
 
     def _real_charger(self, charger: SimCharger, config: ChargerConfig, url: str) -> SimOcppChargePoint | SimGoeCharger:
         """The simulated charger behind the real protocol: an OCPP 1.6J charge point or a go-e on MQTT."""
@@ -331,7 +375,7 @@ class Pipeline:
             asyncio.create_task(self.balancer.run(), name="balancer"),
             asyncio.create_task(self.feed.run(self.duration_s), name="meter"),
             *(asyncio.create_task(n.run(), name=f"charger {n.id}") for n in self.nodes),
-            *(asyncio.create_task(p.run(), name=f"charger {p.charger.id}") for p in self.points),
+            *self._point_tasks,
         ]
         world = asyncio.create_task(self.world.run(self.clock, self.origin, self.duration_s), name="world")
         try:
@@ -345,9 +389,7 @@ class Pipeline:
             self._wall = time.perf_counter() - wall0
             if self.duration_s is not None:
                 self.clock.freeze()  # the scenario is over: no part should see time pass while closing
-            for t in (world, *tasks):
-                t.cancel()
-            await asyncio.gather(world, *tasks, return_exceptions=True)
+            await stop(world, *tasks)  # cancels until done (the ocpp library's wait_for may swallow one)
         return self.report()
 
     def report(self) -> dict[str, Any]:
