@@ -164,9 +164,14 @@ def _headline(r: dict[str, Any]) -> str:
     share = "" if ratio is None else f" ({ratio * 100:.1f} % of the oracle"
     if share and measured is not None and measured != ratio:
         share += f"; {measured * 100:.1f} % of one that knows the unreported I2"
+    lagged = ""
+    p = r.get("pipeline")
+    if p is not None and not p.get("faithful", True):
+        lagged = (f"; LAGGED: the world fell up to {p['max_lag_sim_s']:g} simulated s behind the clock "
+                  f"({p['late_steps']} late steps): a slower --speed gives the faithful day")
     return (f"{PROG}: {r['scenario']} ({how}): {r['trips']} trip(s), "
             f"{r['energy_total_kwh']:.2f} kWh to the EVs" + (share + ")" if share else "")
-            + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s")
+            + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s" + lagged)
 
 
 def _fail(message: str) -> int:
