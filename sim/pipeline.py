@@ -361,7 +361,7 @@ class Pipeline:
             assert self.edges.ocpp is not None
             point = SimOcppChargePoint(charger, self.edges.ocpp.url,
                                        cp_id=config.charge_point_id, clock=self.clock, origin=self.origin,
-                                       steps=False)
+                                       steps=False, validate=False)
         else:
             assert config.goe_serial is not None
             point = SimGoeCharger(charger, config.goe_serial, url, clock=self.clock, origin=self.origin,
