@@ -25,11 +25,14 @@ from tests.mqtt_broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "sim" / "scenarios" / "winter-tn-25a.toml"
-SPEED = 100  # the day takes 864 s of wall time; both runs share the 2 cores (docs in the report)
+# 50x: the day takes 29 min of wall time, both runs side by side. At 100x (14.4 min) the day was the
+# same (OCPP 121.14 kWh, MQTT 120.07 kWh, no trips) but on a machine shared with other jobs the world
+# fell up to 12-23 simulated seconds behind the clock now and then, which the test refuses.
+SPEED = 50
 DAY_S = 86400
 RENEW_S = 30  # ProfilePolicy.renew_s: the limits the device keeps renewing, in clock seconds
 
-pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(2700)]
 
 
 def _start(protocol: str, report: Path, broker: str) -> subprocess.Popen[str]:
@@ -48,7 +51,7 @@ def test_a_winter_day_through_ocpp_gives_the_energy_of_mqtt(tmp_path: Path) -> N
     reports = {}
     try:
         for protocol, (proc, path) in runs.items():
-            _, err = proc.communicate(timeout=1700)
+            _, err = proc.communicate(timeout=2600)
             assert proc.returncode == 0, err
             reports[protocol] = json.loads(path.read_text())
             print(err.strip())  # the headline: shown with pytest -s, and in the failure report
