@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -47,6 +49,7 @@ from apm.io.mqtt.link import link_settings
 from apm.io.mqtt.topics import Topics
 from apm.io.serial.port import VENDOR_SETTINGS, open_port
 from apm.io.storage.outbox import MemoryOutbox, Outbox
+from apm.io.tasks import stop
 from apm.services.balancer import BalancerService
 from apm.services.device import Device, SubscriptionSource, granted_subscription, serial_chunks
 from apm.services.runtime import ChargerEdges, attach_chargers
@@ -66,6 +69,11 @@ SERIAL = "APMSIM0001"
 DEMO_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "demo.toml"  # `apm run --demo`
 CONNECT_TIMEOUT_S = 10.0
 _HISTORY_S = 180  # seconds of line currents kept for the meter (it samples up to a minute back)
+# A run is faithful while the world never falls further than this behind the clock, in simulated
+# seconds: the device then decides at most that late, less than an EV's own response (3 s) plus a
+# margin, and far inside the stale hold (stale_after_s >= 10 s on top of the meter's list interval).
+# Beyond it a loaded machine changes the day: the report says so and the soak tests fail.
+LAG_LIMIT_S = 5.0
 
 
 class PipelineError(RuntimeError):
@@ -84,6 +92,23 @@ def device_config(sc: Scenario, serial: str = SERIAL) -> DeviceConfig:
                         ocpp=OcppConfig(listen="127.0.0.1"))  # the simulated charge points are local
 
 
+PROTOCOLS = ("mqtt", "ocpp", "goe")
+
+
+def with_protocol(sc: Scenario, protocol: str) -> Scenario:
+    """``sc`` with every ``[[charger]]`` on ``protocol`` (`apm sim run --protocol`): the same day through
+    another protocol. A go-e without a ``goe_serial`` takes its charger's id (what the topics allow)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    chargers = []
+    for c in sc.chargers:
+        serial = c.goe_serial
+        if protocol == "goe" and serial is None:
+            serial = re.sub(r"[^A-Za-z0-9_-]", "_", c.id)
+        chargers.append(msgspec.structs.replace(c, protocol=protocol, goe_serial=serial))
+    return dataclasses.replace(sc, chargers=tuple(chargers))
+
+
 # --- the world ---------------------------------------------------------------------------------------
 
 
@@ -95,7 +120,8 @@ class PacedWorld(World):
         super().__init__(sc, step_s=1.0, history_s=_HISTORY_S, **kwargs)
         self._advanced = asyncio.Event()
         self.after_step: list[Callable[[], None]] = []
-        self.max_lag_s = 0.0
+        self.max_lag_s = 0.0  # wall seconds
+        self.late_steps = 0  # steps taken more than LAG_LIMIT_S simulated seconds late
 
     def step(self, k: int) -> GridState:
         g = super().step(k)
@@ -117,7 +143,10 @@ class PacedWorld(World):
         while duration_s is None or k <= duration_s:
             due = origin + k
             await clock.sleep_until(due)
-            self.max_lag_s = max(self.max_lag_s, clock.lag(due))
+            lag = clock.lag(due)
+            self.max_lag_s = max(self.max_lag_s, lag)
+            if lag * clock.speed > LAG_LIMIT_S:
+                self.late_steps += 1
             self.step(k)
             k += 1
 
@@ -218,6 +247,10 @@ class Pipeline:
         self.start = start or sc.start
         self.origin = self.start.timestamp()
         self.clock = ScaledClock(speed, start=self.start)
+        # Time stands at the start while the parts connect: what they set up then (the OCPP chargers'
+        # profiles start "now") must not lie in the future of t = 0, which `run` anchors to the start.
+        # At 100x a second of connecting would be 100 s, beyond the profiles' skew allowance.
+        self.clock.freeze()
         self.broker_url = broker_url
         self.config = device_config(sc, serial)
         if broker is not None:  # the device's login and TLS (`apm run --demo`)
@@ -239,6 +272,7 @@ class Pipeline:
         self.feed: MeterFeed | None = None
         self.line: VirtualSerialPort | None = None
         self._stack = contextlib.AsyncExitStack()
+        self._point_tasks: list[asyncio.Task[None]] = []
         self._wall = 0.0
 
     async def __aenter__(self) -> Pipeline:
@@ -299,6 +333,25 @@ class Pipeline:
             err = next((link.stats.last_error for link in links if not link.is_connected), None)
             raise PipelineError(f"cannot reach the MQTT broker at {url} within {CONNECT_TIMEOUT_S:g} s"
                                 + (f": {err}" if err else ""))
+        await self._connect_points()
+
+    async def _connect_points(self) -> None:
+        """Start the OCPP and go-e chargers and wait until each is connected (an OCPP one also holds its
+        safe base profile), as a real installation's chargers are before the day begins: at 100x, a
+        second of booting would otherwise be 100 s of chargers at their own maximum."""
+        self._point_tasks = [asyncio.create_task(p.run(), name=f"charger {p.charger.id}") for p in self.points]
+        self._stack.push_async_callback(stop, *self._point_tasks)
+        central = self.edges.ocpp if self.edges is not None else None
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await asyncio.gather(*(p.connected.wait() for p in self.points))
+                if central is not None:
+                    await central.wait_for(lambda c: all(link.base_profile for link in c.links().values()),
+                                           timeout=CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            late = [p.charger.id for p in self.points if not p.connected.is_set()]
+            raise PipelineError(f"the simulated chargers did not connect within {CONNECT_TIMEOUT_S:g} s"
+                                + (f": {', '.join(late)}" if late else " (no base profile)")) from None
 
     def _real_charger(self, charger: SimCharger, config: ChargerConfig, url: str) -> SimOcppChargePoint | SimGoeCharger:
         """The simulated charger behind the real protocol: an OCPP 1.6J charge point or a go-e on MQTT."""
@@ -308,7 +361,7 @@ class Pipeline:
             assert self.edges.ocpp is not None
             point = SimOcppChargePoint(charger, self.edges.ocpp.url,
                                        cp_id=config.charge_point_id, clock=self.clock, origin=self.origin,
-                                       steps=False)
+                                       steps=False, validate=False)
         else:
             assert config.goe_serial is not None
             login = self.charger_logins.get(charger.id)  # on the embedded broker: its goe:<serial> user
@@ -333,7 +386,7 @@ class Pipeline:
             asyncio.create_task(self.balancer.run(), name="balancer"),
             asyncio.create_task(self.feed.run(self.duration_s), name="meter"),
             *(asyncio.create_task(n.run(), name=f"charger {n.id}") for n in self.nodes),
-            *(asyncio.create_task(p.run(), name=f"charger {p.charger.id}") for p in self.points),
+            *self._point_tasks,
         ]
         world = asyncio.create_task(self.world.run(self.clock, self.origin, self.duration_s), name="world")
         try:
@@ -347,9 +400,7 @@ class Pipeline:
             self._wall = time.perf_counter() - wall0
             if self.duration_s is not None:
                 self.clock.freeze()  # the scenario is over: no part should see time pass while closing
-            for t in (world, *tasks):
-                t.cancel()
-            await asyncio.gather(world, *tasks, return_exceptions=True)
+            await stop(world, *tasks)  # cancels until done (the ocpp library's wait_for may swallow one)
         return self.report()
 
     def report(self) -> dict[str, Any]:
@@ -376,6 +427,10 @@ class Pipeline:
             "broker": self.broker_url,
             "wall_s": round(self._wall, 2),
             "max_lag_s": round(w.max_lag_s, 3),
+            "max_lag_sim_s": round(w.max_lag_s * self.speed, 1),
+            "late_steps": w.late_steps,
+            # the world kept within LAG_LIMIT_S of the clock: the day is the one the speed claims
+            "faithful": w.late_steps == 0,
             "frames_sent": self.feed.frames if self.feed else 0,
             "frames_skipped": self.feed.skipped if self.feed else 0,
             "frames_bad": dev.reader.frames.frames_bad,
@@ -384,6 +439,11 @@ class Pipeline:
             "charger_states_sent": sum(n.states_sent for n in self.nodes),
             "setpoints_received": sum(n.setpoints_received for n in self.nodes),
             "broker_connects": link.connects,
+            # OCPP: limits renewed every renew_s of the clock (a day at 30 s: 2880 per charger) and
+            # no reconnects
+            "ocpp_profiles_received": sum(p.profiles_received for p in self.points
+                                          if isinstance(p, SimOcppChargePoint)),
+            "ocpp_boots": sum(p.boots for p in self.points if isinstance(p, SimOcppChargePoint)),
         }
         report["runtime_s"] = round(self._wall, 2)
         return report

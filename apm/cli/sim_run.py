@@ -2,10 +2,13 @@
 
     apm sim run sim/scenarios/winter-it-40a.toml --fast --report day.json --plot day.png
     apm sim run step.toml --speed 50 --report step.json       # through the pty, MQTT and the chargers
+    apm sim run sim/scenarios/winter-tn-25a.toml --speed 100 --protocol ocpp   # every charger on OCPP 1.6J
 
 Without ``--fast`` the loop runs through the real parts (sim/pipeline.py): the simulated meter's frames
 on a pty, the device's serial reader, an MQTT broker (embedded amqtt unless ``--broker``), the
-balancer service and the charger emulators, on a clock ``--speed`` times real time. ``--fast`` runs the
+balancer service and the charger emulators, on a clock ``--speed`` times real time; ``--protocol``
+puts every ``[[charger]]`` on one protocol (mqtt: the generic topics, ocpp: OCPP 1.6J charge points,
+goe: go-e chargers on the broker) to compare the same day through each. ``--fast`` runs the
 in-process loop of sim/closed_loop.py instead: the same scenario, the same report keys, a winter day in
 seconds. Either way the report also holds the same day with the fixed current and no meter
 (``fixed_<A>a``) unless ``--no-compare``.
@@ -28,6 +31,7 @@ from typing import Any
 from apm.cli.arguments import positive
 
 PROG = "apm sim run"
+PROTOCOLS = ("mqtt", "ocpp", "goe")  # sim.pipeline.PROTOCOLS, without importing the simulator for --help
 DEFAULT_SPEED = 20.0
 
 
@@ -47,6 +51,8 @@ def register_run(sim_sub: argparse._SubParsersAction) -> None:
                       help=f"clock speed of the pipeline, N times real time (default {DEFAULT_SPEED:g})")
     p.add_argument("--broker", metavar="URL",
                    help="an external broker for the pipeline (default: embedded amqtt)")
+    p.add_argument("--protocol", metavar="|".join(PROTOCOLS),
+                   help="the pipeline's chargers all speak this protocol (default: each [[charger]]'s own)")
     p.add_argument("--duration", type=positive, metavar="S", help="simulate S seconds instead of duration_s")
     p.add_argument("--no-compare", action="store_true", help="skip the fixed-current comparison run")
     p.set_defaults(func=run)
@@ -85,6 +91,11 @@ def _check_files(args: argparse.Namespace) -> str | None:
 
         if importlib.util.find_spec("matplotlib") is None:
             return "--plot needs matplotlib (pip install -e '.[plot]')"
+    if args.protocol is not None:
+        if args.protocol not in PROTOCOLS:
+            return f"--protocol {args.protocol}: not a charger protocol; use one of {', '.join(PROTOCOLS)}"
+        if args.fast:
+            return "--protocol is for the pipeline; --fast sets chargers directly, with no protocol"
     return None
 
 
@@ -104,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if args.duration:
         sc = replace(sc, duration_s=args.duration, evs=tuple(
             e if e.depart_s <= args.duration else replace(e, depart_s=args.duration) for e in sc.evs))
+    if args.protocol is not None:
+        from sim.pipeline import with_protocol
+
+        sc = with_protocol(sc, args.protocol)
     if args.broker:
         from apm.io.mqtt.link import BrokerAddress, LinkError
 
@@ -156,9 +171,14 @@ def _headline(r: dict[str, Any], start: datetime) -> str:
         f", peak {peak['x_in']:.2f} In on {peak['line']} at "
         f"{(start + timedelta(seconds=peak['at_s'])).strftime('%H:%M:%S')}, "
         f"{r['seconds_above_in_total']:g} s above In")
+    lagged = ""
+    p = r.get("pipeline")
+    if p is not None and not p.get("faithful", True):
+        lagged = (f"; LAGGED: the world fell up to {p['max_lag_sim_s']:g} simulated s behind the clock "
+                  f"({p['late_steps']} late steps): a slower --speed gives the faithful day")
     return (f"{PROG}: {r['scenario']} ({how}): {r['energy_total_kwh']:.2f} kWh to the EVs"
             + (share + ")" if share else "") + f", {r['trips']} trip(s){worst}"
-            + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s")
+            + f", {r['setpoint_changes']} setpoint changes, {r['runtime_s']:.1f} s" + lagged)
 
 
 def _fail(message: str) -> int:

@@ -129,6 +129,12 @@ def test_bad_input_gets_a_precise_message_and_status_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "cannot reach the MQTT broker at mqtt://127.0.0.1:1" in r.stderr
     r = apm("sim", "run", str(good), "--fast", "--speed", "5")
     assert r.returncode == 2 and "not allowed with" in r.stderr
+    for args, says in ((["--protocol", "modbus"], "--protocol modbus: not a charger protocol; use one of mqtt, "
+                                                  "ocpp, goe"),
+                       (["--protocol", "ocpp", "--fast"], "--protocol is for the pipeline")):
+        r = apm("sim", "run", str(good), *args)
+        assert r.returncode == 2 and says in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == "", r.stderr
 
 
 @pytest.mark.parametrize(("setup", "extra", "says"), [
