@@ -85,23 +85,63 @@ def test_the_judge_compares_a_skewed_case_with_the_same_case_without() -> None:
 
 # --- the soak: the whole set ------------------------------------------------------------------------
 
-# Measured short of the issue's targets (python -m sim.it_set --table, before `itlearn`'s work; seeds 1-2
-# of every network and 1-5 of it40-aidon, skews on it40-aidon seeds 1-2: the rest was not yet measured,
-# so it is not marked). Not strict: a case that starts to pass shows as XPASS.
-_I2 = "Aidon IT without I2: the device's conservative I2 bound (issue 15 item 1, `itlearn`): "
-_SKEW = "powers lag currents: phantom rises in the list-1 check (issue 15 item 2, `itlearn`): "
-_TN = "TN 25 A, 1.40 In peak at 19:38:47 (a household step on a line the chargers fill): "
-SHORT: dict[str, str] = {  # measured: energy / oracle_measured; skewed: and vs the same case without skew
-    "it40-aidon-s3": _I2 + "0.59 of measured",
-    "it40-aidon-s5": _I2 + "0.81 of measured",
-    "it63-aidon-s1": _I2 + "0.80 of measured",
-    "it63-aidon-s2": _I2 + "0.81 of measured",
-    "tn25-kamstrup-s2": _TN + "0.94 of measured",
-    "tn25-aidon-s2": _TN + "0.91 of measured",
-    "it40-aidon-s1-skew1": _SKEW + "1.68x the setpoint changes",
-    "it40-aidon-s1-skew2": _SKEW + "0.77 of the energy, 3.45x the setpoint changes",
-    "it40-aidon-s2-skew1": _I2 + "0.87 of measured",
-    "it40-aidon-s2-skew2": _SKEW + "0.78 of the energy, 2.90x the setpoint changes",
+# Measured short of the issue's targets on main at the end of session 4 (`python -m sim.it_set --table
+# --seeds 1-10 --jobs 2`, all 180 cases; zero trips in every one). Not strict: a case that starts to
+# pass shows as XPASS. Why they fall short: docs/it-l2-inference.md (Aidon IT: lists after several
+# household loads switched, until our next step tells the mirror again) and, on TN, the 10 s lists, the
+# EVs' response and the restart rules against cooking zones that cycle faster (closing note, session 4).
+_I2 = "Aidon IT without I2, the mirror not yet told apart: "
+_TN = "TN: list interval, EV response and restart rules against a cycling household: "
+_OTHER = "short of the target: "
+SHORT: dict[str, str] = {
+    "it40-aidon-s3": _I2 + "0.769 of measured (target 0.9)",
+    "it40-aidon-s3-skew1": _I2 + "0.747 of measured (target 0.9)",
+    "it40-aidon-s3-skew2": _I2 + "0.741 of measured (target 0.9)",
+    "it40-aidon-s5": _I2 + "0.832 of measured (target 0.9)",
+    "it40-aidon-s5-skew1": _I2 + "0.826 of measured (target 0.9)",
+    "it40-aidon-s5-skew2": _I2 + "0.818 of measured (target 0.9)",
+    "it40-aidon-s6": _I2 + "0.752 of measured (target 0.9)",
+    "it40-aidon-s6-skew1": _I2 + "0.749 of measured (target 0.9)",
+    "it40-aidon-s6-skew2": _I2 + "0.740 of measured (target 0.9)",
+    "it40-aidon-s9": _I2 + "0.848 of measured (target 0.9)",
+    "it40-aidon-s9-skew1": _I2 + "0.846 of measured (target 0.9)",
+    "it40-aidon-s9-skew2": _I2 + "0.837 of measured (target 0.9)",
+    "it63-aidon-s1": _I2 + "0.883 of measured (target 0.9)",
+    "it63-aidon-s1-skew1": _I2 + "0.873 of measured (target 0.9)",
+    "it63-aidon-s1-skew2": _I2 + "0.845 of measured (target 0.9); 0.96x the energy, 1.55x the changes of no skew",
+    "it63-aidon-s8": _I2 + "0.705 of measured (target 0.9)",
+    "it63-aidon-s8-skew1": _I2 + "0.685 of measured (target 0.9)",
+    "it63-aidon-s8-skew2": _I2 + "0.659 of measured (target 0.9); 0.94x the energy, 1.20x the changes of no skew",
+    "it63-aidon-s9": _I2 + "0.721 of measured (target 0.9)",
+    "it63-aidon-s9-skew1": _I2 + "0.709 of measured (target 0.9)",
+    "it63-aidon-s9-skew2": _I2 + "0.682 of measured (target 0.9); 0.95x the energy, 1.26x the changes of no skew",
+    "tn25-aidon-s2": _TN + "0.909 of measured (target 0.97)",
+    "tn25-aidon-s2-skew1": _TN + "0.912 of measured (target 0.97)",
+    "tn25-aidon-s2-skew2": _TN + "0.913 of measured (target 0.97)",
+    "tn25-aidon-s3": _TN + "0.957 of measured (target 0.97)",
+    "tn25-aidon-s3-skew1": _TN + "0.958 of measured (target 0.97)",
+    "tn25-aidon-s3-skew2": _TN + "0.956 of measured (target 0.97)",
+    "tn25-aidon-s5": _TN + "0.970 of measured (target 0.97)",
+    "tn25-aidon-s5-skew1": _TN + "0.967 of measured (target 0.97)",
+    "tn25-aidon-s5-skew2": _TN + "0.966 of measured (target 0.97)",
+    "tn25-aidon-s6": _TN + "0.945 of measured (target 0.97)",
+    "tn25-aidon-s6-skew1": _TN + "0.946 of measured (target 0.97)",
+    "tn25-aidon-s6-skew2": _TN + "0.946 of measured (target 0.97)",
+    "tn25-aidon-s8": _TN + "0.965 of measured (target 0.97)",
+    "tn25-aidon-s8-skew1": _TN + "0.964 of measured (target 0.97)",
+    "tn25-aidon-s8-skew2": _TN + "0.960 of measured (target 0.97)",
+    "tn25-aidon-s9": _TN + "0.875 of measured (target 0.97)",
+    "tn25-aidon-s9-skew1": _TN + "0.867 of measured (target 0.97)",
+    "tn25-aidon-s9-skew2": _TN + "0.866 of measured (target 0.97)",
+    "tn25-kamstrup-s2": _TN + "0.942 of measured (target 0.97)",
+    "tn25-kamstrup-s2-skew1": _TN + "0.942 of measured (target 0.97)",
+    "tn25-kamstrup-s2-skew2": _TN + "0.942 of measured (target 0.97)",
+    "tn25-kamstrup-s6": _TN + "0.956 of measured (target 0.97)",
+    "tn25-kamstrup-s6-skew1": _TN + "0.956 of measured (target 0.97)",
+    "tn25-kamstrup-s6-skew2": _TN + "0.956 of measured (target 0.97)",
+    "tn25-kamstrup-s9": _TN + "0.890 of measured (target 0.97)",
+    "tn25-kamstrup-s9-skew1": _TN + "0.890 of measured (target 0.97)",
+    "tn25-kamstrup-s9-skew2": _TN + "0.890 of measured (target 0.97)",
 }
 
 ALL = cases(NETWORKS, SEEDS, SKEWS)
