@@ -26,6 +26,7 @@ def _check(res: dict) -> None:
     assert res["summary"]["saving_nok"] == pytest.approx(free["cost_total_nok"] - guard["cost_total_nok"], abs=0.02)
 
 
+@pytest.mark.soak  # 32 s of the suite; the guard in the device: test_capacity_guard_device.py
 def test_two_winter_days_with_the_guard_at_5_kw() -> None:
     sc, sessions = shorten(*load(MONTH), days=2)
     res = compare(sc, sessions, step_kw=5.0)

@@ -314,6 +314,7 @@ def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, A
     assert max(short.values()) < sc.safety_margin_a
 
 
+@pytest.mark.soak  # a variant of the IT day (14 s of the suite); the power bound has unit tests
 def test_winter_it_day_with_the_power_bound_on_i2() -> None:
     # the bound's assumption (every load at PF >= 1) holds only in a resistive world: the world this
     # scenario had before loads had power factors (in-phase model, every household load resistive,
