@@ -58,7 +58,7 @@ from apm.core.sessions import Session, SessionMeter
 from apm.core.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
 from apm.core.token import verify_revocation_for
 from apm.io.clock import Clock, RealClock
-from apm.io.mqtt.discovery import discovery_messages, session_messages
+from apm.io.mqtt.discovery import discovery_messages, link_messages, session_messages
 from apm.io.mqtt.link import MqttLink
 from apm.io.mqtt.messages import (
     CapacityPayload,
@@ -318,7 +318,7 @@ class Device:
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
             birth=discovery_messages(self.topics, chargers=charger_ids, capacity=self.controller.capacity is not None)
-            + session_messages(self.topics, charger_ids),
+            + session_messages(self.topics, charger_ids) + link_messages(self.topics, charger_ids),
             subscriptions=listen, **dict(link_options or {}))
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: asyncio.Future[DeviceFailed] | None = None

@@ -172,6 +172,7 @@ async def running(plan: RunPlan) -> AsyncIterator[Running]:
         run.work, run.eco = await _with_eco(stack, plan, url, run.work, run.settings,
                                              run.device.controller.capacity)
         run.work = await _with_controls(stack, plan, url, run)
+        run.work = _with_links(run)
         if plan.web is not None:
             run.web_url = await _web(stack, plan.web, run)
         yield run
@@ -253,6 +254,15 @@ async def _with_controls(stack: contextlib.AsyncExitStack, plan: RunPlan, url: s
     controls = await stack.enter_async_context(HaControls(
         run.settings, run.device, url=url, prices=plan.eco.prices if plan.eco is not None else None))
     return beside(controls.run(), run.work)
+
+
+def _with_links(run: Running) -> Work:
+    """Each charger's link retained on ``charger/<id>/link`` (Home Assistant's view of the live view's
+    column), on the device's own MQTT link."""
+    from apm.services.links import publish_links
+
+    d = run.device
+    return beside(publish_links(d.link, d.topics, run.charger_links, d.clock), run.work)
 
 
 async def _web(stack: contextlib.AsyncExitStack, web: WebPlan, run: Running) -> str:

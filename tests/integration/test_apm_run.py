@@ -152,6 +152,10 @@ def test_demo_runs_the_whole_product_and_stops_after_its_duration() -> None:
     states = [json.loads(p) for p in topics(obs, "APMDEMO01", "charger/garage/state")]
     assert any(s["state"] in ("connected", "charging") for s in states)
     assert topics(obs, "APMDEMO01", "headroom")
+    # Each charger's link for Home Assistant (apm.services.links), from the runtime's wiring.
+    links = {t.split("/")[3]: json.loads(p) for t, p, _ in obs.messages if t.endswith("/link")}
+    assert set(links) == {"garage", "driveway"}
+    assert all(link["protocol"] in ("ocpp", "goe", "mqtt") for link in links.values())
     assert "stopped after" in err and "readings" in err and out == ""
     assert " ERROR " not in err and " WARNING " not in err  # a clean start says nothing alarming
 

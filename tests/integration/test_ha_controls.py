@@ -47,6 +47,7 @@ SENSOR_RULES: dict[str | None, tuple[frozenset[str] | None, frozenset[str | None
     "monetary": (frozenset({"NOK", "SEK", "DKK", "EUR", "USD"}), frozenset({"total", None})),
     None: (ANY, frozenset({"measurement", "total", "total_increasing", None})),
 }
+BINARY_CLASSES = frozenset({None, "connectivity", "plug", "power", "problem", "running", "battery_charging"})
 NUMBER_UNITS = {"current": frozenset({"A", "mA"}), "energy": SENSOR_RULES["energy"][0]}
 COMMON = ("name", "unique_id", "state_topic", "value_template", "availability_topic", "device", "origin")
 
@@ -63,6 +64,8 @@ def ha_problems(component: str, c: dict[str, Any]) -> list[str]:
             out.append(f"unit {unit!r} is not one of {dc}'s")
         if c.get("state_class") not in classes:
             out.append(f"state_class {c.get('state_class')!r} is impossible for device_class {dc!r}")
+    elif component == "binary_sensor":
+        out += _binary_problems(c)
     else:
         out += [f"{k} missing" for k in ("command_topic",) if not c.get(k)]
         if "state_class" in c:
@@ -81,6 +84,15 @@ def ha_problems(component: str, c: dict[str, Any]) -> list[str]:
         re.compile(c.get("pattern") or "")
         if not 0 <= c.get("min", 0) <= c.get("max", 255) <= 255:
             out.append("a text's min/max are 0..255")
+    return out
+
+
+def _binary_problems(c: dict[str, Any]) -> list[str]:
+    """binary_sensor/__init__.py: a BinarySensorDeviceClass, no unit or state class; ON/OFF payloads."""
+    out = [] if c.get("device_class") in BINARY_CLASSES else [f"unknown binary_sensor device_class {c.get('device_class')!r}"]
+    out += [f"a binary_sensor has no {k}" for k in ("unit_of_measurement", "state_class") if k in c]
+    if not (c.get("payload_on") and c.get("payload_off")):
+        out.append("a binary_sensor needs payload_on and payload_off")
     return out
 
 

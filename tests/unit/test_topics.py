@@ -88,7 +88,7 @@ def test_delivery_flags_come_from_the_table() -> None:
     assert {s.kind for s in tp.TABLE if s.retain} == {tp.STATUS, tp.READING, tp.SUBSCRIPTION,
                                                        tp.SUBSCRIPTION_REVOCATION, tp.ECO_PLAN, tp.DISCOVERY,
                                                        tp.SETTINGS, tp.CHARGER_SETTINGS, tp.PRICE,
-                                                       tp.CHARGER_SESSION, tp.CAPACITY}
+                                                       tp.CHARGER_SESSION, tp.CHARGER_LINK, tp.CAPACITY}
     # Commands are inputs: a retained one would change the setting again at every reconnect.
     assert not tp.SPECS[tp.SETTINGS_SET].retain and not tp.SPECS[tp.CHARGER_SET].retain
 

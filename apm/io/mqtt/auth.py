@@ -11,8 +11,8 @@
 Roles, for the device with serial S (topics of apm.io.mqtt.topics under ``apm/S/``):
 
     device          publishes status, reading/+, headroom, energy/hourly, energy/hour, subscription, eco/plan,
-                    price, capacity, settings, charger/+/setpoint, charger/+/settings, charger/+/session and Home Assistant
-                    discovery;
+                    price, capacity, settings, charger/+/setpoint, charger/+/settings, charger/+/session,
+                    charger/+/link and Home Assistant discovery;
                     reads everything under apm/S/
     charger:<id>    publishes only charger/<id>/state; reads only charger/<id>/setpoint
     reader          reads apm/S/# and homeassistant/#; publishes only READER_COMMANDS
@@ -110,7 +110,7 @@ def acl(role: Role, serial: str) -> Acl:
     if role.kind == "device":
         return Acl((t.status, f"{t.root}/reading/+", t.headroom, t.energy_hourly, t.subscription, t.eco_plan,
                     t.all_charger_setpoints, t.settings, f"{t.root}/charger/+/settings", f"{t.root}/charger/+/session",
-                    t.price, t.energy_hour, t.capacity, f"{DISCOVERY_ROOT}/#", f"{GOE_ROOT}/+/+/set"),
+                    f"{t.root}/charger/+/link", t.price, t.energy_hour, t.capacity, f"{DISCOVERY_ROOT}/#", f"{GOE_ROOT}/+/+/set"),
                    (f"{t.root}/#", f"{GOE_ROOT}/#"))
     if role.kind == "charger" and role.charger is not None:
         return Acl((t.charger_state(role.charger),), (t.charger_setpoint(role.charger),))

@@ -64,9 +64,9 @@ class Sensor:
     name: str
     state_topic: str
     field: str  # the JSON field of the state topic's payload
-    unit: str
+    unit: str | None  # None: a text sensor (a charger's protocol)
     device_class: str | None  # None: none fits (a price per kWh is not "monetary": see `price_sensor`)
-    state_class: str  # "measurement" | "total_increasing"
+    state_class: str | None  # "measurement" | "total_increasing"; None: a text sensor
     expire_after_s: int | None = None
     precision: int | None = None  # suggested display precision
 
@@ -303,3 +303,43 @@ def session_messages(topics: Topics, chargers: Sequence[str], device: DeviceInfo
     return [OutMessage(config_topic(topics.serial, s.object_id, prefix),
                        payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
             for s in session_sensors(topics, chargers)]
+
+
+# --- how the device reaches each charger (charger/<id>/link, apm.services.links) -------------------------
+
+
+def link_sensors(topics: Topics, chargers: Sequence[str]) -> list[Sensor]:
+    """Per charger the current limit it was given (A) and its protocol (a text sensor: no unit, no class)."""
+    out: list[Sensor] = []
+    for cid in chargers:
+        oid, t = object_id_of(cid), topics.charger_link(cid)
+        out += [Sensor("limit_" + oid, f"Charger {cid} limit", t, "limit_a", "A", "current", "measurement", None, 1),
+                Sensor("protocol_" + oid, f"Charger {cid} protocol", t, "protocol", None, None, None)]
+    return out
+
+
+def connected_payload(topics: Topics, cid: str, device: DeviceInfo) -> DiscoveryConfig:
+    """A charger's connection as a ``connectivity`` binary sensor; a generic MQTT charger's ``connected``
+    is null (the broker holds its session), which renders "None": Home Assistant shows unknown."""
+    template = (f"{{% if value_json.connected is none %}}None{{% elif value_json.connected %}}{SWITCH_ON}"
+                f"{{% else %}}{SWITCH_OFF}{{% endif %}}")
+    return DiscoveryConfig(
+        name=f"Charger {cid} connected", unique_id=f"{node_id(topics.serial)}_connected_{object_id_of(cid)}",
+        state_topic=topics.charger_link(cid), value_template=template, device_class="connectivity",
+        payload_on=SWITCH_ON, payload_off=SWITCH_OFF, entity_category="diagnostic",
+        availability_topic=topics.status, payload_available=ONLINE, payload_not_available=OFFLINE,
+        device=device.payload(), origin=DiscoveryOrigin(name="apm-emulator",
+                                                        sw_version=device.sw_version or package_version()))
+
+
+def link_messages(topics: Topics, chargers: Sequence[str], device: DeviceInfo | None = None,
+                  prefix: str = DISCOVERY_PREFIX) -> list[OutMessage]:
+    """The retained configs of every charger's connection (binary sensor), limit and protocol (sensors)."""
+    device = device or DeviceInfo(topics.serial)
+    spec = SPECS[DISCOVERY]
+    out = [OutMessage(config_topic(topics.serial, "connected_" + object_id_of(cid), prefix, "binary_sensor"),
+                      payload_bytes(spec, connected_payload(topics, cid, device)), spec.qos, spec.retain)
+           for cid in chargers]
+    return out + [OutMessage(config_topic(topics.serial, s.object_id, prefix),
+                             payload_bytes(spec, config_payload(s, topics, device)), spec.qos, spec.retain)
+                  for s in link_sensors(topics, chargers)]

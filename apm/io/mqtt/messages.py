@@ -399,11 +399,11 @@ class DiscoveryConfig(Payload, frozen=True, kw_only=True, omit_defaults=True):
     mode: str | None = None  # number: box | slider; text: text
     options: list[str] | None = None  # select
     pattern: str | None = None  # text: a regex the value must match
-    payload_on: str | None = None  # switch
+    payload_on: str | None = None  # switch, binary_sensor
     payload_off: str | None = None
     state_on: str | None = None
     state_off: str | None = None
-    entity_category: str | None = None  # "config": a setting
+    entity_category: str | None = None  # "config": a setting; "diagnostic": a charger's connection
     icon: str | None = None
 
 
@@ -443,6 +443,17 @@ class SessionPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
     ended_at: Ts | None
     duration_s: NonNegative
     source: Literal["charger", "integrated"]
+
+
+class ChargerLinkPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):
+    """How the device reaches a charger, retained: its ``protocol``; ``connected`` (null for a generic MQTT
+    charger, whose session the broker holds, not the device); its last report (null: none yet) and the
+    current limit it was given (A; null: none yet)."""
+
+    protocol: Literal["ocpp", "goe", "mqtt"]
+    connected: bool | None
+    last_report_at: Ts | None
+    limit_a: Amperes | None
 
 
 class HourEnergyPayload(Payload, frozen=True, kw_only=True, omit_defaults=False):

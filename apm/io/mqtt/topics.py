@@ -8,8 +8,8 @@ declared in `apm.io.mqtt.messages`; ``python -m apm.io.mqtt.topics --schema`` wr
 (docs/mqtt-payloads.schema.json) and ``--table`` the table of docs/mqtt.md.
 
 Why these flags: a reading is state (Home Assistant shows the last one at once) and carries the meter's
-clock, so it may be retained (a charger's charging session too: what its EV took, not an input to
-anything); headroom, charger state and setpoints are commands or inputs to commands,
+clock, so it may be retained (a charger's charging session and its link too: what its EV took, how
+the device reaches it, not inputs to anything); headroom, charger state and setpoints are commands or inputs to commands,
 so they are never retained: a value that outlives its publisher must not steer a charger. Hourly
 energy is QoS 1 and leaves the device through the persistent outbox (apm.io.storage.outbox): none may be lost,
 so it is delivered at least once and consumers drop duplicates by ``id``. A revocation and the eco plan
@@ -33,6 +33,7 @@ from apm.io.mqtt.messages import (
     OFFLINE,
     ONLINE,
     CapacityPayload,
+    ChargerLinkPayload,
     ChargerSettingsPayload,
     ChargerStatePayload,
     Command,
@@ -80,6 +81,7 @@ SETTINGS_SET: Final = "settings/set"
 CHARGER_SETTINGS: Final = "charger/settings"
 CHARGER_SET: Final = "charger/set"
 CHARGER_SESSION: Final = "charger/session"
+CHARGER_LINK: Final = "charger/link"
 PRICE: Final = "price"
 ENERGY_HOUR: Final = "energy/hour"
 CAPACITY: Final = "capacity"
@@ -135,6 +137,8 @@ TABLE: Final[tuple[TopicSpec, ...]] = (
               "the owner (Home Assistant): max_a, eco_departure, eco_energy_kwh", text=True),
     TopicSpec(CHARGER_SESSION, "apm/{serial}/charger/{charger}/session", SessionPayload, 0, True,
               "device (a charger's charging session: its energy, start and duration)"),
+    TopicSpec(CHARGER_LINK, "apm/{serial}/charger/{charger}/link", ChargerLinkPayload, 0, True,
+              "device (how it reaches a charger: protocol, connected, last report, limit; on change, else <= 10 s)"),
     TopicSpec(PRICE, "apm/{serial}/price", PricePayload, 0, True, "device (Smart eco's price feed)"),
     TopicSpec(ENERGY_HOUR, "apm/{serial}/energy/hour", HourEnergyPayload, 0, False, "device"),
     TopicSpec(CAPACITY, "apm/{serial}/capacity", CapacityPayload, 1, True,
@@ -271,6 +275,9 @@ class Topics:
 
     def charger_session(self, charger_id: str) -> str:
         return self.topic(CHARGER_SESSION, charger=charger_id)
+
+    def charger_link(self, charger_id: str) -> str:
+        return self.topic(CHARGER_LINK, charger=charger_id)
 
     @property
     def price(self) -> str:
