@@ -31,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from rich import box
@@ -42,6 +44,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 50.0
+LATE_S = 1.0  # an answer this late is still measured; one that never came counts as infinitely late
 SERIAL = "APMBENCH1"
 CONFIG = f"""
 serial = "{SERIAL}"
@@ -194,34 +197,51 @@ async def _measure(frames: list[bytes], interval: float, broker: str | None, tmp
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
         finally:
-            device.send_signal(signal.SIGTERM)
-            try:
-                device.wait(10)
-            except subprocess.TimeoutExpired:
-                device.kill()
-    latencies = []
-    missing = 0
-    for i, t in enumerate(written, start=1):
-        got = arrivals.get(base + i)
-        if got is None or not 0 <= got - t < 1.0:  # late is measured too; only a setpoint that never came is missing
+            stop_device(device)
+    return result_of(((t, arrivals.get(base + i)) for i, t in enumerate(written, start=1)), broker)
+
+
+def stop_device(device: subprocess.Popen[Any]) -> None:
+    """SIGTERM, as a service manager stops it; SIGKILL if it has not ended within 10 s."""
+    device.send_signal(signal.SIGTERM)
+    try:
+        device.wait(10)
+    except subprocess.TimeoutExpired:
+        device.kill()
+
+
+def result_of(answers: Iterable[tuple[float, float | None]], broker: str | None) -> Result:
+    """Each frame as (when written, when its answer came or None) -> Result. A late answer is still
+    measured (up to LATE_S); only one that never came is missing."""
+    latencies: list[float] = []
+    frames = missing = 0
+    for t, got in answers:
+        frames += 1
+        if got is None or not 0 <= got - t < LATE_S:
             missing += 1
-            continue
-        latencies.append((got - t) * 1000.0)
-    return Result("mosquitto" if broker else "embedded amqtt (in the device's process)", len(frames),
+        else:
+            latencies.append((got - t) * 1000.0)
+    return Result("mosquitto" if broker else "embedded amqtt (in the device's process)", frames,
                   tuple(latencies), missing)
+
+
+def on_a_broker(measure_at: Callable[[str | None, Path], Coroutine[Any, Any, Result]], broker: str | None,
+                prefix: str) -> Result:
+    """``measure_at(broker URL or None for the embedded one, a temporary folder)`` run on the broker asked
+    for: "mosquitto" (when installed) or "embedded"; default $BENCH_LATENCY_BROKER or mosquitto."""
+    want = broker or os.environ.get("BENCH_LATENCY_BROKER", "mosquitto")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        tmp_path = Path(tmp)
+        if want == "embedded":
+            return asyncio.run(measure_at(None, tmp_path))
+        with _mosquitto(tmp_path) as url:
+            return asyncio.run(measure_at(url, tmp_path))
 
 
 def measure(frames: int | None = None, interval: float = 0.03, broker: str | None = None) -> Result:
     """``broker``: "mosquitto" (when installed) or "embedded"; default $BENCH_LATENCY_BROKER or mosquitto."""
-    n = frames or int(os.environ.get("BENCH_LATENCY_FRAMES", "1000"))
-    data = frames_to_send(n)
-    want = broker or os.environ.get("BENCH_LATENCY_BROKER", "mosquitto")
-    with tempfile.TemporaryDirectory(prefix="apm-bench-") as tmp:
-        tmp_path = Path(tmp)
-        if want == "embedded":
-            return asyncio.run(_measure(data, interval, None, tmp_path))
-        with _mosquitto(tmp_path) as url:
-            return asyncio.run(_measure(data, interval, url, tmp_path))
+    data = frames_to_send(frames or int(os.environ.get("BENCH_LATENCY_FRAMES", "1000")))
+    return on_a_broker(lambda url, tmp: _measure(data, interval, url, tmp), broker, "apm-bench-")
 
 
 def render(r: Result, console: Console | None = None) -> None:

@@ -23,15 +23,24 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from bench.bench_latency import ROOT, Result, _free_port, _listening, _mosquitto, table
+from bench.bench_latency import (
+    ROOT,
+    Result,
+    _free_port,
+    _listening,
+    on_a_broker,
+    result_of,
+    stop_device,
+    table,
+)
 
 SERIAL = "APMBENCHO1"
 HOUSE_A = tuple(8.0 + k for k in range(10))  # per line, one step per list 2
@@ -148,12 +157,8 @@ async def _measure(frames: list[bytes], interval: float, broker: str | None, tmp
             finally:
                 await stop(task)
         finally:
-            device.terminate()
-            try:
-                device.wait(10)
-            except subprocess.TimeoutExpired:
-                device.kill()
-    return _result(frames, written, arrivals.seen, interval, broker)
+            stop_device(device)
+    return result_of(_answers(written, arrivals.seen), broker)
 
 
 async def _write(line: Any, frames: list[bytes], interval: float, arrivals: _Arrivals) -> list[tuple[float, int]]:
@@ -179,34 +184,18 @@ async def _write(line: Any, frames: list[bytes], interval: float, arrivals: _Arr
     return written
 
 
-def _result(frames: list[bytes], written: list[tuple[float, int]], seen: list[tuple[float, float]],
-            interval: float, broker: str | None) -> Result:
-    latencies: list[float] = []
-    missing = 0
+def _answers(written: list[tuple[float, int]], seen: list[tuple[float, float]]) -> Iterator[tuple[float, float | None]]:
+    """Each frame's (when written, when the first limit unlike the one before it arrived): the staircase
+    moves the limit on every frame, so the first change after a frame is its own."""
     for t, mark in written:
         before = seen[mark - 1][1] if mark else None
-        got = next((at for at, limit in seen[mark:] if limit != before), None)
-        # Late is still measured (up to a second: the first change after the frame is its own, since the
-        # staircase moves the limit on every frame); only a frame with no change at all is missing.
-        if got is None or not 0 <= got - t < 1.0:
-            missing += 1
-            continue
-        latencies.append((got - t) * 1000.0)
-    return Result("mosquitto" if broker else "embedded amqtt (in the device's process)", len(frames),
-                  tuple(latencies), missing)
+        yield t, next((at for at, limit in seen[mark:] if limit != before), None)
 
 
 def measure(frames: int | None = None, interval: float = 0.05, broker: str | None = None) -> Result:
     """``broker``: "mosquitto" (when installed) or "embedded"; default $BENCH_LATENCY_BROKER or mosquitto."""
-    n = frames or int(os.environ.get("BENCH_OCPP_FRAMES", "1000"))
-    data = frames_to_send(n)
-    want = broker or os.environ.get("BENCH_LATENCY_BROKER", "mosquitto")
-    with tempfile.TemporaryDirectory(prefix="apm-bench-ocpp-") as tmp:
-        tmp_path = Path(tmp)
-        if want == "embedded":
-            return asyncio.run(_measure(data, interval, None, tmp_path))
-        with _mosquitto(tmp_path) as url:
-            return asyncio.run(_measure(data, interval, url, tmp_path))
+    data = frames_to_send(frames or int(os.environ.get("BENCH_OCPP_FRAMES", "1000")))
+    return on_a_broker(lambda url, tmp: _measure(data, interval, url, tmp), broker, "apm-bench-ocpp-")
 
 
 def render(r: Result, console: Console | None = None) -> None:
