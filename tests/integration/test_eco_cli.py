@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_eco_price_api import TODAY, TOMORROW, PriceServer
+from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2026-01-12T17:00+01:00"
@@ -100,11 +101,7 @@ def test_plan_not_enough_time_warns() -> None:
 
 @pytest.fixture
 def server() -> Iterator[PriceServer]:
-    s = PriceServer()
-    s.thread.start()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    yield from serving(PriceServer())
 
 
 def test_plan_from_the_price_api(server: PriceServer, tmp_path: Path) -> None:

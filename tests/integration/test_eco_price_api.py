@@ -15,6 +15,7 @@ import pytest
 
 from apm.core.eco.prices import OSLO
 from apm.io.http.prices import PriceApiError, PriceClient, PriceFeed
+from tests.local_http import serving
 
 FIXTURES = Path(__file__).resolve().parents[1] / "eco_fixtures"
 run = asyncio.run
@@ -73,13 +74,7 @@ class PriceServer:
 
 @pytest.fixture
 def server() -> Iterator[PriceServer]:
-    s = PriceServer()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
+    yield from serving(PriceServer())
 
 
 def client(server: PriceServer, cache: Path | None, **kw) -> PriceClient:

@@ -19,6 +19,7 @@ import pytest
 from apm.core.eco.prices import OSLO
 from apm.io.http.prices import NordPoolClient, PriceApiError, PriceClient, PriceFeed
 from tests.integration.test_eco_price_api import TODAY, TOMORROW, no_sleep
+from tests.local_http import serving
 from tests.nordpool_doc import body, document, fixture_prices
 
 run = asyncio.run
@@ -74,19 +75,9 @@ class NordPoolServer:
         self.docs[f"{day:%Y-%m-%d}", area] = document(day, fixture_prices(day, area), area=area, **kw)
 
 
-def serving() -> Iterator[NordPoolServer]:
-    s = NordPoolServer()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-
-
 @pytest.fixture
 def portal() -> Iterator[NordPoolServer]:
-    yield from serving()
+    yield from serving(NordPoolServer())
 
 
 def client(portal: NordPoolServer, cache: Path | None, **kw: Any) -> NordPoolClient:

@@ -23,31 +23,22 @@ from apm.io.http.fallback import FallbackSource, price_source
 from apm.io.http.prices import NordPoolClient, PriceApiError, PriceClient, PriceFeed
 from tests.integration.test_eco_cli import NOW, ROOT, apm
 from tests.integration.test_eco_price_api import TODAY, TOMORROW, PriceServer, no_sleep
-from tests.integration.test_nordpool_api import NordPoolServer, serving
+from tests.integration.test_nordpool_api import NordPoolServer
+from tests.local_http import serving
 from tests.mqtt_broker import free_port
 from tests.nordpool_doc import day_slots, document, fixture_prices
 
 AT_15 = datetime(2026, 1, 12, 15, 0, tzinfo=OSLO)  # after the 13:00 publication: tomorrow is asked for too
 
 
-def _serving() -> Iterator[PriceServer]:
-    s = PriceServer()
-    s.thread.start()
-    try:
-        yield s
-    finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
-
-
 @pytest.fixture
 def first() -> Iterator[PriceServer]:
-    yield from _serving()
+    yield from serving(PriceServer())
 
 
 @pytest.fixture
 def second() -> Iterator[PriceServer]:
-    yield from _serving()
+    yield from serving(PriceServer())
 
 
 def test_the_feed_takes_the_second_service_when_the_first_fails(first: PriceServer, second: PriceServer,
@@ -90,7 +81,7 @@ def test_apm_eco_plan_with_the_first_service_down(second: PriceServer, tmp_path:
 
 @pytest.fixture
 def portal() -> Iterator[NordPoolServer]:
-    yield from serving()
+    yield from serving(NordPoolServer())
 
 
 def test_hvakosterstrommen_down_nord_pool_answers(first: PriceServer, portal: NordPoolServer,
