@@ -56,6 +56,7 @@ from apm.core.headroom import Headroom, HeadroomEstimator
 from apm.core.meter_state import BaselineStore, HourlyEnergy, MeterState
 from apm.core.sessions import Session, SessionMeter
 from apm.core.subscription import State, SubscriptionState, SubscriptionTracker, evaluate, features
+from apm.core.throttle import Throttle
 from apm.core.token import verify_revocation_for
 from apm.io.clock import Clock, RealClock
 from apm.io.mqtt.discovery import discovery_messages, link_messages, session_messages
@@ -313,7 +314,7 @@ class Device:
         self.rejections = Rejections(self.topics, "device")
         # Each charger's charging session, from the reports below (apm.core.sessions).
         self.sessions = SessionMeter(config.grid.network, config.chargers)
-        self._session_sent: dict[str, tuple[float, float, bool]] = {}  # charger -> (sent at, started_at, active)
+        self._session_throttle: Throttle[str] = Throttle(SESSION_EVERY_S)  # per charger
         charger_ids = [c.id for c in config.chargers]
         self.link = MqttLink.for_device(
             self.topics, config.broker, url=url, outbox=outbox if outbox is not None else MemoryOutbox(),
@@ -466,10 +467,8 @@ class Device:
     def _publish_session(self, now: float, session: Session) -> None:
         """Retained on the charger's session topic: at once when a session starts or ends, else every
         SESSION_EVERY_S (a go-e reports every few seconds; Home Assistant needs no more)."""
-        sent = self._session_sent.get(session.charger)
-        if sent is not None and sent[1:] == (session.started_at, session.active) and now - sent[0] < SESSION_EVERY_S:
+        if not self._session_throttle.due(session.charger, now, (session.started_at, session.active)):
             return
-        self._session_sent[session.charger] = (now, session.started_at, session.active)
         payload = SessionPayload(energy_kwh=round(session.energy_kwh, 3), started_at=iso_ts(session.started_at),
                                  ended_at=iso_ts(session.ended_at) if session.ended_at is not None else None,
                                  duration_s=round(session.duration_s(now), 1), source=session.source)

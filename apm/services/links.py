@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from apm.core.throttle import Throttle
 from apm.io.clock import Clock
 from apm.io.mqtt.link import MqttLink
 from apm.io.mqtt.messages import ChargerLinkPayload, iso_ts
@@ -36,21 +37,16 @@ class LinkPublisher:
 
     def __init__(self, topics: Topics) -> None:
         self.topics = topics
-        self._sent: dict[str, tuple[float, ChargerLinkPayload]] = {}  # charger -> (sent at, payload)
+        self._throttle: Throttle[str] = Throttle(SEND_EVERY_S)  # per charger
 
     def due(self, now: float, links: Links) -> list[OutMessage]:
         out = []
         for cid, link in links.items():
             p = link_payload(link)
-            sent = self._sent.get(cid)
-            if sent is not None:
-                at, old = sent
-                same = (old.protocol, old.connected, old.limit_a, old.last_report_at is None) == \
-                    (p.protocol, p.connected, p.limit_a, p.last_report_at is None)
-                if old == p or (same and now - at < SEND_EVERY_S):
-                    continue
-            self._sent[cid] = (now, p)
-            out.append(self.topics.message(CHARGER_LINK, p, charger=cid))
+            # what matters at once: protocol, connection, limit and whether it ever reported
+            matters = (p.protocol, p.connected, p.limit_a, p.last_report_at is None)
+            if self._throttle.due(cid, now, matters, p):
+                out.append(self.topics.message(CHARGER_LINK, p, charger=cid))
         return out
 
 
