@@ -11,17 +11,26 @@ line current by at most x, so ``available`` is safe to hand out whatever the pha
 IT meters (3x230 V, three wires) with two measuring elements do not report I2 (Aidon, Kamstrup; Kaifa
 MA304H3E does). Two estimates are made and the smaller used; both are upper bounds:
 
-- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|.
-  Applied to the household's share alone, with our chargers' known draw taken out of I1 and I3
-  first, that is ``house2 <= house1 + house3``; in the in-phase model above this is exact arithmetic
-  (house2 = house1 + house3 - 2 * (load between L3 and L1)), pessimistic by twice the household's
-  L3-L1 load. ``refine_i2=False`` uses the bound on the whole line instead (house2 <= I1 + I3 - own2),
-  which holds for any phase angles but stays pessimistic by our own chargers' current on L1 and L3.
+- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|, and
+  for the household's share alone house2 <= |house1| + |house3|. Our chargers' draw cannot be taken
+  out of |I1| and |I3| as magnitudes (house1 = |I1| - own1 assumes the household in phase with us: at
+  PF 0.75 that was up to 4.3 A short of the true L2). ``refine_i2`` (default) takes each line's
+  household current at its worst: our chargers' phasor on the line is known (in phase with their
+  line or star voltages, PF 1) and the household's is within acos(0.7) + 30 = 75.6 degrees of the
+  line's star voltage (every household load consumes at |PF| >= 0.7, `HOUSE_PF_MIN`, on L1-L2,
+  L2-L3 or L3-L1, either phase sequence), so |house1| is at most what |I1| (widened by the meter's
+  accuracy) allows at the largest angle between the two (`house_line_max`); and never more than the
+  any-angle |I1| + |I3| + |own1 + own3|. A list that reports export (not all consuming) gets the
+  any-angle bound. It is an upper bound on the household's L2 whatever our chargers then draw; the
+  price is up to about twice the household's L1 and L3 current beside our own, and a third of the
+  energy on Aidon IT (docs/it-l2-inference.md). ``refine_i2=False`` uses the bound on the whole line
+  instead (house2 <= I1 + I3 - own2), pessimistic by our own chargers' current on L1 and L3.
 - Two-wattmeter (``two_wattmeter``, on by default; `apm.core.three_wire`): the list's P and Q with |I1|,
   |I3| and the line-to-line voltages fix |I2| up to a mirror ambiguity; the larger solution, widened
   to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
   our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
   Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
+  (It bounds the whole line, as a measured line does: house2 = |I2| - own2, as if in phase.)
 - Learned (``learn_mirror``, `apm.core.it_learner`): when our own steps have shown that the smaller
   two-wattmeter solution is the true one, that one, never more than ``learned_gain_max_in`` In +
   the margin below the others (docs/it-l2-inference.md: at most 1.13 In if the inference is wrong).
