@@ -11,17 +11,26 @@ line current by at most x, so ``available`` is safe to hand out whatever the pha
 IT meters (3x230 V, three wires) with two measuring elements do not report I2 (Aidon, Kamstrup; Kaifa
 MA304H3E does). Two estimates are made and the smaller used; both are upper bounds:
 
-- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|.
-  Applied to the household's share alone, with our chargers' known draw taken out of I1 and I3
-  first, that is ``house2 <= house1 + house3``; in the in-phase model above this is exact arithmetic
-  (house2 = house1 + house3 - 2 * (load between L3 and L1)), pessimistic by twice the household's
-  L3-L1 load. ``refine_i2=False`` uses the bound on the whole line instead (house2 <= I1 + I3 - own2),
-  which holds for any phase angles but stays pessimistic by our own chargers' current on L1 and L3.
+- Kirchhoff: on three wires the line currents sum to zero as phasors, so |I2| <= |I1| + |I3|, and
+  for the household's share alone house2 <= |house1| + |house3|. Our chargers' draw cannot be taken
+  out of |I1| and |I3| as magnitudes (house1 = |I1| - own1 assumes the household in phase with us: at
+  PF 0.75 that was up to 4.3 A short of the true L2). ``refine_i2`` (default) takes each line's
+  household current at its worst: our chargers' phasor on the line is known (in phase with their
+  line or star voltages, PF 1) and the household's is within acos(0.7) + 30 = 75.6 degrees of the
+  line's star voltage (every household load consumes at |PF| >= 0.7, `HOUSE_PF_MIN`, on L1-L2,
+  L2-L3 or L3-L1, either phase sequence), so |house1| is at most what |I1| (widened by the meter's
+  accuracy) allows at the largest angle between the two (`house_line_max`); and never more than the
+  any-angle |I1| + |I3| + |own1 + own3|. A list that reports export (not all consuming) gets the
+  any-angle bound. It is an upper bound on the household's L2 whatever our chargers then draw; the
+  price is up to about twice the household's L1 and L3 current beside our own, and a third of the
+  energy on Aidon IT (docs/it-l2-inference.md). ``refine_i2=False`` uses the bound on the whole line
+  instead (house2 <= I1 + I3 - own2), pessimistic by our own chargers' current on L1 and L3.
 - Two-wattmeter (``two_wattmeter``, on by default; `apm.core.three_wire`): the list's P and Q with |I1|,
   |I3| and the line-to-line voltages fix |I2| up to a mirror ambiguity; the larger solution, widened
   to cover the meter's accuracy, is an upper bound on the whole line's |I2|, and house2 = that less
   our chargers' draw on L2 (as for a measured line). Inconsistent data falls back to I1 + I3.
   Exact for loads between L1-L2 and L2-L3; pessimistic for balanced 3-phase and L3-L1 loads.
+  (It bounds the whole line, as a measured line does: house2 = |I2| - own2, as if in phase.)
 - Learned (``learn_mirror``, `apm.core.it_learner`): when our own steps have shown that the smaller
   two-wattmeter solution is the true one, that one, never more than ``learned_gain_max_in`` In +
   the margin below the others (docs/it-l2-inference.md: at most 1.13 In if the inference is wrong).
@@ -46,6 +55,7 @@ Cost: `compute` is O(1) plus a scan of the charger history since the measurement
 
 from __future__ import annotations
 
+import cmath
 import dataclasses
 import math
 from collections import deque
@@ -57,7 +67,7 @@ import msgspec
 
 from apm.core.charger_state import ChargerState
 from apm.core.config import STALE_AFTER_S, ChargerConfig, GridConfig, HeadroomSettings
-from apm.core.it_learner import Learner, ListValues, Pair, Verdict, own_phasors
+from apm.core.it_learner import HOUSE_PF_MIN, Learner, ListValues, Pair, Verdict, own_phasors
 from apm.core.lines import LINES, ZERO, Network, Triple, charging_power_w, rotation_index
 from apm.core.meter_state import MeterState
 from apm.core.three_wire import DEFAULT_ACCURACY, Accuracy, i2_from_reading
@@ -68,6 +78,12 @@ __all__ = ["STALE_AFTER_S", "Headroom", "HeadroomEstimator", "HeadroomSettings",
 
 OptTriple = tuple[float | None, float | None, float | None]
 _SKEW_SURE = 3  # lagging powers seen this many times more than not: judge rises over the skew window
+# IT: a line's household current is the sum of its two loads' (L1: those on L1-L2 and L3-L1), each
+# within acos(HOUSE_PF_MIN) of its line-to-line voltage, which is 30 degrees off the line's star
+# voltage: so within this angle of the star voltage, for either phase sequence.
+_HOUSE_CONE = math.acos(HOUSE_PF_MIN) + math.radians(30.0)
+# Unit star voltages of L1 and L3 in `own_phasors`' frame (U12 real), sequence L1-L2-L3.
+_STAR_L1, _STAR_L3 = cmath.exp(-1j * math.radians(30.0)), cmath.exp(-1j * math.radians(270.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +205,7 @@ class HeadroomEstimator:
                 phases = s.phases_in_use or (3 if c[2] > 0.0 else 1)
                 power += charging_power_w(self.network, phases, draw)
         phasors = ({1: own_phasors(1, terminals), -1: own_phasors(-1, terminals)}
-                   if self.learner is not None and not single else {})
+                   if self.network == "IT" and not single else {})
         own = self._own
         if own and own[-1].at == now:
             own.pop()
@@ -298,7 +314,8 @@ class HeadroomEstimator:
         # every bound that applies, as (house L2, method, note); the smallest is used
         bounds: list[tuple[float, str, str]] = []
         if self.refine_i2:
-            bounds.append((h1 + h3, "kirchhoff", "I2 not reported: house L2 <= house L1 + house L3"))
+            bounds.append((self._kirchhoff_l2(r, m1, m3, own_m), "kirchhoff",
+                           "I2 not reported: house L2 <= house L1 + house L3 at their worst angles"))
         else:
             bounds.append((max(0.0, m1 + m3 - own[1]), "kirchhoff", "I2 not reported: L2 <= I1 + I3"))
         if self.two_wattmeter:
@@ -319,6 +336,19 @@ class HeadroomEstimator:
             best = learned
         notes.append(best[2])
         return best[0], best[0] + own[1], best[1]
+
+    def _kirchhoff_l2(self, r: Reading, m1: float, m3: float, own_m: _Own) -> float:
+        """house L2 <= |house L1| + |house L3|, each the most the line's household current can be
+        with our chargers' phasor beside it (`house_line_max`); a list that reports export (the
+        household is not all consuming loads) or our chargers without phasors: for any angle."""
+        acc = self.accuracy
+        e1, e3 = (acc.current_abs_a + (acc.current_rel + acc.gain_rel) * m for m in (m1, m3))
+        pair = own_m.phasors.get(1)
+        if pair is None or (r.active_export_w or 0.0) > 0.0:
+            return m1 + e1 + own_m.lines[0] + m3 + e3 + own_m.lines[2]
+        # for any angle |house L2| = |I2 - own2| <= |I1| + |I3| + |own1 + own3| may be tighter
+        return min(house_line_max(m1, pair[0], _STAR_L1, e1) + house_line_max(m3, pair[1], _STAR_L3, e3),
+                   m1 + e1 + m3 + e3 + abs(pair[0] + pair[1]))
 
     def _learned_l2(self, r: Reading, own2: float, bound: float) -> tuple[float, str, str] | None:
         """The household's L2 from the smaller two-wattmeter solution when the learner has resolved
@@ -419,6 +449,24 @@ class HeadroomEstimator:
         volts = [v for v in (r.voltage_l1_v, r.voltage_l2_v, r.voltage_l3_v) if v]
         u = min(volts) if volts else NOMINAL_V
         return d_house / max(u, 1.0) if math.isfinite(d_house) else 0.0
+
+
+def house_line_max(measured_a: float, own: complex, star: complex, error_a: float) -> float:
+    """The most household current an IT line can carry when the meter reads ``measured_a`` (true
+    within ``error_a``) for the household's current plus ``own`` (our chargers' phasor on that line)
+    and the household's is within `_HOUSE_CONE` of the line's ``star`` voltage (a unit phasor).
+
+    With phi the angle between the household's current h and ours (|own| = r), |h + own| = m gives
+    |h| = -r cos phi + sqrt(m^2 - r^2 sin^2 phi), which grows with phi: the worst case is the largest
+    angle the cone allows, theta. A reading below the least any such household gives (our chargers'
+    report a little high) is taken at that least."""
+    r = abs(own)
+    if r == 0.0:
+        return measured_a + error_a
+    theta = min(math.pi, _HOUSE_CONE + abs(cmath.phase(own / star)))
+    sin, cos = math.sin(theta), math.cos(theta)
+    m = max(measured_a + error_a, r if cos > 0.0 else r * sin)
+    return -r * cos + math.sqrt(max(0.0, m * m - (r * sin) ** 2))
 
 
 def _list_values(r: Reading, k: float) -> ListValues | None:
