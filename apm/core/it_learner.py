@@ -365,6 +365,11 @@ class Learner:
             self.anchor, self.kept = None, ()
         kept, house_moved = self._link(snap, own) if self.anchor is not None else ((), True)
         kept = self._consuming(snap, own, kept)
+        if len(self.sequences) == 2:
+            # (s, m) and (-s, -m) give the same |I2| and, with Q ~ 0, fit the same steps: keep both
+            # while the sequence is open, so that links by chance to the conjugate world alone do
+            # not leave the true sequence behind (its links are then of a world that is not there)
+            kept = kept + tuple((-s, -m) for s, m in kept if (-s, -m) not in kept)
         if self.anchor is not None and not house_moved and self.given_sequence is None:
             # what this link alone says of the sequence, whatever the anchor's hypotheses
             self._vote(self._link(snap, own, ALL)[0] if len(self.sequences) == 2 else kept)
