@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from apm.core.three_wire import NOMINAL_LL_V, Accuracy, voltage_angle
 
-__all__ = ["Hypothesis", "Learner", "ListValues", "Snapshot", "own_phasors", "solve"]
+__all__ = ["Hypothesis", "Learner", "ListValues", "Snapshot", "own_phasors", "solve", "two_load_cost", "two_loads"]
 
 Hypothesis = tuple[int, int]  # (phase sequence s, mirror m)
 Pair = tuple[complex, complex]  # I1, I3 phasors (A) in the frame where U12 is real
@@ -187,6 +187,10 @@ def _slot_moves(s: int, ds: complex) -> list[Pair]:
     return moves
 
 
+# A two-load link is kept only if it switches at most this many times the load of the most
+# economical one (plus the slack): a flip of the mirror needs loads far larger than the net change.
+TWO_LOAD_EXCESS = 2.0
+TWO_LOAD_SLACK_VA = 500.0
 HOUSE_PF_MIN = 0.7  # the least power factor of a household load (either sign of Q) a two-load change may have
 
 
@@ -206,7 +210,20 @@ def two_loads(s: int, d: Pair, tol: float, pf_min: float = HOUSE_PF_MIN) -> bool
     A load of complex power x on connection c moves (I1, I3) by conj(x) w_c; two of them give two
     complex equations in two unknowns, so a pair of connections explains any move: only the power
     factors it needs can rule it out (a false mirror needs loads 60-120 degrees off their voltage)."""
+    return two_load_cost(s, d, tol, pf_min) is not None
+
+
+def two_load_cost(s: int, d: Pair, tol: float,
+                  pf_min: float = HOUSE_PF_MIN) -> tuple[float, float] | None:
+    """How much load (VA, |x_a| + |x_b|) the least of the `two_loads` explanations of ``d`` switches,
+    and how far that may be off within ``tol``; None when none has plausible power factors.
+
+    The mirror the household was in before a change and the other one after it are both explained
+    by two loads, but a flip of the mirror needs a move of the order of the whole current: loads
+    switching on and off several times the net change (measured on the evening sets: 3-8x the
+    switching the true link needs)."""
     w = _slot_moves(s, 1.0 + 0j)
+    best: tuple[float, float] | None = None
     for ia in range(4):
         for ib in range(ia + 1, 4):
             (a1, a3), (b1, b3) = w[ia], w[ib]
@@ -219,8 +236,10 @@ def two_loads(s: int, d: Pair, tol: float, pf_min: float = HOUSE_PF_MIN) -> bool
             ea = tol * (abs(b3) + abs(b1)) / abs(det)
             eb = tol * (abs(a3) + abs(a1)) / abs(det)
             if _in_cone(ya.conjugate(), ea, pf_min) and _in_cone(yb.conjugate(), eb, pf_min):
-                return True
-    return False
+                size = abs(ya) + abs(yb)
+                if best is None or size < best[0]:
+                    best = (size, ea + eb)
+    return best
 
 
 def _solve4(m: list[list[float]], b: list[float]) -> tuple[list[float], list[float]] | None:
@@ -346,6 +365,11 @@ class Learner:
             self.anchor, self.kept = None, ()
         kept, house_moved = self._link(snap, own) if self.anchor is not None else ((), True)
         kept = self._consuming(snap, own, kept)
+        if len(self.sequences) == 2:
+            # (s, m) and (-s, -m) give the same |I2| and, with Q ~ 0, fit the same steps: keep both
+            # while the sequence is open, so that links by chance to the conjugate world alone do
+            # not leave the true sequence behind (its links are then of a world that is not there)
+            kept = kept + tuple((-s, -m) for s, m in kept if (-s, -m) not in kept)
         if self.anchor is not None and not house_moved and self.given_sequence is None:
             # what this link alone says of the sequence, whatever the anchor's hypotheses
             self._vote(self._link(snap, own, ALL)[0] if len(self.sequences) == 2 else kept)
@@ -419,11 +443,12 @@ class Learner:
                 moves.append((0j, 0j))
             else:
                 house_moved = True
-                if self.through_house:
-                    moves.extend(_slot_moves(s, ds_house))
-            i1, i3 = a.pairs[(s, m)]
-            if house_moved and self.through_house:
+            if self.through_house:
+                # also below the power tolerance: a 200 W load moves a current by ~1 A, more than a
+                # link's tolerance
+                moves.extend(_slot_moves(s, ds_house))
                 pair_moves.append((s, m, d_own))
+            i1, i3 = a.pairs[(s, m)]
             for mv in moves:
                 tol_own = self.house_noise_a + self.own_rel * (abs(d_own[0]) + abs(d_own[1])
                                                               + abs(mv[0]) + abs(mv[1]))
@@ -441,10 +466,11 @@ class Learner:
     def _two_load_link(self, snap: Snapshot, pair_moves: list[tuple[int, int, Pair]],
                        pf_min: float) -> list[Hypothesis]:
         """When no single household load explains a change: the hypotheses two loads with plausible
-        power factors lead to (``two_loads``)."""
+        power factors lead to (``two_loads``), less those that need more than ``TWO_LOAD_EXCESS``
+        times the switching of the most economical one (`two_load_cost`: a flip of the mirror)."""
         a = self.anchor
         assert a is not None
-        out: list[Hypothesis] = []
+        cost: dict[Hypothesis, float] = {}
         for s, m, d_own in pair_moves:
             i1, i3 = a.pairs[(s, m)]
             for m2 in (1, -1):
@@ -453,6 +479,12 @@ class Learner:
                 d = (n1 - i1 - d_own[0], n3 - i3 - d_own[1])
                 tol = (a.radius[(s, m)] + snap.radius[h2] + self.house_noise_a
                        + self.own_rel * (abs(d_own[0]) + abs(d_own[1]) + abs(d[0]) + abs(d[1])))
-                if h2 not in out and two_loads(s, d, tol, pf_min):
-                    out.append(h2)
-        return out
+                c = two_load_cost(s, d, tol, pf_min)
+                if c is not None and (h2 not in cost or c[0] < cost[h2]):
+                    cost[h2] = c[0]
+        if not cost:
+            return []
+        # Central values: the tolerances are those of a feasibility test (several kVA on a large
+        # move), far wider than the sizes of the two explanations really differ by.
+        least = min(cost.values())
+        return [h for h, c in cost.items() if c <= TWO_LOAD_EXCESS * least + TWO_LOAD_SLACK_VA]
