@@ -24,6 +24,16 @@ How it decides, per update:
    ``restart_delay_s``, and only once it could have had ``min_a + restart_hysteresis_a`` for
    ``restart_confirm_s`` without pushing anyone else below ``min_a`` (relay wear: SmartEVSE waits
    60 s, OpenEVSE 300 s, Easee ~10 min).
+   Which chargers run converges to the set the fair rule picks from all that want current, not
+   only from those that run already: a paused charger may also restart in place of running ones
+   (a swap) when the fair rule, ranking them all alike (no preference for who runs), pauses those
+   and keeps it with ``min_a + restart_hysteresis_a``, e.g. a 3-phase EV instead of a 1-phase one
+   on a shared full line. A swap costs a pause and a restart, so it needs a clear gain: the chargers
+   then draw ``swap_min_gain`` more power, under the same delay and confirmation as a restart, and
+   only once every charger it pauses has run ``swap_min_run_s``. The one swapped out waits its own
+   ``restart_delay_s`` from then; it cannot swap straight back (with the same current the fair rule
+   pauses it again, and the power would fall), so one charger is swapped out at most once per
+   ``restart_delay_s + swap_min_run_s``.
 4. Decreases apply at once, with one exception: while some line's allocation exceeds what it may
    carry, but no line by more than ``decrease_deadband_a`` (in total, over all chargers on the
    line), a decrease or pause waits up to ``decrease_grace_s`` (counted from when the excess began)
@@ -89,7 +99,8 @@ class Event(StrEnum):
     ECO_LIFT = "eco_lift"  # the eco plan allows min_a again (no restart delay: we did not cut for lack of current)
     PAUSE = "pause"  # its share is below min_a
     PAUSE_RISE = "pause_rise"  # ... only because of list 1's unplaced rise
-    RESTART = "restart"  # a paused charger may have current again
+    SWAP_OUT = "swap_out"  # the fair rule runs a paused charger in its place (step 3 of the module doc)
+    RESTART = "restart"  # a paused charger may have current again (or takes a swapped-out one's place)
     HOLD = "hold"  # a decrease's hold applies to a setpoint above 0
     HOLD_OVER = "hold_over"  # hold_s has passed since the last decrease (or the setpoint is 0 again)
 
@@ -101,9 +112,10 @@ _PAUSED = (Stage.PAUSED, Stage.PAUSED_RISE)
 TRANSITIONS: Mapping[Stage, Mapping[Event, Stage]] = {
     Stage.IDLE: {Event.ARRIVE: Stage.RUNNING},
     Stage.RUNNING: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.PAUSE: Stage.PAUSED,
-                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.HOLD: Stage.HOLDING},
+                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.SWAP_OUT: Stage.PAUSED, Event.HOLD: Stage.HOLDING},
     Stage.HOLDING: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.PAUSE: Stage.PAUSED,
-                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.HOLD_OVER: Stage.RUNNING},
+                    Event.PAUSE_RISE: Stage.PAUSED_RISE, Event.SWAP_OUT: Stage.PAUSED,
+                    Event.HOLD_OVER: Stage.RUNNING},
     Stage.PAUSED: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED, Event.RESTART: Stage.RUNNING},
     Stage.PAUSED_RISE: {Event.LEAVE: Stage.IDLE, Event.ECO_CAP: Stage.ECO_PAUSED,
                         Event.RESTART: Stage.RUNNING},
@@ -164,6 +176,7 @@ class _Charger:
     setpoint: float = 0.0
     last_change: float = -math.inf
     last_decrease: float = -math.inf  # the hold counts from here
+    started: float = -math.inf  # when it last began to run (a swap waits swap_min_run_s from here)
     ok_since: float | None = None  # PAUSED: the restart condition has held since
     soft_cap: float | None = None  # learned: its EV limits itself to about this (kept over pauses)
     ev_phases: int | None = None  # the EV's phases this session, once seen charging (kept over pauses)
@@ -247,6 +260,8 @@ class Balancer:
         c.stage = after
         c.since = now
         c.ok_since = None  # a restart condition holds only within one pause
+        if event in (Event.ARRIVE, Event.RESTART, Event.ECO_LIFT):
+            c.started = now
         if after is Stage.IDLE:  # session over: a new EV starts without a restart delay, unknown
             c.soft_cap = None
             c.ev_phases = None
@@ -321,17 +336,20 @@ class Balancer:
 
     def _share(self, now: float, d: _Demand, avail: tuple[float, ...], reasons: dict[str, str]
                ) -> tuple[list[str], dict[str, float], dict[str, str], dict[str, str]]:
-        """Shares of the running chargers, then of each paused one that may restart. Returns who runs,
-        the shares (0 for the paused), why each stopped where it did, and who cannot get min_a."""
+        """Shares of the running chargers, then of each paused one that may restart (beside them, or
+        in place of some by a swap). Returns who runs, the shares (0 for the paused), why each stopped
+        where it did, and who cannot get min_a."""
         running = [cid for cid in d.hard if self._c[cid].stage not in _PAUSED]
+        paused = [cid for cid in d.hard if self._c[cid].stage in _PAUSED]
         shares, why, dropped = self._shares(running, d.hard, d.soft, d.use, avail)
-        for cid in list(d.hard):
-            if self._c[cid].stage not in _PAUSED:
+        for cid in paused:
+            out = self._entry(now, cid, running, shares, d, avail, reasons)
+            if out is None:
                 continue
-            if self._restart_ok(now, cid, running, d.hard, d.soft, d.use, avail, reasons):
-                running.append(cid)
-                shares, why, more = self._shares(running, d.hard, d.soft, d.use, avail)
-                dropped.update(more)
+            running[:] = [x for x in running if x not in out]
+            running.append(cid)
+            shares, why, more = self._shares(running, d.hard, d.soft, d.use, avail)
+            dropped.update(more)
         for cid in d.hard:
             if cid not in running and cid not in shares:
                 shares[cid] = 0.0
@@ -356,7 +374,7 @@ class Balancer:
             c = self._c[cid]
             if targets[cid] >= c.setpoint - _EPS:
                 continue
-            if cid in use and wait > _EPS:
+            if cid in use and wait > _EPS and c.stage not in _PAUSED:  # a swap-out does not wait
                 reasons[cid] = (f"decrease to {targets[cid]:g} A waits {wait:.0f} s"
                                 f" (lines at most {excess:.1f} A over)")
                 dropped.pop(cid, None)  # a pause waits too
@@ -477,10 +495,11 @@ class Balancer:
                       for c in best}
 
     def _shares(self, running: list[str], hard: dict[str, float], soft: dict[str, float],
-                use: dict[str, Triple], avail: tuple[float, ...]
+                use: dict[str, Triple], avail: tuple[float, ...], keep_running: bool = True
                 ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
         """Shares for ``running``, dropping (from ``running``, in place) who cannot get min_a.
-        Returns the shares, why each stopped where it did, and the dropped with the reason."""
+        Returns the shares, why each stopped where it did, and the dropped with the reason.
+        ``keep_running=False``: of equal shares, no preference for a charger that charges already."""
         s = self.settings
         watts = {c: sum(use[c]) for c in running}  # line-amperes per ampere: 3-phase counts more
         live = list(running)
@@ -501,8 +520,8 @@ class Balancer:
                 break
             # pause the one with the least; on a tie keep the one already charging, then the one that
             # turns an ampere into more power (3-phase), then the first
-            drop = min(low, key=lambda c: (round(shares[c], 1), self._c[c].setpoint > 0, watts[c],
-                                           -self._order.index(c)))
+            drop = min(low, key=lambda c: (round(shares[c], 1), keep_running and self._c[c].setpoint > 0,
+                                           watts[c], -self._order.index(c)))
             live.remove(drop)
             running.remove(drop)
             got = max(0.0, shares[drop])
@@ -520,30 +539,62 @@ class Balancer:
         shares, _, _ = self._shares([*running, *dropped], hard, soft, use, avail)
         return shares
 
-    def _restart_ok(self, now: float, cid: str, running: list[str], hard: dict[str, float],
-                    soft: dict[str, float], use: dict[str, Triple], avail: tuple[float, ...],
-                    reasons: dict[str, str]) -> bool:
+    def _entry(self, now: float, cid: str, running: list[str], shares: dict[str, float], d: _Demand,
+               avail: tuple[float, ...], reasons: dict[str, str]) -> list[str] | None:
+        """Whether paused ``cid`` restarts now (step 3 of the module doc): None if not; else the running
+        chargers it replaces, whom it swaps out ([] when it fits beside them all)."""
         s = self.settings
         c = self._c[cid]
-        trial = [*running, cid]
-        shares, why = self._allocate({x: soft[x] for x in trial}, use, avail)
-        ok = shares[cid] >= s.min_a + s.restart_hysteresis_a - _EPS and all(
-            shares[x] >= s.min_a - _EPS for x in running)
-        if not ok:
+        alloc, why = self._allocate({x: d.soft[x] for x in [*running, cid]}, d.use, avail)
+        out: list[str] | None = None
+        if alloc[cid] >= s.min_a + s.restart_hysteresis_a - _EPS and all(
+                alloc[x] >= s.min_a - _EPS for x in running):
+            out = []
+        else:
+            out = self._swap_for(cid, running, shares, d, avail)
+        if out is None:
             c.ok_since = None
-            reasons.setdefault(cid, f"paused: {shares[cid]:.1f} A available ({why.get(cid, 'share')})")
-            return False
+            reasons.setdefault(cid, f"paused: {alloc[cid]:.1f} A available ({why.get(cid, 'share')})")
+            return None
         if c.ok_since is None:
             c.ok_since = now
         wait = max(c.since + s.restart_delay_s, c.ok_since + s.restart_confirm_s) - now
-        if c.stage is Stage.PAUSED_RISE:
+        if c.stage is Stage.PAUSED_RISE and not out:
             wait = 0.0  # paused for a rise the next per-phase list placed elsewhere
+        # who is swapped out must have run swap_min_run_s (relay wear, no ping-pong)
+        wait = max([wait, *(self._c[o].started + s.swap_min_run_s - now for o in out)])
         if wait > _EPS:
-            reasons[cid] = f"paused: restart in {wait:.0f} s"
-            return False
+            instead = f" in place of {', '.join(out)}" if out else ""
+            reasons[cid] = f"paused: restart in {wait:.0f} s{instead}"
+            return None
         self._fire(now, c, Event.RESTART)
         reasons.pop(cid, None)
-        return True
+        for o in out:
+            self._fire(now, self._c[o], Event.SWAP_OUT)
+            reasons[o] = f"paused: {cid} in its place (fair shares give more power)"
+        return out
+
+    def _swap_for(self, cid: str, running: list[str], shares: dict[str, float], d: _Demand,
+                  avail: tuple[float, ...]) -> list[str] | None:
+        """The running chargers the fair rule pauses in favour of paused ``cid`` when it ranks them all
+        alike (no preference for who runs already), if ``cid`` then gets min_a + restart_hysteresis_a
+        and the chargers draw swap_min_gain more power than now; else None."""
+        s = self.settings
+        if not running:
+            return None
+        kept = [*running, cid]
+        alloc, _, out = self._shares(kept, d.hard, d.soft, d.use, avail, keep_running=False)
+        if not out or cid not in kept or alloc[cid] < s.min_a + s.restart_hysteresis_a - _EPS:
+            return None
+        now_w = self._power({x: shares[x] for x in running}, d.use)
+        if self._power({x: alloc[x] for x in kept}, d.use) < now_w * (1.0 + s.swap_min_gain) + _EPS:
+            return None
+        return list(out)
+
+    def _power(self, alloc: Mapping[str, float], use: Mapping[str, Triple]) -> float:
+        """What ``alloc`` charges with (W); an ampere of a 3-phase EV is worth more than a 1-phase one's."""
+        return sum(charging_power_w(self.network, 3 if sum(use[c]) > 2.5 else 1, a)
+                   for c, a in alloc.items() if a >= self.settings.min_a - _EPS)
 
     def _increase(self, now: float, cid: str, c: _Charger, target: float, d: _Demand, new: dict[str, float],
                   avail: tuple[float, ...], why: str) -> str:

@@ -229,6 +229,12 @@ class BalancerSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
                                                 "min_a + this much ...", ge=0.0, le=16.0)] = 1.0
     restart_confirm_s: Annotated[float, _doc("... continuously for this long",
                                              ge=0.0, le=3600.0)] = 15.0
+    # A swap costs a pause and a restart: only for a clear gain, and not again soon (no ping-pong).
+    swap_min_gain: Annotated[float, _doc("a paused charger takes a running one's place (the fair rule "
+                                         "ranking them alike) only if the chargers then draw this "
+                                         "fraction more power", ge=0.0, le=10.0)] = 0.1
+    swap_min_run_s: Annotated[float, _doc("... and only once the one it replaces has run this long",
+                                          ge=0.0, le=3600.0)] = 120.0
     # Below the meters' 10 s list interval every gap between lists would count as stale; beyond 120 s
     # (OpenEVSE's limit) the headroom is too old to protect the fuse.
     # At most 60 s: an EV's step up found out a minute late is what a fuse's overload curve forgives.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apm.core.balancer import Balancer, BalancerSettings, water_fill
+from apm.core.balancer import Balancer, BalancerSettings, Stage, water_fill
 from apm.core.charger_state import ChargerState
 from apm.core.config import ChargerConfig
 from apm.core.headroom import Headroom
@@ -412,3 +413,111 @@ def test_a_paused_single_phase_ev_is_not_counted_on_lines_it_does_not_use() -> N
     # a new session forgets it
     b.update(200.0, room(200.0, 20, 20, 20), {"a": ChargerState("a")})
     assert b.update(201.0, room(201.0, 20, 0, 0), {"a": ev("a")}) == {"a": 0.0}
+
+
+# --- which chargers run: swaps ----------------------------------------------------------------------
+
+SWAP = BalancerSettings(restart_delay_s=60.0, restart_confirm_s=15.0, swap_min_run_s=120.0, swap_min_gain=0.1)
+
+
+def run_two(b: Balancer, phases: tuple[int, int], until: int, avail=(10.0, 30.0, 30.0)) -> list[dict[str, float]]:
+    """"a" charges from t=0, "b" arrives at t=1; each EV draws its last setpoint. The setpoints per second."""
+    sp = {"a": 0.0, "b": 0.0}
+    seen = []
+    for t in range(until):
+        states = {"a": ev("a", sp["a"], phases=phases[0]),
+                  "b": ev("b", sp["b"], phases=phases[1]) if t >= 1 else ChargerState("b")}
+        sp = b.update(float(t), room(float(t), *avail), states)
+        seen.append(dict(sp))
+    return seen
+
+
+def test_a_paused_three_phase_ev_takes_a_one_phase_evs_place_on_a_full_shared_line() -> None:
+    """10 A on L1 cannot give both 6 A: "b" (3-phase) arrives to find "a" (1-phase on L1) running and
+    waits. The fair rule over both ranks them alike and keeps b (three times the power from L1's
+    10 A): b takes a's place once a has run swap_min_run_s (b's restart delay is over by then). a then
+    waits its own restart delay and, with the same current, stays paused: no swap back."""
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)], SWAP)
+    seen = run_two(b, (1, 3), 121)
+    assert seen[1] == seen[119] == {"a": 10.0, "b": 0.0}
+    assert seen[120] == {"a": 0.0, "b": 0.0}  # a swapped out; b waits for a's current to go
+    assert b.last.reasons["b"] == "waiting for current to be released"  # type: ignore[union-attr]
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)], SWAP)
+    seen = run_two(b, (1, 3), 1000)
+    assert seen[121] == {"a": 0.0, "b": 10.0}
+    assert all(x == {"a": 0.0, "b": 10.0} for x in seen[121:])
+    assert b.last.stages["a"].stage is Stage.PAUSED  # type: ignore[union-attr]
+
+
+def test_no_swap_without_a_clear_gain_or_before_the_minimum_run() -> None:
+    # two 3-phase EVs: the other one would charge with the same power, so the running one stays
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 3, ROT), ChargerConfig("b", 32.0, 3, ROT)], SWAP)
+    assert all(x == {"a": 10.0, "b": 0.0} for x in run_two(b, (3, 3), 1000)[1:])
+    # three times the power is not the 4x that swap_min_gain = 3 asks for
+    s = msgspec.structs.replace(SWAP, swap_min_gain=3.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)], s)
+    assert all(x == {"a": 10.0, "b": 0.0} for x in run_two(b, (1, 3), 1000)[1:])
+    # the swap waits for a's minimum run time, however long b has waited
+    s = msgspec.structs.replace(SWAP, swap_min_run_s=600.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)], s)
+    seen = run_two(b, (1, 3), 700)
+    assert seen[599] == {"a": 10.0, "b": 0.0} and seen[601] == {"a": 0.0, "b": 10.0}
+
+
+def test_a_third_charger_restarts_beside_the_others_with_the_hysteresis() -> None:
+    """Three 3-phase EVs on 17 A lines: two run, the third waits; at 20 A all three could have 6.7 A,
+    but the third restarts only once it can have min_a + restart_hysteresis_a (7 A: 21 A on the
+    lines), beside the others, not by a swap."""
+    cfg = [ChargerConfig(x, 32.0, 3, ROT) for x in "abc"]
+    b = Balancer("TN", cfg, SWAP)
+    sp = {x: 0.0 for x in "abc"}
+    out = {}
+    events = []
+    for t in range(400):
+        a = 17.0 if t < 100 else 20.0 if t < 200 else 21.0
+        sp = b.update(float(t), room(float(t), a, a, a), {x: ev(x, sp[x]) for x in "abc"})
+        out[t] = dict(sp)
+        events += [m.event.value for m in b.last.transitions]  # type: ignore[union-attr]
+    assert out[99] == {"a": 8.5, "b": 8.5, "c": 0.0}
+    assert out[199] == {"a": 10.0, "b": 10.0, "c": 0.0}
+    assert out[399] == {"a": 7.0, "b": 7.0, "c": 7.0}
+    assert events.count("restart") == 1 and "swap_out" not in events
+
+
+_AVAIL = st.sampled_from([3.0, 7.0, 10.0, 13.0, 20.0, 40.0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(network=st.sampled_from(["IT", "TN"]), chargers=st.lists(_CHARGER, min_size=2, max_size=3),
+       steps=st.lists(st.tuples(st.tuples(_AVAIL, _AVAIL, _AVAIL), st.sampled_from([1.0, 5.0, 20.0, 60.0])),
+                      min_size=1, max_size=60),
+       confirm=st.sampled_from([0.0, 15.0]), run_s=st.sampled_from([0.0, 120.0]))
+def test_pauses_and_restarts_are_never_more_frequent_than_the_rules_allow(network, chargers, steps, confirm,
+                                                                         run_s) -> None:
+    """Random headroom: a charger paused (for lack of current or by a swap) never restarts within
+    restart_delay_s, and is never swapped out within swap_min_run_s of its start, so one charger is
+    swapped out at most once per restart_delay_s + swap_min_run_s."""
+    cfg = [ChargerConfig(f"c{i}", mx, ph, tuple(rot)) for i, (ph, rot, mx) in enumerate(chargers)]
+    s = msgspec.structs.replace(SWAP, restart_confirm_s=confirm, swap_min_run_s=run_s)
+    b = Balancer(network, cfg, s)
+    sp = {c.id: 0.0 for c in cfg}
+    paused_at: dict[str, float] = {}
+    started_at: dict[str, float] = {}
+    swaps = {c.id: 0 for c in cfg}
+    now = 0.0
+    for avail, dt in steps:
+        now += dt
+        states = {c.id: ev(c.id, sp[c.id], phases=c.phases, network=network) for c in cfg}
+        sp = b.update(now, room(now, *avail, network=network), states)
+        for m in b.last.transitions:  # type: ignore[union-attr]
+            if m.event.value in ("pause", "swap_out"):
+                paused_at[m.charger] = now
+            if m.event.value == "swap_out":
+                assert now - started_at[m.charger] >= run_s - 1e-9
+                swaps[m.charger] += 1
+            if m.event.value == "restart":
+                assert now - paused_at[m.charger] >= s.restart_delay_s - 1e-9
+            if m.event.value in ("arrive", "restart"):
+                started_at[m.charger] = now
+    for n in swaps.values():
+        assert n <= 1 + now / (s.restart_delay_s + run_s)

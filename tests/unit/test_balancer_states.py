@@ -104,6 +104,26 @@ def eco_paused() -> Walk:
     return w
 
 
+def swap(hold: bool = False) -> tuple[Transition, ...]:
+    """TN: "a" 1-phase on L1 runs, "b" 3-phase waits paused; 10 A on L1 make b's three phases worth
+    more, so b takes a's place once a has run swap_min_run_s (120 s). ``hold``: a was cut just before."""
+    cfg = [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)]
+    b = Balancer("TN", cfg, S)
+    sp = {"a": 0.0, "b": 0.0}
+    for t in range(200):
+        l1 = 9.0 if hold and t >= 119 else 10.0  # 1 A: beyond the decrease deadband
+        head = dataclasses.replace(room(float(t), 30.0), available_a=(l1, 30.0, 30.0))
+        states = {"a": ChargerState("a", "charging" if sp["a"] else "connected",
+                                    terminal_currents("TN", 1, sp["a"]), 1 if sp["a"] else None, sp["a"]),
+                  "b": ev(sp["b"]) if t >= 1 else GONE}
+        sp = b.update(float(t), head, states)
+        moves = b.last.transitions  # type: ignore[union-attr]
+        if any(m.event is Event.SWAP_OUT for m in moves):
+            assert t == 120 and sp == {"a": 0.0, "b": 0.0}  # b starts once a's current is released
+            return moves
+    raise AssertionError("no swap")
+
+
 def until(w: Walk, event: Event, a: float = 20.0, limit: int = 200) -> tuple[Transition, ...]:
     """Step with ``a`` A free until ``event`` happens."""
     for _ in range(limit):
@@ -126,6 +146,8 @@ DRIVE: dict[tuple[Stage, Event], Callable[[], tuple[Transition, ...]]] = {
     (Stage.RUNNING, Event.PAUSE_RISE): lambda: running().step(20.0, rise_a=16.0),
     (Stage.HOLDING, Event.PAUSE_RISE): lambda: holding().step(12.0, rise_a=8.0),
     (Stage.PAUSED, Event.RESTART): lambda: until(paused(), Event.RESTART),
+    (Stage.RUNNING, Event.SWAP_OUT): lambda: tuple(m for m in swap() if m.charger == "a"),
+    (Stage.HOLDING, Event.SWAP_OUT): lambda: tuple(m for m in swap(hold=True) if m.charger == "a"),
     (Stage.PAUSED_RISE, Event.RESTART): lambda: paused_rise().step(20.0),
     (Stage.ECO_PAUSED, Event.ECO_LIFT): lambda: eco_paused().step(20.0, allowed=32.0),
     **{(s, Event.ECO_CAP): (lambda s=s: START[s]().step(20.0, allowed=3.0))  # type: ignore[misc]
