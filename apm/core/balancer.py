@@ -180,6 +180,7 @@ class _Charger:
     ok_since: float | None = None  # PAUSED: the restart condition has held since
     soft_cap: float | None = None  # learned: its EV limits itself to about this (kept over pauses)
     ev_phases: int | None = None  # the EV's phases this session, once seen charging (kept over pauses)
+    rise_held: bool = False  # held at min_a for list 1's unplaced rise, and not yet given min_a without
 
 
 @dataclass(slots=True)
@@ -240,12 +241,16 @@ class Balancer:
         demand = self._observe(now, charger_states, allowed_a, reasons)  # who wants current, their caps
         running, shares, why, dropped = self._share(now, demand, avail, reasons)  # 2./3. shares, restarts
         s = self.settings
-        targets = {cid: 0.0 for cid in self._order}
-        for cid, a in shares.items():
-            targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a else 0.0
-        # 4. rate limits: decreases first (they free current), then pauses, then increases
         provisional = (self._provisional(headroom, running, dropped, demand.hard, demand.soft, demand.use)
                        if how == "protect" else {})
+        held = (self._hold_for_rise(headroom, running, shares, why, dropped, provisional, demand, avail)
+                if provisional and headroom is not None else [])  # at min_a rather than paused for the rise
+        for cid, c in self._c.items():  # a hold is over once the charger has min_a without one
+            c.rise_held = c.rise_held and (cid in held or cid in dropped)
+        targets = {cid: 0.0 for cid in self._order}
+        for cid, a in shares.items():
+            targets[cid] = _floor(a, s.resolution_a) if a >= s.min_a - _EPS else 0.0
+        # 4. rate limits: decreases first (they free current), then pauses, then increases
         new = self._decrease(now, how, targets, provisional, demand.use, avail, why, dropped, reasons)
         self._pause(now, dropped, provisional, reasons)
         self._raise(now, targets, demand, new, avail, why, reasons)
@@ -394,8 +399,12 @@ class Balancer:
                reasons: dict[str, str]) -> None:
         """Pause who cannot get min_a: provisionally when list 1's rise alone is the cause."""
         for cid, text in dropped.items():
-            rise_only = provisional.get(cid, 0.0) >= self.settings.min_a - _EPS
-            self._fire(now, self._c[cid], Event.PAUSE_RISE if rise_only else Event.PAUSE)
+            # one held for a rise that the next per-phase list places on its line pauses as it would
+            # have without the hold (no restart delay: the hold must not cost more than the pause)
+            c = self._c[cid]
+            rise_only = provisional.get(cid, 0.0) >= self.settings.min_a - _EPS or c.rise_held
+            c.rise_held = False
+            self._fire(now, c, Event.PAUSE_RISE if rise_only else Event.PAUSE)
             reasons[cid] = text
 
     def _raise(self, now: float, targets: dict[str, float], demand: _Demand, new: dict[str, float],
@@ -538,6 +547,50 @@ class Balancer:
         avail = tuple(math.inf if a is None else max(0.0, a + rise) for a in headroom.available_a)
         shares, _, _ = self._shares([*running, *dropped], hard, soft, use, avail)
         return shares
+
+    def _hold_for_rise(self, headroom: Headroom, running: list[str], shares: dict[str, float],
+                       why: dict[str, str], dropped: dict[str, str], provisional: dict[str, float],
+                       d: _Demand, avail: tuple[float, ...]) -> list[str]:
+        """Keep at min_a, in place (``running``, ``shares``, ``why``, ``dropped``), each charging charger
+        that only list 1's unplaced rise pauses, while no line it uses is then allotted more than the
+        headroom's ``rise_slack_a`` above its ``available_a``; the others share what is left (step 4 of
+        the module doc). The held need min_a on each line; they got at least that together without the
+        rise, so a line is allotted at most min(rise, slack) more than with the pause."""
+        s = self.settings
+        slack = headroom.rise_slack_a
+        if slack <= 0.0:
+            return []
+        raw = tuple(math.inf if a is None else a for a in headroom.available_a)
+        floors = [0.0, 0.0, 0.0]
+        held: list[str] = []
+        while True:
+            more = False
+            for cid in [x for x in self._order if x in dropped]:
+                u = d.use[cid]
+                trial = [floors[i] + u[i] * s.min_a for i in range(3)]
+                if (self._c[cid].setpoint < s.min_a - _EPS or provisional.get(cid, 0.0) < s.min_a - _EPS
+                        or any(u[i] and trial[i] - raw[i] > slack + _EPS for i in range(3))):
+                    continue
+                floors, more = trial, True
+                held.append(cid)
+                del dropped[cid]
+            if not more:
+                break
+            # the others share what the held leave; who then falls below min_a may be held too
+            left = tuple(a if math.isinf(a) else max(0.0, a - floors[i]) for i, a in enumerate(avail))
+            others = [x for x in running if x not in held]
+            sub, sub_why, out = self._shares(others, d.hard, d.soft, d.use, left)
+            shares.update(sub)
+            why.update(sub_why)
+            dropped.update(out)
+            for x in out:
+                shares[x] = 0.0
+            running[:] = [*others, *held]
+        for cid in held:
+            self._c[cid].rise_held = True
+            shares[cid] = s.min_a
+            why[cid] = f"held at min_a: list 1 rise of {headroom.rise_a:.1f} A not yet placed"
+        return held
 
     def _entry(self, now: float, cid: str, running: list[str], shares: dict[str, float], d: _Demand,
                avail: tuple[float, ...], reasons: dict[str, str]) -> list[str] | None:

@@ -277,6 +277,15 @@ class HeadroomSettings(Struct, frozen=True, forbid_unknown_fields=True, omit_def
     early_rise: Annotated[bool, _doc("between per-phase lists, add list 1's power rise to every line")] = True
     rise_threshold_w: Annotated[float, _doc("a power rise below this is noise, not a new load",
                                             ge=0.0, le=5000.0)] = 150.0
+    # A charger that list 1's unplaced rise alone would pause is held at the balancer's min_a instead
+    # while its lines stay within safety margin + rise_hold_over_in x In of what they may carry with the
+    # rise: if the rise is on such a line, the line runs at most that x In above the fuse rating, until
+    # the next per-phase list and the EV's response (docs: apm.core.balancer, step 4). At most 0.13:
+    # a breaker carries 1.13 In for an hour (IEC 60898-1; a gG fuse 1.25 In).
+    rise_hold: Annotated[bool, _doc("hold a charger at min_a, rather than pause it, for list 1's "
+                                    "unplaced power rise alone (see rise_hold_over_in)")] = True
+    rise_hold_over_in: Annotated[float, _doc("... while no line can then be more than this fraction of "
+                                             "the fuse rating above it", ge=0.0, le=0.13)] = 0.13
     # A bound on I2 from the list's power, assuming every household load has at least this power factor.
     i2_power_factor: Annotated[Annotated[float, Meta(ge=0.1, le=1.0)] | None,
                                _doc("IT without I2: the household's lowest power factor, for a bound "

@@ -112,6 +112,10 @@ class Headroom:
     # any list 1 rise), and how it was made ("two-wattmeter", "kirchhoff", "power"); None otherwise
     i2_a: float | None = None
     i2_method: str | None = None
+    # How far a line's allocation may exceed ``available_a`` to hold a charger at min_a rather than
+    # pause it for ``rise_a`` alone (``[headroom] rise_hold``; 0: pause). A line that carries the rise
+    # then runs at most this above the limit, i.e. rise_hold_over_in x In above the fuse rating.
+    rise_slack_a: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,7 @@ class HeadroomEstimator:
         self.refine_i2 = s.refine_i2
         self.early_rise = s.early_rise
         self.rise_threshold_w = s.rise_threshold_w
+        self.rise_slack_a = (grid.safety_margin_a + s.rise_hold_over_in * grid.fuse_a) if s.rise_hold else 0.0
         self.history_s = history_s
         self.i2_power_factor = s.i2_power_factor
         self.two_wattmeter = s.two_wattmeter
@@ -300,6 +305,7 @@ class HeadroomEstimator:
             reason="; ".join(notes),
             i2_a=i2_a,
             i2_method=i2_method,
+            rise_slack_a=self.rise_slack_a if rise > 0.0 else 0.0,
         )
 
     def _house_l2(self, r: Reading, measured: list[float | None], house: list[float | None], own_m: _Own,
