@@ -46,6 +46,16 @@ How it decides, per update:
    off every line because list 1 cannot tell which line the new load is on) is just as immediate,
    but provisional: it starts no hold and no restart delay, so when the next per-phase list places
    the load on other lines, the charger gets its current back at the next allowed change.
+   A charging charger that the rise alone would pause is held at ``min_a`` instead (a pause and a
+   restart cost an EV ~15 s of charging, and most rises are on another line), as long as no line it
+   uses is then allotted more than the headroom's ``rise_slack_a`` (safety margin +
+   ``[headroom] rise_hold_over_in`` x In) above what it may carry with the rise; the others share
+   what the held leave. The held got ``min_a`` together without the rise, so a line is allotted at
+   most min(rise, slack) above its rise-adjusted headroom. Worst case, the rise is on such a line:
+   it carries at most rise_hold_over_in x In (0.13: 1.13 In, what a breaker carries for an hour)
+   above the fuse rating until the next per-phase list places the load (10 s) and the EV follows
+   the pause that list then asks for (a few seconds). That pause is a rise's (no restart delay), as
+   it would have been without the hold.
    Increases wait ``hold_s`` after that charger's last decrease and
    ``min_interval_s`` after its last change, rise by at most ``max_step_up_a``, must be worth
    ``min_increase_a``, and only use current that is free now: other chargers count with the larger

@@ -48,7 +48,11 @@ Between two 10 s lists, list 1 (every 2.5 s) carries the total import power (mea
 decrease is never read as a household rise). A rise of the
 household's part (total less our chargers' own power) by dP could all sit on any one line: a
 230 V single-phase load adds dP/230 A to one line on TN, and to two lines on IT. So dP/U is added to
-every line until the next per-phase list: conservative, and it only ever lowers the headroom.
+every line until the next per-phase list: conservative, and it only ever lowers the headroom. Since
+the rise is on one or two lines only, ``rise_slack_a`` (margin + ``rise_hold_over_in`` x In, with
+``rise_hold``) tells the balancer how far over that it may go to hold a charger at min_a rather than
+pause it for the rise alone (apm.core.balancer, step 4: at most that x In above the fuse rating, until
+the next per-phase list and the EV's response).
 
 Cost: `compute` is O(1) plus a scan of the charger history since the measurement (a few entries).
 """

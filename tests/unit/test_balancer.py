@@ -102,10 +102,93 @@ def test_restart_delay_counts_from_the_pause() -> None:
     assert out[60] == 0.0 and out[61] == 20.0
 
 
-def rise(r: Headroom, amps: float) -> Headroom:
-    """``r`` with list 1's unplaced power rise of ``amps`` taken off every line (as apm.core.headroom does)."""
+def rise(r: Headroom, amps: float, slack: float = 0.0) -> Headroom:
+    """``r`` with list 1's unplaced power rise of ``amps`` taken off every line (as apm.core.headroom does);
+    ``slack``: how far a line may go over to hold a charger at min_a (the headroom's ``rise_slack_a``)."""
     avail = tuple(None if a is None else a - amps for a in r.available_a)
-    return dataclasses.replace(r, available_a=avail, rise_a=amps)  # type: ignore[arg-type]
+    return dataclasses.replace(r, available_a=avail, rise_a=amps, rise_slack_a=slack)  # type: ignore[arg-type]
+
+
+SLACK = 2.0 + 0.13 * 25.0  # margin + rise_hold_over_in x In on a 25 A fuse
+
+
+def test_a_small_unplaced_rise_holds_a_charger_at_min_a_instead_of_pausing_it() -> None:
+    """1-phase "a" at 8 A on a full L1; list 1 says the house took 2.2 A more, somewhere: 5.8 A would be
+    left on L1 if it were there. With slack the charger stays at min_a (L1 at most 0.2 A over); without,
+    it pauses as before. The next per-phase list places the load elsewhere: 8 A again, no delay."""
+    s = BalancerSettings(min_interval_s=5.0, restart_delay_s=60.0)
+    for slack, expect in ((SLACK, 6.0), (0.0, 0.0)):
+        b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT)], s)
+        b.update(0.0, room(0.0, 8, 20, 20), {"a": ev("a", phases=1)})
+        assert b.update(1.0, rise(room(1.0, 8, 20, 20), 2.2, slack), {"a": ev("a", 8.0, 1)}) == {"a": expect}
+        assert b.last is not None
+        assert b.stages["a"] is (Stage.RUNNING if expect else Stage.PAUSED_RISE)
+        if expect:
+            assert b.last.reasons["a"].startswith("decrease (provisional): held at min_a")
+        out = {t: b.update(float(t), room(float(t), 8, 20, 20), {"a": ev("a", expect, 1)})["a"]
+               for t in range(2, 12)}
+        assert min(t for t, a in out.items() if a == 8.0) == (6 if expect else 2)  # min_interval_s / no delay
+
+
+def test_the_hold_stops_where_a_line_could_exceed_the_slack() -> None:
+    """8 A free on L1 and a rise of 7 A: at min_a L1 would be 5 A over what it may carry with the rise.
+    That is within 5.25 A (25 A fuse: margin 2 A + 0.13 In) but not within 4.5 A: then it pauses."""
+    for slack, expect in ((SLACK, 6.0), (4.5, 0.0)):
+        b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT)])
+        b.update(0.0, room(0.0, 8, 20, 20), {"a": ev("a", phases=1)})
+        assert b.update(1.0, rise(room(1.0, 8, 20, 20), 7.0, slack), {"a": ev("a", 8.0, 1)}) == {"a": expect}
+    # a rise that is not the only reason (the line is short without it too) is no hold either
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT)])
+    b.update(0.0, room(0.0, 8, 20, 20), {"a": ev("a", phases=1)})
+    assert b.update(1.0, rise(room(1.0, 5, 20, 20), 1.0, SLACK), {"a": ev("a", 8.0, 1)}) == {"a": 0.0}
+    assert b.stages["a"] is Stage.PAUSED
+
+
+def test_a_held_charger_the_next_list_pauses_restarts_without_the_restart_delay() -> None:
+    """Held at min_a, then the per-phase list puts the load on its line: it pauses as it would have
+    without the hold (for the rise: no restart delay), and restarts once min_a + hysteresis is free."""
+    s = BalancerSettings(restart_delay_s=60.0, restart_confirm_s=15.0, decrease_deadband_a=0.0)
+    b = Balancer("TN", [ChargerConfig("a", 32.0, 1, ROT)], s)
+    b.update(0.0, room(0.0, 8, 20, 20), {"a": ev("a", phases=1)})
+    b.update(1.0, rise(room(1.0, 8, 20, 20), 2.2, SLACK), {"a": ev("a", 8.0, 1)})
+    assert b.update(2.0, room(2.0, 5.8, 20, 20), {"a": ev("a", 6.0, 1)}) == {"a": 0.0}
+    assert b.stages["a"] is Stage.PAUSED_RISE
+    assert b.update(3.0, room(3.0, 7.0, 20, 20), {"a": ev("a", phases=1)}) == {"a": 7.0}
+
+
+def test_beside_a_held_charger_the_others_share_what_is_left() -> None:
+    """TN, 25 A: 1-phase "a" on L1 and 3-phase "b", 16 A free on every line (8 A each). A rise of 4 A
+    leaves 12 A: a held at 6 A, b gets the other 6 A, so L1 is allotted exactly what it may carry."""
+    cfg = [ChargerConfig("a", 32.0, 1, ROT), ChargerConfig("b", 32.0, 3, ROT)]
+    b = Balancer("TN", cfg, BalancerSettings(decrease_deadband_a=0.0))
+    states = {"a": ev("a", 8.0, 1), "b": ev("b", 8.0)}
+    assert b.update(0.0, room(0.0, 16, 16, 16), {"a": ev("a", phases=1), "b": ev("b")}) == {"a": 8.0, "b": 8.0}
+    assert b.update(1.0, rise(room(1.0, 16, 16, 16), 4.0, SLACK), states) == {"a": 6.0, "b": 6.0}
+    # 7 A of rise: 9 A left on L1; a at 6 A and b at 3 A would pause b, so b is held too: L1 3 A over
+    assert b.update(2.0, rise(room(2.0, 16, 16, 16), 7.0, SLACK), states) == {"a": 6.0, "b": 6.0}
+    assert b.stages == {"a": Stage.RUNNING, "b": Stage.RUNNING}
+
+
+@settings(max_examples=150, deadline=None)
+@given(avail=st.tuples(*(st.floats(0.0, 40.0) for _ in range(3))), amps=st.floats(0.1, 20.0),
+       slack=st.floats(0.0, 8.0), phases=st.lists(st.sampled_from([1, 3]), min_size=1, max_size=3),
+       rots=st.lists(st.permutations(["L1", "L2", "L3"]), min_size=3, max_size=3))
+def test_a_hold_never_allots_a_line_more_than_the_slack_or_the_rise_over_its_headroom(
+        avail, amps, slack, phases, rots) -> None:
+    """After a steady run without the rise, one update with it: every line is allotted at most
+    min(rise, slack) more than what it may carry with the rise (nothing more without a hold)."""
+    cfg = [ChargerConfig("abc"[i], 32.0, p, tuple(rots[i])) for i, p in enumerate(phases)]  # type: ignore[arg-type]
+    b = Balancer("TN", cfg, BalancerSettings(decrease_deadband_a=0.0, min_interval_s=0.0, hold_s=0.0,
+                                             restart_delay_s=0.0, restart_confirm_s=0.0, max_step_up_a=80.0))
+    sp = {c.id: 0.0 for c in cfg}
+    for t in range(4):
+        states = {c.id: ev(c.id, sp[c.id], c.phases) for c in cfg}
+        sp = b.update(float(t), room(float(t), *avail), states)
+    states = {c.id: ev(c.id, sp[c.id], c.phases) for c in cfg}
+    sp = b.update(4.0, rise(room(4.0, *avail), amps, slack), states)
+    for i in range(3):
+        line = sum(usage("TN", c.phases, c.rotation, 3)[i] * sp[c.id] for c in cfg)
+        assert line <= max(0.0, avail[i] - amps) + min(amps, slack) + 1e-6
 
 
 def test_a_decrease_only_list_1s_rise_asks_for_is_at_once_but_holds_nothing() -> None:

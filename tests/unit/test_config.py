@@ -140,6 +140,7 @@ def test_a_made_up_balancer_key_is_refused_not_stored():
         ("[balancer]\nfixed_current_a = 10", "balancer.fixed_current_a", "set it at the top level"),
         ("[headroom]\ni2_power_factor = 1.5", "headroom.i2_power_factor", "1.5 is out of range (0.1..1)"),
         ("[headroom]\nearly_rise = 1", "headroom.early_rise", "true or false"),
+        ("[headroom]\nrise_hold_over_in = 0.2", "headroom.rise_hold_over_in", "0.2 is out of range (0..0.13)"),
     ],
 )
 def test_validation_names_the_key(text, path, says):

@@ -130,6 +130,23 @@ def test_list1_power_rise_lowers_headroom_until_the_next_list2() -> None:
     assert h.house_a == pytest.approx((5.0, 5.0, 15.0))
 
 
+def test_a_rise_carries_the_slack_a_hold_at_min_a_may_use() -> None:
+    """rise_slack_a: margin + rise_hold_over_in x In while list 1 shows a rise; 0 without one, or with
+    rise_hold off (the balancer then pauses as before)."""
+    grid = GridConfig(network="TN", fuse_a=25.0, safety_margin_a=2.0)
+    for options, slack in (({}, 2.0 + 0.13 * 25.0), ({"rise_hold_over_in": 0.0}, 2.0),
+                           ({"rise_hold": False}, 0.0)):
+        est = HeadroomEstimator(grid, [ChargerConfig("a", 16.0, 3, ROT)], **options)
+        meter = MeterState()
+        est.observe_chargers(0.0, {"a": charging("a", "TN", 3, 10.0)})
+        meter.update(0.0, reading(15.0, 15.0, 15.0, w=10350.0))
+        h = est.compute(0.0, meter)
+        assert h is not None and h.rise_slack_a == 0.0
+        meter.update(2.5, Reading(meter="aidon", list=1, active_import_w=12650.0))
+        h = est.compute(2.5, meter)
+        assert h is not None and h.rise_a == pytest.approx(10.0) and h.rise_slack_a == pytest.approx(slack)
+
+
 def test_own_current_is_taken_at_the_time_of_the_measurement() -> None:
     grid = GridConfig(network="TN", fuse_a=25.0, safety_margin_a=2.0)
     est = HeadroomEstimator(grid, [ChargerConfig("a", 16.0, 3, ROT)])
