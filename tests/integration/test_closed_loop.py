@@ -249,7 +249,10 @@ def test_winter_days_of_other_households(name: str, seed: int) -> None:
     sc = load_scenario(SCENARIOS / f"{name}.toml")
     report = run(dataclasses.replace(sc, household={**sc.household, "seed": seed}))
     assert report["trips"] == 0
-    assert report["oracle_conservative_i2_ratio"] >= 0.95
+    # Aidon IT: the diagnostic oracle takes the household's L2 as house L1 + house L3 from the true
+    # house currents; the device cannot (our chargers' share of I1 and I3 has an unknown angle to the
+    # household's), and its sound bound costs what that knowledge is worth (measured 0.86-0.90)
+    assert report["oracle_conservative_i2_ratio"] >= (0.95 if name == "winter-tn-25a" else 0.82)
 
 
 def test_the_diagnostic_oracle_bounds_an_unreported_i2_conservatively() -> None:
@@ -284,7 +287,8 @@ def test_max_energy_sharing_on_the_tn_winter_day() -> None:
     assert most["setpoint_changes"] <= 1000
 
 
-MAX_ENERGY_FLOORS = {"winter-tn-25a": 0.94, "winter-it-40a": 0.71, "winter-it-40a-kaifa": 0.95}
+# winter-it-40a: 0.71 before the Kirchhoff bound was made sound at low power factor (0.60 after)
+MAX_ENERGY_FLOORS = {"winter-tn-25a": 0.94, "winter-it-40a": 0.57, "winter-it-40a-kaifa": 0.95}
 
 
 @pytest.mark.soak
@@ -300,20 +304,26 @@ def test_winter_day_with_max_energy_sharing(name: str) -> None:
 @pytest.mark.parametrize("change", [{"sequence": -1}, {"skew_s": 1.0}, {"skew_s": 2.0},
                                     {"unbalance": (0.01, -0.01, 0.0)}])
 def test_winter_it_day_is_robust_to_the_supply_and_the_meter(change: dict[str, Any]) -> None:
-    """The other phase sequence, a meter whose powers lag its currents by a second, a 1 % voltage
-    unbalance: no trips, the energy holds, and the L2 estimate is never short by as much as the
-    safety margin (the refined Kirchhoff bound's in-phase bookkeeping can be short by about an
-    ampere; a load switching within the skew can fool the two-wattmeter estimate for one list)."""
+    """The other phase sequence, a meter whose powers lag its currents by one or two seconds, a 1 %
+    voltage unbalance: no trips, the energy holds, and the L2 estimate is short only where a meter's
+    skew makes one list a mixture of two states."""
     sc = dataclasses.replace(load_scenario(SCENARIOS / "winter-it-40a.toml"), **change)
     report = run(sc)
     assert report["trips"] == 0
-    assert report["oracle_measured_ratio"] >= 0.84
+    assert report["oracle_measured_ratio"] >= 0.57  # 0.84 on the in-phase Kirchhoff bound, 0.60-0.67 now
     short = dict(report["i2"]["max_shortfall_by_method_a"])
-    # the smaller solution learned from our steps: a household load switching between a list's powers
-    # and its currents (the skew) fooled it on a few lists of the day (up to 5.3 A with 2 s), never by
-    # more than its cap, 0.13 In + the margin (docs/it-l2-inference.md)
-    assert short.pop("two-wattmeter-learned", 0.0) < 0.13 * sc.fuse_a + sc.safety_margin_a
-    assert max(short.values()) < sc.safety_margin_a
+    assert short.pop("kirchhoff", 0.0) <= 1e-6  # sound at any skew: it uses the currents alone
+    cap = 0.13 * sc.fuse_a + sc.safety_margin_a
+    if not change.get("skew_s"):
+        assert max(short.values()) <= 1e-6
+        return
+    # A household load switching between a list's powers and its currents (the skew) makes a triangle
+    # of two states: the learned smaller solution was fooled on a few lists of the day (up to 5.8 A
+    # with 2 s), never by more than its cap, 0.13 In + the margin (docs/it-l2-inference.md); the
+    # larger solution by up to 2.6 A, until the next list 1 (2.5 s) shows the load's power and the
+    # headroom adds it to every line.
+    assert short.pop("two-wattmeter-learned", 0.0) < cap
+    assert max(short.values(), default=0.0) < cap
 
 
 @pytest.mark.soak  # a variant of the IT day (14 s of the suite); the power bound has unit tests
