@@ -210,3 +210,14 @@ def test_voltage_angle() -> None:
     assert voltage_angle(230.0, 460.0, 230.0) == pytest.approx(math.pi)
     assert voltage_angle(230.0, 500.0, 230.0) is None
     assert voltage_angle(0.0, 230.0, 230.0) is None
+
+
+def test_the_smaller_solution_is_not_a_bound_for_a_plain_consuming_household() -> None:
+    """Why the device may use the smaller |I2| only as a capped inference (docs/it-l2-inference.md):
+    4 kW resistive on L1-L2, a 4 kW motor at PF 0.7 lagging on L2-L3 and 2 kW resistive on L3-L1
+    draw the LARGER of the two solutions; the smaller is 2.5 A short of the true I2."""
+    i, s, (u12, u13, u23) = world([(0, 4000.0, 0.0), (1, 4000.0, q_of(4000.0, 0.7, False)), (2, 2000.0, 0.0)])
+    cand = i2_candidates(abs(i[0]), abs(i[2]), s.real, s.imag, u12, u13, u23)
+    assert cand is not None
+    assert abs(i[1]) == pytest.approx(cand[0], abs=1e-6)
+    assert abs(i[1]) - cand[1] == pytest.approx(2.48, abs=0.01)
