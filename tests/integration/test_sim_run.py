@@ -97,11 +97,11 @@ def test_fast_runs_the_in_process_loop_with_the_same_report_keys(tmp_path: Path)
     assert report["hourly_records"] == 5
     fixed = report["fixed_32a"]
     assert fixed["mode"] == "fixed" and fixed["ratio"] is not None
-    assert report["energy_total_kwh"] > 10 and report["oracle_conservative_i2_ratio"] > 0.95
-    # the diagnostic oracle bounds the unreported I2 as the rule does; the device does better (it
-    # learns which two-wattmeter solution is true from its own steps, apm.core.it_learner), but never
-    # better than the headline oracle, which knows I2
-    assert 0.85 < report["oracle_measured_ratio"] < 1.0 and report["ratio"] == report["oracle_measured_ratio"]
+    # (0.96 of the diagnostic oracle before the Kirchhoff bound was made sound at low power factor; 0.86 now)
+    assert report["energy_total_kwh"] > 10 and report["oracle_conservative_i2_ratio"] > 0.8
+    # the device never beats the headline oracle, which knows I2 (0.69 of it since the sound bound:
+    # docs/it-l2-inference.md, where it stands)
+    assert 0.6 < report["oracle_measured_ratio"] < 1.0 and report["ratio"] == report["oracle_measured_ratio"]
     # the summary line: the headline ratio first, the worst second (as a clock time) and the seconds
     # above In beside the trips
     peak = report["peak"]
