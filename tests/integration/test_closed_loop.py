@@ -394,7 +394,9 @@ def test_single_phase_supply(tmp_path: Path) -> None:
 @pytest.mark.soak  # two winter days: 40 s of a 10-minute suite; the advice itself has unit tests
 def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> None:
     """apm.core.wiring's advice, on the Aidon IT day: the 1-phase car's charger rotated L1 L3 L2 loads only
-    measured lines, and both cars gain (the 3-phase one too: L2 is no longer shared)."""
+    measured lines, and the day delivers much more. (Since the Kirchhoff bound is sound at low power
+    factor, the 3-phase car gains no longer: while the 1-phase car draws 32 A on L1 and L3, the sound
+    bounds on the household's L2 leave it less than 6 A there, and the day's gain is the 1-phase car's.)"""
     sc = load_scenario(SCENARIOS / "winter-it-40a.toml")
     a, b = sc.chargers
     assert a.rotation == ("L1", "L2", "L3")
@@ -404,5 +406,5 @@ def test_the_advised_wiring_on_an_it_meter_without_i2_delivers_much_more() -> No
     # 1.41x with the conservative I2 bound alone; 1.23x since the device learns the mirror (it_learner);
     # 1.27x since the Kirchhoff bound is sound at low power factor
     assert after["energy_total_kwh"] >= 1.15 * before["energy_total_kwh"]
-    for ev in ("car-a-night", "car-b-night", "car-a-evening", "car-b-evening"):
-        assert after["energy_kwh"][ev] > before["energy_kwh"][ev]
+    for ev in ("car-a-night", "car-a-evening"):
+        assert after["energy_kwh"][ev] > 2 * before["energy_kwh"][ev]
