@@ -497,15 +497,10 @@ class Balancer:
         s = self.settings
         if s.sharing != "max_energy" or len(caps) < 2:
             return shares, why
-        weight = {c: charging_power_w(self.network, 3 if sum(use[c]) > 2.5 else 1, 1.0) for c in caps}
-
-        def power(alloc: Mapping[str, float]) -> float:
-            return sum(weight[c] * a for c, a in alloc.items() if a >= s.min_a - _EPS)
-
-        best, best_p = shares, power(shares) * (1.0 + s.max_energy_margin)
+        best, best_p = shares, self._power(shares, use) * (1.0 + s.max_energy_margin)
         for order in itertools.permutations(caps):
             alloc = priority_fill(order, caps, use, avail, s.min_a)
-            p = power(alloc)
+            p = self._power(alloc, use)
             if p > best_p + _EPS:
                 best, best_p = alloc, p
         if best is shares:
